@@ -1,0 +1,216 @@
+"""ASGI adapter that runs the Flask (WSGI) app concurrently on a bounded thread pool.
+
+asgiref's stock `WsgiToAsgi` runs every request of the process through one thread
+(`sync_to_async` with `thread_sensitive=True`), so a request awaiting the database blocks
+all others. This variant keeps asgiref's environ building but:
+
+- runs the WSGI app on a bounded `ThreadPoolExecutor` through `SyncToAsync`, so the async
+  views that Flask runs with `AsyncToSync` are scheduled on the server's event loop, where
+  the database and Redis pools live;
+- buffers the (JSON-sized) response in the worker thread and sends it from the loop in
+  one body message: no thread hop per `send`;
+- enforces the request body limit while reading, answering 413 before the app runs;
+- answers the ASGI lifespan protocol: startup opens the pools, shutdown drains in-flight
+  requests and closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from tempfile import SpooledTemporaryFile
+from typing import IO, Any, Protocol
+
+import orjson
+from asgiref.sync import SyncToAsync
+from asgiref.wsgi import WsgiToAsgiInstance
+
+logger = logging.getLogger("conduit.adapter")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class Lifespan(Protocol):
+    """What the adapter calls on ASGI lifespan events."""
+
+    async def startup(self) -> None:
+        """Open resources on the server's event loop."""
+
+    async def shutdown(self) -> None:
+        """Close what `startup` opened."""
+
+
+def error_response(status: int, message: str) -> tuple[Message, Message]:
+    """Build the ASGI messages of an error in the service's JSON envelope."""
+    body = orjson.dumps({"errors": {"body": [message]}})
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BufferedInstance(WsgiToAsgiInstance):  # type: ignore[misc]
+    """One request: asgiref's environ and `start_response`, response collected in the thread."""
+
+    def run(self, body: IO[bytes]) -> tuple[Message, list[bytes]]:
+        try:
+            environ = self.build_environ(self.scope, body)
+        except ValueError:
+            start, end = error_response(400, "too many duplicate headers")
+            return start, [end["body"]]
+        chunks: list[bytes] = []
+        result = self.wsgi_application(environ, self.start_response)
+        try:
+            sent = 0
+            for chunk in result:
+                if self.response_content_length is not None:
+                    chunk = chunk[: self.response_content_length - sent]
+                chunks.append(chunk)
+                sent += len(chunk)
+                if sent == self.response_content_length:
+                    break
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return self.response_start, chunks
+
+
+class ConcurrentWsgiToAsgi:
+    """Serve a WSGI app over ASGI with real concurrency and lifespan support."""
+
+    def __init__(
+        self,
+        wsgi_application: WSGIApp,
+        *,
+        threads: int,
+        max_body_bytes: int,
+        lifespan: Lifespan | None = None,
+        shutdown_grace_seconds: float = 10.0,
+    ) -> None:
+        self.wsgi_application = wsgi_application
+        self.max_body_bytes = max_body_bytes
+        self.lifespan = lifespan
+        self.shutdown_grace_seconds = shutdown_grace_seconds
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="conduit-http")
+        self._in_flight = 0
+        self._drained: asyncio.Event | None = None
+        self._closing = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.run_lifespan(receive, send)
+        else:  # websocket: not served
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def startup(self) -> None:
+        """Run the lifespan startup (also called directly by tests, which get no lifespan)."""
+        self._closing = False
+        self._drained = asyncio.Event()
+        self._drained.set()
+        if self.lifespan is not None:
+            await self.lifespan.startup()
+
+    async def shutdown(self) -> None:
+        """Stop taking requests, wait for in-flight ones (bounded), then close resources."""
+        self._closing = True
+        if self._drained is not None and self._in_flight:
+            logger.info("draining %d in-flight requests", self._in_flight)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.shutdown_grace_seconds)
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
+
+    async def run_lifespan(self, receive: Receive, send: Send) -> None:
+        """Answer the ASGI lifespan protocol."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.error("startup failed: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    self.executor.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request through the WSGI app on the thread pool."""
+        if self._closing:
+            await self._send_error(send, 503, "server is shutting down")
+            return
+        with SpooledTemporaryFile(max_size=65536) as body:
+            try:
+                await self._read_body(scope, receive, body)
+            except _BodyTooLarge:
+                await self._send_error(send, 413, "request body too large")
+                return
+            body.seek(0)
+            instance = _BufferedInstance(self.wsgi_application)
+            instance.scope = scope
+            self._enter()
+            try:
+                runner = SyncToAsync(instance.run, thread_sensitive=False, executor=self.executor)
+                start, chunks = await runner(body)
+            finally:
+                self._leave()
+        await send(start)
+        await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+    async def _read_body(self, scope: Scope, receive: Receive, body: IO[bytes]) -> None:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                raise _BodyTooLarge
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise _BodyTooLarge
+            body.write(chunk)
+            if not message.get("more_body"):
+                return
+
+    async def _send_error(self, send: Send, status: int, message: str) -> None:
+        start, end = error_response(status, message)
+        await send(start)
+        await send(end)
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        if self._drained is not None:
+            self._drained.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._drained is not None:
+            self._drained.set()

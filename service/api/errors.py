@@ -1,0 +1,127 @@
+"""The one place that turns exceptions into HTTP answers in the RealWorld error envelope."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException
+
+from service.services import errors as domain
+
+logger = logging.getLogger("conduit.errors")
+
+STATUS_BY_ERROR: dict[type[domain.DomainError], int] = {
+    domain.InvalidInput: 422,
+    domain.NotAuthenticated: 401,
+    domain.PermissionDenied: 403,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.ServiceUnavailable: 503,
+}
+
+HTTP_MESSAGES = {
+    400: "malformed request",
+    401: "authentication required",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    413: "request body too large",
+    415: "unsupported media type: send application/json",
+    429: "too many requests",
+    500: "internal server error",
+    503: "service unavailable",
+}
+
+
+def error_response(
+    status: int,
+    errors: Mapping[str, Sequence[str]],
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """Build `{"errors": {field: [messages]}}` with `status`."""
+    response = jsonify({"errors": {key: list(value) for key, value in errors.items()}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
+    """Group Pydantic errors by the dotted field path, without the wrapper key."""
+    grouped: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        # Drop the RealWorld wrapper ("user", "article", "comment") so the field is named.
+        if len(loc) > 1 and loc[0] in {"user", "article", "comment"}:
+            loc = loc[1:]
+        grouped.setdefault(".".join(loc) or "body", []).append(error["msg"])
+    return grouped
+
+
+def _domain_error(exc: domain.DomainError) -> Response:
+    status = next(
+        (code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400
+    )
+    return error_response(status, {exc.field: [exc.message]})
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    message = HTTP_MESSAGES.get(status) or (exc.description or "error").rstrip(".")
+    headers = {
+        name: value for name, value in exc.get_headers() if name.lower() in {"allow", "retry-after"}
+    }
+    return error_response(status, {"body": [message]}, headers)
+
+
+def _pydantic_error(exc: ValidationError) -> Response:
+    return error_response(422, validation_errors(exc))
+
+
+def _database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
+    if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_connection(exc):
+        return _unexpected(exc)
+    logger.warning("database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__)
+    return error_response(503, {"database": ["database unavailable, try again later"]}, {"Retry-After": "1"})
+
+
+def _is_connection(exc: DBAPIError) -> bool:
+    return isinstance(exc.orig, OSError | ConnectionError) or "connection" in type(exc.orig).__name__.lower()
+
+
+def _redis_error(exc: Exception) -> Response:
+    logger.warning("redis unavailable: %s", type(exc).__name__)
+    return error_response(503, {"redis": ["cache unavailable, try again later"]}, {"Retry-After": "1"})
+
+
+def _connection_error(exc: OSError) -> Response:
+    logger.warning("dependency unreachable: %s", type(exc).__name__)
+    return error_response(503, {"body": ["a dependency is unavailable, try again later"]}, {"Retry-After": "1"})
+
+
+def _unexpected(exc: BaseException) -> Response:
+    logger.error("unhandled error", exc_info=exc)
+    return error_response(500, {"body": [HTTP_MESSAGES[500]]})
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers; every error the service produces leaves through here."""
+    app.register_error_handler(domain.DomainError, _domain_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(ValidationError, _pydantic_error)
+    app.register_error_handler(DBAPIError, _database_error)
+    app.register_error_handler(PoolTimeoutError, _database_error)
+    app.register_error_handler(RedisConnectionError, _redis_error)
+    app.register_error_handler(RedisTimeoutError, _redis_error)
+    app.register_error_handler(ConnectionError, _connection_error)
+    app.register_error_handler(TimeoutError, _connection_error)
+    app.register_error_handler(socket.gaierror, _connection_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,49 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+
+from service.api.errors import error_response
+from service.db import db, describe_error
+from service.redis import redis
+
+bp = Blueprint("health", __name__)
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Process is alive (no I/O)."""
+    return jsonify({"status": "ok"})
+
+
+async def _check_database() -> None:
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def _check_redis() -> None:
+    await redis.client.ping()
+
+
+@bp.get("/readyz")
+async def readyz() -> Response:
+    """Database and Redis reachable; 503 naming the failed ones otherwise."""
+    checks = {"database": _check_database(), "redis": _check_redis()}
+    results = await asyncio.gather(
+        *(asyncio.wait_for(check, CHECK_TIMEOUT_SECONDS) for check in checks.values()),
+        return_exceptions=True,
+    )
+    failed = {
+        name: [f"unreachable ({describe_error(result) if str(result) else type(result).__name__})"]
+        for name, result in zip(checks, results, strict=True)
+        if isinstance(result, BaseException)
+    }
+    if failed:
+        return error_response(503, failed, {"Retry-After": "1"})
+    return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})

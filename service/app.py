@@ -1,0 +1,55 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from flask import Flask
+
+from service import observability
+from service.api import errors
+from service.api.health import bp as health_bp
+from service.db import db
+from service.jsonprovider import OrjsonProvider
+from service.redis import redis
+from service.settings import Settings
+
+
+class ConduitFlask(Flask):
+    """Flask whose async views each run in one database unit of work."""
+
+    json_provider_class = OrjsonProvider
+
+    def async_to_sync(
+        self, func: Callable[..., Coroutine[Any, Any, Any]]
+    ) -> Callable[..., Any]:
+        """Run `func` on the server's loop, committing its session once if it succeeds."""
+
+        @functools.wraps(func)
+        async def in_unit_of_work(*args: Any, **kwargs: Any) -> Any:
+            async with db.unit_of_work():
+                return await func(*args, **kwargs)
+
+        return super().async_to_sync(in_unit_of_work)
+
+
+def create_app(settings: Settings) -> ConduitFlask:
+    """Build the Flask app for `settings`; pools open at ASGI lifespan startup."""
+    if not settings.is_production:
+        settings = settings.with_dev_secret()
+    database_url, redis_url, secret_key = settings.require()
+
+    app = ConduitFlask("service")
+    app.config.update(
+        SECRET_KEY=secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        CONDUIT_SETTINGS=settings,
+    )
+    db.init_app(app, settings, database_url)
+    redis.init_app(app, settings, redis_url)
+    observability.init_app(app, access_log=settings.access_log)
+    errors.init_app(app)
+    app.register_blueprint(health_bp)
+    return app

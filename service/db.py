@@ -1,0 +1,143 @@
+"""Async SQLAlchemy engine per app and one `AsyncSession` per request (unit of work)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from service.lifecycle import StartupError, register_lifespan
+from service.settings import Settings, mask_url
+
+logger = logging.getLogger("conduit.db")
+
+EXTENSION_KEY = "conduit.db"
+
+
+@dataclass
+class _UnitOfWork:
+    session: AsyncSession | None = None
+
+
+_current: ContextVar[_UnitOfWork | None] = ContextVar("conduit_unit_of_work", default=None)
+
+
+def build_engine(settings: Settings, url: str) -> AsyncEngine:
+    """Create the process's async engine with pool limits and a statement timeout."""
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "server_settings": {
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+                "application_name": "conduit",
+                # Short OLTP queries: JIT compilation only adds latency.
+                "jit": "off",
+            },
+        },
+    )
+
+
+@dataclass
+class DatabaseState:
+    """The engine and session factory of one app, opened on the serving loop."""
+
+    settings: Settings
+    url: str
+    engine: AsyncEngine | None = None
+    sessionmaker: async_sessionmaker[AsyncSession] | None = field(default=None, repr=False)
+
+    async def startup(self) -> None:
+        """Create the engine on the running loop and check that the database answers."""
+        self.engine = build_engine(self.settings, self.url)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            await self.engine.dispose()
+            raise StartupError(
+                f"database unreachable at {mask_url(self.url)}: {describe_error(exc)}"
+            ) from exc
+
+    async def shutdown(self) -> None:
+        """Close every pooled connection."""
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming an exception, without a traceback."""
+    cause = exc.__cause__ or exc
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".strip()
+
+
+class Database:
+    """Flask extension: `db.session` is the request's session, committed once on success."""
+
+    def init_app(self, app: Flask, settings: Settings, url: str) -> None:
+        """Bind an engine (opened at lifespan startup) to `app`."""
+        state = DatabaseState(settings=settings, url=url)
+        app.extensions[EXTENSION_KEY] = state
+        register_lifespan(app, state)
+
+    def state(self, app: Flask | None = None) -> DatabaseState:
+        """The app's database state."""
+        state: DatabaseState = (app or current_app).extensions[EXTENSION_KEY]
+        return state
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The current app's engine; only valid after startup."""
+        engine = self.state().engine
+        if engine is None:
+            raise RuntimeError("database engine used before lifespan startup")
+        return engine
+
+    @property
+    def session(self) -> AsyncSession:
+        """The request's session, opened on first use."""
+        uow = _current.get()
+        if uow is None:
+            raise RuntimeError("db.session used outside a unit of work")
+        if uow.session is None:
+            maker = self.state().sessionmaker
+            if maker is None:
+                raise RuntimeError("database session used before lifespan startup")
+            uow.session = maker()
+        return uow.session
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[None]:
+        """Scope one request: commit once if it succeeds, roll back if it raises."""
+        uow = _UnitOfWork()
+        token = _current.set(uow)
+        try:
+            yield
+            if uow.session is not None and uow.session.in_transaction():
+                await uow.session.commit()
+        except BaseException:
+            if uow.session is not None:
+                try:
+                    await uow.session.rollback()
+                except Exception as exc:  # the connection may already be gone
+                    logger.warning("rollback failed: %s", describe_error(exc))
+            raise
+        finally:
+            if uow.session is not None:
+                await uow.session.close()
+            _current.reset(token)
+
+
+db = Database()

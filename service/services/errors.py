@@ -1,0 +1,36 @@
+"""Domain exceptions; `service.api.errors` is the one place that maps them to HTTP."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every expected failure; `field` names what the client got wrong."""
+
+    def __init__(self, message: str, *, field: str = "body") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(DomainError):
+    """The request is well-formed but breaks a rule (422)."""
+
+
+class NotAuthenticated(DomainError):
+    """No valid credentials were presented (401)."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this (403)."""
+
+
+class NotFound(DomainError):
+    """The resource does not exist (404)."""
+
+
+class Conflict(DomainError):
+    """The request clashes with the current state, e.g. a taken username (409)."""
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (database, Redis) cannot be reached (503)."""

@@ -1,0 +1,149 @@
+"""Service settings, read from the environment and validated at start."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that look like a secret but are copied from examples; refused outside development.
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "secret", "dev", "development", "placeholder", "xxx", "todo"}
+)
+MIN_SECRET_LENGTH = 32
+
+
+class Environment(StrEnum):
+    """Where the service runs; production turns every safety check on."""
+
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def normalise_database_url(url: str) -> str:
+    """Return `url` with the asyncpg driver, accepting the plain `postgresql://` forms."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`, safe for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+class Settings(BaseSettings):
+    """All configuration, one field per environment variable (same name, upper case)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    app_env: Environment = Environment.DEVELOPMENT
+    database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+
+    data_dir: Path = Path(".conduit")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # Threads that run Flask; every request holds one while it is in the app.
+    threads: int = Field(default=64, ge=1, le=1024)
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_pool_pre_ping: bool = True
+    redis_max_connections: int = Field(default=64, ge=1, le=10_000)
+    redis_socket_timeout: float = Field(default=1.0, gt=0)
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    log_level: str = "INFO"
+    access_log: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else normalise_database_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.app_env is Environment.PRODUCTION:
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if key.strip().lower() in PLACEHOLDER_SECRETS or len(key) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} "
+                    "characters in production"
+                )
+            if self.database_url is None or self.redis_url is None:
+                raise ValueError("DATABASE_URL and REDIS_URL must be set in production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        """True when running with every production safety check."""
+        return self.app_env is Environment.PRODUCTION
+
+    def with_dev_secret(self) -> Settings:
+        """Return settings with a development secret, generated once and kept in `data_dir`."""
+        if self.secret_key is not None:
+            return self
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return self.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})
+
+    def require(self) -> tuple[str, str, str]:
+        """Return database URL, Redis URL and secret, or raise naming what is missing."""
+        missing = [
+            name
+            for name, value in (
+                ("DATABASE_URL", self.database_url),
+                ("REDIS_URL", self.redis_url),
+                ("SECRET_KEY", self.secret_key),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)} not set (run `conduit serve` for the zero-config default)"
+            )
+        assert self.database_url and self.redis_url and self.secret_key
+        return self.database_url, self.redis_url, self.secret_key.get_secret_value()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, with explicit overrides taking precedence."""
+    return Settings(**overrides)
