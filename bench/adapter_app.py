@@ -1,0 +1,39 @@
+"""Minimal Flask app served through both ASGI adapters, for `bench.adapter_bench`.
+
+Hypercorn imports `bench.adapter_app:stock` or `bench.adapter_app:pooled`. The pooled
+adapter's thread count comes from the environment variable BENCH_THREADS (default 64).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from asgiref.wsgi import WsgiToAsgi
+from flask import Flask
+
+from service.adapter import ConcurrentWsgiToAsgi
+
+SLEEP_SECONDS = 0.05
+THREADS = int(os.environ.get("BENCH_THREADS", "64"))
+
+flask_app = Flask(__name__)
+
+
+@flask_app.get("/sleep")
+async def sleep_view() -> dict[str, Any]:
+    """Simulate a view awaiting I/O (a database or Redis round trip) for 50 ms."""
+    await asyncio.sleep(SLEEP_SECONDS)
+    return {"ok": True, "slept": SLEEP_SECONDS}
+
+
+@flask_app.get("/trivial")
+def trivial_view() -> dict[str, Any]:
+    """Do no work: measures the per-request overhead of server, adapter and Flask."""
+    return {"ok": True}
+
+
+# asgiref's WsgiToAsgi.__init__ has no annotations.
+stock: Any = WsgiToAsgi(flask_app)  # type: ignore[no-untyped-call]
+pooled = ConcurrentWsgiToAsgi(flask_app, threads=THREADS, max_body_bytes=1_048_576)

