@@ -10,9 +10,11 @@ from flask import Flask
 
 from service import observability
 from service.api import errors
+from service.adapter import ConcurrentWsgiToAsgi
 from service.api.health import bp as health_bp
 from service.db import db
 from service.jsonprovider import OrjsonProvider
+from service.lifecycle import AppLifespan
 from service.redis import redis
 from service.settings import Settings
 
@@ -53,3 +55,22 @@ def create_app(settings: Settings) -> ConduitFlask:
     errors.init_app(app)
     app.register_blueprint(health_bp)
     return app
+
+
+class ConduitASGI(ConcurrentWsgiToAsgi):
+    """The served app: the Flask app behind the concurrent adapter."""
+
+    def __init__(self, flask_app: ConduitFlask, settings: Settings) -> None:
+        super().__init__(
+            flask_app,
+            threads=settings.threads,
+            max_body_bytes=settings.max_body_bytes,
+            lifespan=AppLifespan(flask_app),
+            shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        )
+        self.flask_app = flask_app
+
+
+def create_asgi(settings: Settings) -> ConduitASGI:
+    """Build the served ASGI app for `settings`."""
+    return ConduitASGI(create_app(settings), settings)

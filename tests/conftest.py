@@ -1,0 +1,117 @@
+"""Shared fixtures: real PostgreSQL and Redis (embedded, or TEST_DATABASE_URL / TEST_REDIS_URL).
+
+One database is created per test session and migrated once; after every test the tables are
+truncated and the Redis database flushed, so tests can run in any order.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from service.app import ConduitASGI, create_asgi
+from service.migrate import upgrade_async
+from service.models import Base
+from service.settings import Environment, Settings
+
+TEST_SECRET = "test-secret-key-" + "x" * 32
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """Admin URL of a PostgreSQL server and URL of a Redis database for this session."""
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    servers = None
+    if not database_url or not redis_url:
+        warnings.filterwarnings("ignore", module="platformdirs")
+        from service.embedded import EmbeddedServers
+
+        servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
+        database_url = database_url or servers.start_postgres()
+        redis_url = redis_url or servers.start_redis()
+    yield database_url, redis_url
+    if servers is not None:
+        servers.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
+    """A fresh, migrated database on the test server, dropped at the end."""
+    admin_url = server_urls[0].replace("postgresql+asyncpg://", "postgresql://")
+    name = f"conduit_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(admin_url, name)
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of the app under test."""
+    return Settings(
+        app_env=Environment.TEST,
+        database_url=database_url,
+        redis_url=server_urls[1],
+        secret_key=TEST_SECRET,
+        data_dir=Path(tmp_path_factory.mktemp("data")),
+        access_log=False,
+        threads=32,
+        db_pool_size=10,
+    )
+
+
+@pytest_asyncio.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
+    """The same ASGI app object Hypercorn serves, started once for the session."""
+    asgi = create_asgi(settings)
+    await asgi.startup()
+    yield asgi
+    await asgi.shutdown()
+    asgi.executor.shutdown(wait=True)
+
+
+@pytest_asyncio.fixture
+async def client(app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app through ASGI."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Empty every table and the Redis database after each test that used them."""
+    yield
+    if "database_url" in request.fixturenames:
+        url: str = request.getfixturevalue("database_url")
+        tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+    if "server_urls" in request.fixturenames:
+        redis = Redis.from_url(request.getfixturevalue("server_urls")[1])
+        await redis.flushdb()
+        await redis.aclose()
