@@ -65,12 +65,12 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _BufferedInstance(WsgiToAsgiInstance):  # type: ignore[misc]
+class _BufferedInstance(WsgiToAsgiInstance):
     """One request: asgiref's environ and `start_response`, response collected in the thread."""
 
     def run(self, body: IO[bytes]) -> tuple[Message, list[bytes]]:
         try:
-            environ = self.build_environ(self.scope, body)
+            environ = self.build_environ(self.scope, body)  # type: ignore[no-untyped-call]
         except ValueError:
             start, end = error_response(400, "too many duplicate headers")
             return start, [end["body"]]
@@ -172,7 +172,7 @@ class ConcurrentWsgiToAsgi:
                 await self._send_error(send, 413, "request body too large")
                 return
             body.seek(0)
-            instance = _BufferedInstance(self.wsgi_application)
+            instance = _BufferedInstance(self.wsgi_application)  # type: ignore[no-untyped-call]
             instance.scope = scope
             self._enter()
             try:

@@ -9,9 +9,13 @@ from typing import Any
 from flask import Flask
 
 from service import observability
-from service.api import errors
 from service.adapter import ConcurrentWsgiToAsgi
+from service.api import errors
+from service.api.auth import auth
+from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
+from service.api.spec import spec
+from service.api.v1 import bp as v1_bp
 from service.db import db
 from service.jsonprovider import OrjsonProvider
 from service.lifecycle import AppLifespan
@@ -24,9 +28,7 @@ class ConduitFlask(Flask):
 
     json_provider_class = OrjsonProvider
 
-    def async_to_sync(
-        self, func: Callable[..., Coroutine[Any, Any, Any]]
-    ) -> Callable[..., Any]:
+    def async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
         """Run `func` on the server's loop, committing its session once if it succeeds."""
 
         @functools.wraps(func)
@@ -51,9 +53,13 @@ def create_app(settings: Settings) -> ConduitFlask:
     )
     db.init_app(app, settings, database_url)
     redis.init_app(app, settings, redis_url)
+    auth.init_app(app, settings, secret_key)
     observability.init_app(app, access_log=settings.access_log)
     errors.init_app(app)
     app.register_blueprint(health_bp)
+    app.register_blueprint(v1_bp)
+    app.register_blueprint(docs_bp)
+    spec.register(app, register_route=False)
     return app
 
 

@@ -1,4 +1,4 @@
-"""The ASGI application that Hypercorn serves: `hypercorn --config hypercorn.toml service.asgi:app`."""
+"""The ASGI app Hypercorn serves: `hypercorn --config hypercorn.toml service.asgi:app`."""
 
 from __future__ import annotations
 

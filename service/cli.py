@@ -49,7 +49,9 @@ def _with_embedded_servers(settings: Settings) -> Settings:
     updates: dict[str, str] = {}
     if not settings.database_url:
         updates["database_url"] = servers.start_postgres()
-        logger.info("embedded PostgreSQL running, data in %s", (settings.data_dir / "postgres").resolve())
+        logger.info(
+            "embedded PostgreSQL running, data in %s", (settings.data_dir / "postgres").resolve()
+        )
     if not settings.redis_url:
         updates["redis_url"] = servers.start_redis()
         logger.info("embedded Redis running, data in %s", settings.data_dir.resolve())

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 
 from flask import Flask, current_app
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from service.lifecycle import StartupError, register_lifespan
 from service.settings import Settings, mask_url

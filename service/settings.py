@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_socket_timeout: float = Field(default=1.0, gt=0)
 
+    # argon2id parameters (OWASP minimum by default) and how many hashes may run at once.
+    password_time_cost: int = Field(default=2, ge=1, le=20)
+    password_memory_kib: int = Field(default=19_456, ge=8_192, le=1_048_576)
+    password_parallelism: int = Field(default=1, ge=1, le=16)
+    password_max_concurrent: int = Field(default=4, ge=1, le=64)
+    access_token_minutes: int = Field(default=60 * 24, ge=1, le=60 * 24 * 30)
+
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
@@ -140,7 +147,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{', '.join(missing)} not set (run `conduit serve` for the zero-config default)"
             )
-        assert self.database_url and self.redis_url and self.secret_key
+        assert self.database_url is not None
+        assert self.redis_url is not None
+        assert self.secret_key is not None
         return self.database_url, self.redis_url, self.secret_key.get_secret_value()
 
 

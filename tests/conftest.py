@@ -67,7 +67,9 @@ async def database_url(server_urls: tuple[str, str]) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(
+    database_url: str, server_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     """Settings of the app under test."""
     return Settings(
         app_env=Environment.TEST,

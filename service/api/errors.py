@@ -67,9 +67,7 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
 
 
 def _domain_error(exc: domain.DomainError) -> Response:
-    status = next(
-        (code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400
-    )
+    status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400)
     return error_response(status, {exc.field: [exc.message]})
 
 
@@ -89,22 +87,33 @@ def _pydantic_error(exc: ValidationError) -> Response:
 def _database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
     if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_connection(exc):
         return _unexpected(exc)
-    logger.warning("database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__)
-    return error_response(503, {"database": ["database unavailable, try again later"]}, {"Retry-After": "1"})
+    logger.warning(
+        "database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__
+    )
+    return error_response(
+        503, {"database": ["database unavailable, try again later"]}, {"Retry-After": "1"}
+    )
 
 
 def _is_connection(exc: DBAPIError) -> bool:
-    return isinstance(exc.orig, OSError | ConnectionError) or "connection" in type(exc.orig).__name__.lower()
+    return (
+        isinstance(exc.orig, OSError | ConnectionError)
+        or "connection" in type(exc.orig).__name__.lower()
+    )
 
 
 def _redis_error(exc: Exception) -> Response:
     logger.warning("redis unavailable: %s", type(exc).__name__)
-    return error_response(503, {"redis": ["cache unavailable, try again later"]}, {"Retry-After": "1"})
+    return error_response(
+        503, {"redis": ["cache unavailable, try again later"]}, {"Retry-After": "1"}
+    )
 
 
 def _connection_error(exc: OSError) -> Response:
     logger.warning("dependency unreachable: %s", type(exc).__name__)
-    return error_response(503, {"body": ["a dependency is unavailable, try again later"]}, {"Retry-After": "1"})
+    return error_response(
+        503, {"body": ["a dependency is unavailable, try again later"]}, {"Retry-After": "1"}
+    )
 
 
 def _unexpected(exc: BaseException) -> Response:

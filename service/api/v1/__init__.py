@@ -1,0 +1,11 @@
+"""Version 1 of the API, served at `/api/v1`: one blueprint per resource."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from service.api.v1 import articles, comments, profiles, tags, users
+
+bp = Blueprint("v1", __name__, url_prefix="/api/v1")
+for module in (users, profiles, articles, comments, tags):
+    bp.register_blueprint(module.bp)

@@ -1,0 +1,209 @@
+"""OpenAPI and request validation (flask-pydantic-spec), adapted to async views.
+
+`operation(...)` is the one decorator every API view uses. It
+- validates the query and JSON body with Pydantic (422 in the error envelope on failure,
+  415 for a non-JSON body, 400 for malformed JSON);
+- resolves the caller (`auth="required" | "optional"`) and passes it as `viewer`;
+- runs the async view through `current_app.ensure_sync` (flask-pydantic-spec calls views
+  synchronously), inside the request's database unit of work;
+- records what the OpenAPI document needs: models, error responses, security.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Literal
+
+import orjson
+from flask import Request, current_app, request
+from flask_pydantic_spec import FlaskPydanticSpec
+from flask_pydantic_spec import Request as SpecRequest
+from flask_pydantic_spec import Response as SpecResponse
+from flask_pydantic_spec.flask_backend import Context, FlaskBackend
+from flask_pydantic_spec.types import RequestBase
+from pydantic import BaseModel
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from service.api.auth import resolve_viewer
+from service.schemas.common import ErrorBody
+
+AuthMode = Literal["none", "optional", "required"]
+SECURITY_SCHEME = "Token"
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request (for example invalid JSON)",
+    401: "Missing, malformed, expired or invalid token",
+    403: "Authenticated, but not allowed to do this",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    415: "Request body is not application/json",
+    422: "Validation failed; `errors` names each invalid field",
+    503: "Database or Redis unavailable; retry later",
+}
+
+
+def read_json_body() -> Any:
+    """Parse the request body strictly: 415 unless JSON, 400 unless well-formed."""
+    if not request.is_json:
+        raise UnsupportedMediaType("send the body as application/json")
+    data = request.get_data(cache=True)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+
+
+class ConduitBackend(FlaskBackend):  # type: ignore[misc]
+    """Validates query strings as plain strings and JSON bodies strictly."""
+
+    def request_validation(
+        self,
+        request: Request,
+        query: type[BaseModel] | None,
+        body: RequestBase | None,
+        headers: type[BaseModel] | None,
+        cookies: type[BaseModel] | None,
+    ) -> None:
+        """Validate and attach `request.context` (query and body models)."""
+        parsed_query = query.model_validate(request.args.to_dict()) if query else None
+        model = getattr(body, "model", None)
+        parsed_body = model.model_validate(read_json_body()) if model is not None else None
+        request.context = Context(  # type: ignore[attr-defined]
+            query=parsed_query, body=parsed_body, headers=None, cookies=None
+        )
+
+
+def _raise_validation_error(req: Any, resp: Any, error: Exception | None, instance: Any) -> None:
+    # flask-pydantic-spec builds its own error body; raise so the one error mapping answers.
+    if error is not None:
+        raise error
+
+
+class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
+    """Adds security, error responses and servers to the generated document."""
+
+    def _generate_spec(self) -> dict[str, Any]:
+        document: dict[str, Any] = dict(super()._generate_spec())
+        for route in self.backend.find_routes(self.app):
+            path, _ = self.backend.parse_path(route)
+            func = self.app.view_functions[route.endpoint]
+            meta: dict[str, Any] | None = getattr(func, "conduit_meta", None)
+            if meta is None:
+                continue
+            for method in route.methods or ():
+                operation = document["paths"].get(path, {}).get(method.lower())
+                if operation is None:
+                    continue
+                _document_operation(operation, meta)
+        components = document.setdefault("components", {})
+        components.setdefault("schemas", {})["ErrorBody"] = ErrorBody.model_json_schema()
+        components["securitySchemes"] = {
+            SECURITY_SCHEME: {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <jwt>` (RealWorld) or `Bearer <jwt>`, from login/register.",
+            }
+        }
+        document["servers"] = [{"url": "/", "description": "this server"}]
+        return document
+
+
+def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None:
+    auth: AuthMode = meta["auth"]
+    if auth == "required":
+        operation["security"] = [{SECURITY_SCHEME: []}]
+    elif auth == "optional":
+        operation["security"] = [{SECURITY_SCHEME: []}, {}]
+    else:
+        operation["security"] = []
+    responses = operation.setdefault("responses", {})
+    for code in [
+        code for code in responses if code.startswith("4") and int(code) not in meta["errors"]
+    ]:
+        del responses[code]  # flask-pydantic-spec adds a bare 422 to every operation
+    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for code in sorted(meta["errors"]):
+        responses[str(code)] = {"description": ERROR_DESCRIPTIONS[code], "content": error_ref}
+    for code, example in meta["examples"].items():
+        content = responses.get(str(code), {}).get("content", {}).get("application/json")
+        if content is not None:
+            content["example"] = example
+    if "requestBody" in operation:
+        operation["requestBody"]["required"] = True
+        if meta["body_example"] is not None:
+            operation["requestBody"]["content"]["application/json"]["example"] = meta[
+                "body_example"
+            ]
+
+
+spec = ConduitSpec(
+    "flask",
+    backend=ConduitBackend,
+    before=_raise_validation_error,
+    title="Conduit API",
+    version="1.0.0",
+    path="apidoc",
+    info={
+        "description": (
+            "The RealWorld Conduit API (https://realworld-docs.netlify.app/), served at "
+            "`/api/v1`. Errors use one envelope: "
+            '`{"errors": {"<field or body>": ["message"]}}`. `PUT` on `/user` and '
+            "`/articles/{slug}` is a partial update, like `PATCH`."
+        )
+    },
+)
+
+View = Callable[..., Coroutine[Any, Any, Any]]
+
+
+def operation(
+    *,
+    responses: dict[int, type[BaseModel] | None],
+    tags: Iterable[str],
+    auth: AuthMode = "none",
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    errors: Iterable[int] = (),
+    examples: dict[int, Any] | None = None,
+    body_example: Any = None,
+) -> Callable[[View], Callable[..., Any]]:
+    """Validate, authenticate and document an async view (see the module docstring)."""
+    codes = set(errors) | {503}
+    if auth != "none":
+        codes.add(401)
+    if body is not None:
+        codes |= {400, 415, 422}
+    if query is not None:
+        codes.add(422)
+
+    def decorate(view: View) -> Callable[..., Any]:
+        @functools.wraps(view)
+        async def with_viewer(*args: Any, **kwargs: Any) -> Any:
+            if auth != "none":
+                kwargs["viewer"] = await resolve_viewer(required=auth == "required")
+            return await view(*args, **kwargs)
+
+        @functools.wraps(view)
+        def run_sync(*args: Any, **kwargs: Any) -> Any:
+            return current_app.ensure_sync(with_viewer)(*args, **kwargs)
+
+        resp = SpecResponse(
+            validate=False, **{f"HTTP_{code}": model for code, model in responses.items()}
+        )
+        validated: Callable[..., Any] = spec.validate(
+            query=query,
+            body=SpecRequest(body) if body is not None else None,
+            resp=resp,
+            tags=list(tags),
+        )(run_sync)
+        validated.conduit_meta = {  # type: ignore[attr-defined]
+            "auth": auth,
+            "errors": codes,
+            "examples": examples or {},
+            "body_example": body_example,
+        }
+        return validated
+
+    return decorate

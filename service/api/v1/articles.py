@@ -1,0 +1,7 @@
+"""Articles endpoints."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("articles", __name__)

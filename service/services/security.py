@@ -1,0 +1,118 @@
+"""Password hashing (argon2id, off the event loop, bounded) and JWT access tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from service.services.errors import NotAuthenticated
+
+JWT_ALGORITHM = "HS256"
+# A hash of a random password: verifying against it costs the same as a real check, so
+# unknown emails take as long as wrong passwords.
+_DUMMY_PASSWORD = secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class PasswordPolicy:
+    """argon2id parameters; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1)."""
+
+    time_cost: int = 2
+    memory_cost_kib: int = 19_456
+    parallelism: int = 1
+    max_concurrent: int = 4
+
+
+class Passwords:
+    """Hash and verify passwords in worker threads, at most `max_concurrent` at a time."""
+
+    def __init__(self, policy: PasswordPolicy) -> None:
+        self._hasher = PasswordHasher(
+            time_cost=policy.time_cost,
+            memory_cost=policy.memory_cost_kib,
+            parallelism=policy.parallelism,
+            type=Type.ID,
+        )
+        self._policy = policy
+        self._slots: asyncio.Semaphore | None = None
+        self._dummy_hash: str | None = None
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        # Created lazily so that it binds to the serving loop, not the importing one.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._policy.max_concurrent)
+        return self._slots
+
+    async def hash(self, password: str) -> str:
+        """Return an argon2id hash of `password`."""
+        async with self._semaphore():
+            return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        """Check `password` against `stored_hash`; with no hash, spend the same time and fail."""
+        async with self._semaphore():
+            if stored_hash is None:
+                if self._dummy_hash is None:
+                    self._dummy_hash = await asyncio.to_thread(self._hasher.hash, _DUMMY_PASSWORD)
+                await asyncio.to_thread(self._check, self._dummy_hash, password)
+                return False
+            return await asyncio.to_thread(self._check, stored_hash, password)
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """True when `stored_hash` was made with other parameters than the current ones."""
+        return self._hasher.check_needs_rehash(stored_hash)
+
+    def _check(self, stored_hash: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(stored_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified access token says."""
+
+    user_id: int
+    issued_at: datetime
+    expires_at: datetime
+
+
+class Tokens:
+    """Issue and verify HS256 JWT access tokens (`sub`, `iat`, `exp`)."""
+
+    def __init__(self, secret: str, lifetime: timedelta) -> None:
+        self._secret = secret
+        self.lifetime = lifetime
+
+    def issue(self, user_id: int, *, now: datetime | None = None) -> str:
+        """A signed token for `user_id`, valid for `lifetime`."""
+        issued = now or datetime.now(UTC)
+        claims = {"sub": str(user_id), "iat": issued, "exp": issued + self.lifetime}
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def verify(self, token: str) -> TokenClaims:
+        """Return the claims of a valid token, or raise `NotAuthenticated`."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                options={"require": ["sub", "iat", "exp"]},
+            )
+            user_id = int(claims["sub"])
+        except jwt.ExpiredSignatureError:
+            raise NotAuthenticated("token has expired", field="token") from None
+        except (jwt.InvalidTokenError, ValueError, TypeError):
+            raise NotAuthenticated("token is invalid", field="token") from None
+        return TokenClaims(
+            user_id=user_id,
+            issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )
