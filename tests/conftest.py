@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,6 +24,8 @@ from service.app import ConduitASGI, create_asgi
 from service.migrate import upgrade_async
 from service.models import Base
 from service.settings import Environment, Settings
+from tests import factories
+from tests.factories import TestUser
 
 TEST_SECRET = "test-secret-key-" + "x" * 32
 
@@ -117,3 +120,13 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         redis = Redis.from_url(request.getfixturevalue("server_urls")[1])
         await redis.flushdb()
         await redis.aclose()
+
+
+@pytest.fixture
+def make_user(app: ConduitASGI) -> Callable[..., Awaitable[TestUser]]:
+    """Factory fixture: `await make_user(username=...)` inserts a user and returns a token."""
+
+    async def create(**kwargs: Any) -> TestUser:
+        return await factories.make_user(app, **kwargs)
+
+    return create
