@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import Follow, User
+from service.schemas.profile import ProfileOut
+from service.schemas.user import is_valid_username
+from service.services.errors import InvalidInput, NotFound
+
+SELF_FOLLOW = "you cannot follow or unfollow yourself"
 
 
 async def following_ids(
@@ -22,3 +28,53 @@ async def following_ids(
         )
     )
     return set(rows)
+
+
+async def get_by_username(*, session: AsyncSession, username: str) -> User | None:
+    """The user called `username`, compared case-insensitively, or None."""
+    # A name no account can have (bad characters, too long, NUL) needs no query.
+    if not is_valid_username(username):
+        return None
+    # lower(username) matches the unique index uq_users_username_lower.
+    return await session.scalar(
+        select(User).where(func.lower(User.username) == func.lower(username))
+    )
+
+
+async def _require_user(*, session: AsyncSession, username: str) -> User:
+    user = await get_by_username(session=session, username=username)
+    if user is None:
+        raise NotFound("not found", field="profile")
+    return user
+
+
+async def get_profile(*, session: AsyncSession, viewer: User | None, username: str) -> ProfileOut:
+    """The profile of `username` as `viewer` sees it; `NotFound` if there is no such user."""
+    user = await _require_user(session=session, username=username)
+    followed = await following_ids(session=session, viewer=viewer, user_ids=[user.id])
+    return ProfileOut.of(user, following=user.id in followed)
+
+
+async def follow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
+    """Make `follower` follow `username`; following twice changes nothing."""
+    user = await _require_user(session=session, username=username)
+    if user.id == follower.id:
+        raise InvalidInput(SELF_FOLLOW, field="username")
+    # ON CONFLICT DO NOTHING: idempotent, and safe when the same follow races itself.
+    await session.execute(
+        insert(Follow)
+        .values(follower_id=follower.id, followee_id=user.id)
+        .on_conflict_do_nothing(index_elements=[Follow.follower_id, Follow.followee_id])
+    )
+    return ProfileOut.of(user, following=True)
+
+
+async def unfollow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
+    """Make `follower` stop following `username`; unfollowing twice changes nothing."""
+    user = await _require_user(session=session, username=username)
+    if user.id == follower.id:
+        raise InvalidInput(SELF_FOLLOW, field="username")
+    await session.execute(
+        delete(Follow).where(Follow.follower_id == follower.id, Follow.followee_id == user.id)
+    )
+    return ProfileOut.of(user, following=False)

@@ -1,7 +1,105 @@
-"""Profiles endpoints."""
+"""Profiles and following."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.profile import ProfileOut, ProfileResponse
+from service.services import profiles as profiles_service
 
 bp = Blueprint("profiles", __name__)
+
+TAGS = ["Profile"]
+
+
+def _example(*, following: bool) -> dict[str, Any]:
+    return {
+        "profile": {
+            "username": "jake",
+            "bio": "I work at statefarm",
+            "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
+            "following": following,
+        }
+    }
+
+
+NOT_FOUND_EXAMPLE = {"errors": {"profile": ["not found"]}}
+SELF_FOLLOW_EXAMPLE = {"errors": {"username": [profiles_service.SELF_FOLLOW]}}
+UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
+
+
+def _profile_response(profile: ProfileOut) -> Response:
+    return jsonify(ProfileResponse(profile=profile).to_json())
+
+
+@bp.get("/profiles/<username>")
+@operation(
+    responses={200: ProfileResponse},
+    tags=TAGS,
+    auth="optional",
+    errors=[404],
+    examples={200: _example(following=False), 404: NOT_FOUND_EXAMPLE},
+)
+async def get_profile(username: str, viewer: User | None) -> Response:
+    """Get a profile.
+
+    Usernames match regardless of case. Authentication is optional; `following` is false for
+    anonymous callers.
+    """
+    profile = await profiles_service.get_profile(
+        session=db.session, viewer=viewer, username=username
+    )
+    return _profile_response(profile)
+
+
+@bp.post("/profiles/<username>/follow")
+@operation(
+    responses={200: ProfileResponse},
+    tags=TAGS,
+    auth="required",
+    errors=[404, 422],
+    examples={
+        200: _example(following=True),
+        401: UNAUTHORIZED_EXAMPLE,
+        404: NOT_FOUND_EXAMPLE,
+        422: SELF_FOLLOW_EXAMPLE,
+    },
+)
+async def follow_user(username: str, viewer: User) -> Response:
+    """Follow a user.
+
+    Idempotent: following someone you already follow answers 200 again. Following yourself
+    answers 422. Any request body is ignored.
+    """
+    profile = await profiles_service.follow(session=db.session, follower=viewer, username=username)
+    return _profile_response(profile)
+
+
+@bp.delete("/profiles/<username>/follow")
+@operation(
+    responses={200: ProfileResponse},
+    tags=TAGS,
+    auth="required",
+    errors=[404, 422],
+    examples={
+        200: _example(following=False),
+        401: UNAUTHORIZED_EXAMPLE,
+        404: NOT_FOUND_EXAMPLE,
+        422: SELF_FOLLOW_EXAMPLE,
+    },
+)
+async def unfollow_user(username: str, viewer: User) -> Response:
+    """Unfollow a user.
+
+    Idempotent: unfollowing someone you do not follow answers 200 with `following: false`.
+    Unfollowing yourself answers 422.
+    """
+    profile = await profiles_service.unfollow(
+        session=db.session, follower=viewer, username=username
+    )
+    return _profile_response(profile)
