@@ -180,17 +180,20 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def hypercorn_server(adapter: str, threads: int) -> Iterator[int]:
+def hypercorn_server(adapter: str, threads: int, workers: int, pin: bool) -> Iterator[int]:
     """Run `bench.adapter_app:<adapter>` under Hypercorn on a free loopback port."""
     port = free_port()
+    # With --pin the server gets core 0 and wrk core 1, so the load generator does not steal
+    # the server's CPU (the machine has 2 cores).
     cmd = [
+        *(["taskset", "-c", "0"] if pin else []),
         sys.executable,
         "-m",
         "hypercorn",
         "--worker-class",
         "uvloop",
         "-w",
-        "1",
+        str(workers),
         "--bind",
         f"{HOST}:{port}",
         # Hypercorn's access log is off unless --access-logfile is given: none is.
@@ -224,9 +227,12 @@ def drain(port: int) -> None:
     get(port, "/trivial", timeout=DRAIN_TIMEOUT)
 
 
-def run_wrk(port: int, endpoint: str, duration: int, connections: int, timeout: float) -> WrkResult:
+def run_wrk(
+    port: int, endpoint: str, duration: int, connections: int, timeout: float, pin: bool
+) -> WrkResult:
     """Run wrk against the local server and parse its report."""
     cmd = [
+        *(["taskset", "-c", "1"] if pin else []),
         "wrk",
         "-t2",
         f"-c{connections}",
@@ -326,6 +332,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="wrk per-request timeout in s (10; wrk's own default of 2 s would censor the "
         "stock adapter's ~connections*50 ms /sleep latencies and count them as errors)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="Hypercorn worker processes (1)")
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the server to core 0 and wrk to core 1"
+    )
     args = parser.parse_args(argv)
     for name in ("duration", "connections", "rounds", "threads"):
         if getattr(args, name) < 1:
@@ -343,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(
         f"wrk -t2 -c{args.connections} -d{args.duration}s --timeout={args.wrk_timeout:g}s "
-        f"--latency; hypercorn uvloop -w 1; pooled threads={args.threads}; "
+        f"--latency; hypercorn uvloop -w {args.workers}; pooled threads={args.threads}; "
+        f"pinned={args.pin}; "
         f"rounds={args.rounds}; cpus={os.cpu_count()}",
         flush=True,
     )
@@ -351,12 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for rnd in range(1, args.rounds + 1):
         for adapter in ADAPTERS:
             try:
-                with hypercorn_server(adapter, args.threads) as port:
+                with hypercorn_server(adapter, args.threads, args.workers, args.pin) as port:
                     for endpoint in ENDPOINTS:
                         for _ in range(WARMUP_REQUESTS):
                             get(port, endpoint, timeout=DRAIN_TIMEOUT)
                         result = run_wrk(
-                            port, endpoint, args.duration, args.connections, args.wrk_timeout
+                            port,
+                            endpoint,
+                            args.duration,
+                            args.connections,
+                            args.wrk_timeout,
+                            args.pin,
                         )
                         drain(port)
                         results.setdefault((adapter, endpoint), []).append(result)

@@ -4,9 +4,11 @@ asgiref's stock `WsgiToAsgi` runs every request of the process through one threa
 (`sync_to_async` with `thread_sensitive=True`), so a request awaiting the database blocks
 all others. This variant keeps asgiref's environ building but:
 
-- runs the WSGI app on a bounded `ThreadPoolExecutor` through `SyncToAsync`, so the async
-  views that Flask runs with `AsyncToSync` are scheduled on the server's event loop, where
-  the database and Redis pools live;
+- runs the WSGI app on a bounded `ThreadPoolExecutor`, and runs the async views that Flask
+  calls from those threads on the server's event loop (`run_on_serving_loop`), where the
+  database and Redis pools live;
+- makes exactly one thread-to-loop round trip per async view: asgiref's `AsyncToSync` and
+  `SyncToAsync` cost several extra context switches and context copies per request;
 - buffers the (JSON-sized) response in the worker thread and sends it from the loop in
   one body message: no thread hop per `send`;
 - enforces the request body limit while reading, answering 413 before the app runs;
@@ -17,15 +19,17 @@ all others. This variant keeps asgiref's environ building but:
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol
 
 import orjson
-from asgiref.sync import SyncToAsync
+from asgiref.sync import async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
 
 logger = logging.getLogger("conduit.adapter")
@@ -35,6 +39,48 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# The loop serving the current request; set by the adapter before it hands the request to
+# a worker thread, so that code in that thread can run coroutines on it.
+serving_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "conduit_serving_loop", default=None
+)
+
+
+def run_on_serving_loop(
+    func: Callable[..., Coroutine[Any, Any, Any]],
+) -> Callable[..., Any]:
+    """Wrap a coroutine function so a worker thread can call it and wait for its result.
+
+    The coroutine runs as a task on the serving loop, in a copy of the calling thread's
+    context (Flask's request context, the request id). Outside a request served by the
+    adapter (no serving loop, e.g. a CLI), it falls back to asgiref's `async_to_sync`.
+    """
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        loop = serving_loop.get()
+        if loop is None:
+            return async_to_sync(func)(*args, **kwargs)
+        context = contextvars.copy_context()
+        result: Future[Any] = Future()
+
+        def finish(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                result.cancel()
+            elif (error := task.exception()) is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(task.result())
+
+        def start() -> None:
+            task = loop.create_task(func(*args, **kwargs), context=context)
+            task.add_done_callback(finish)
+
+        loop.call_soon_threadsafe(start)
+        return result.result()
+
+    return call
 
 
 class Lifespan(Protocol):
@@ -65,6 +111,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _Disconnected(Exception):
+    pass
+
+
 class _BufferedInstance(WsgiToAsgiInstance):
     """One request: asgiref's environ and `start_response`, response collected in the thread."""
 
@@ -74,6 +124,9 @@ class _BufferedInstance(WsgiToAsgiInstance):
         except ValueError:
             start, end = error_response(400, "too many duplicate headers")
             return start, [end["body"]]
+        # The body is fully buffered; without this Werkzeug reads a chunked upload (no
+        # Content-Length) as empty.
+        environ["wsgi.input_terminated"] = True
         chunks: list[bytes] = []
         result = self.wsgi_application(environ, self.start_response)
         try:
@@ -155,6 +208,10 @@ class ConcurrentWsgiToAsgi:
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await self.shutdown()
+                except Exception as exc:
+                    logger.exception("shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
                 finally:
                     self.executor.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -165,23 +222,37 @@ class ConcurrentWsgiToAsgi:
         if self._closing:
             await self._send_error(send, 503, "server is shutting down")
             return
-        with SpooledTemporaryFile(max_size=65536) as body:
-            try:
-                await self._read_body(scope, receive, body)
-            except _BodyTooLarge:
-                await self._send_error(send, 413, "request body too large")
-                return
-            body.seek(0)
-            instance = _BufferedInstance(self.wsgi_application)  # type: ignore[no-untyped-call]
-            instance.scope = scope
-            self._enter()
-            try:
-                runner = SyncToAsync(instance.run, thread_sensitive=False, executor=self.executor)
-                start, chunks = await runner(body)
-            finally:
-                self._leave()
-        await send(start)
-        await send({"type": "http.response.body", "body": b"".join(chunks)})
+        # Counted from the first byte read, so a shutdown waits for uploads in progress too.
+        self._enter()
+        try:
+            with SpooledTemporaryFile(max_size=65536) as body:
+                try:
+                    await self._read_body(scope, receive, body)
+                except _BodyTooLarge:
+                    await self._send_error(send, 413, "request body too large")
+                    return
+                except _Disconnected:
+                    return  # nobody to answer: do not run the app on a truncated body
+                body.seek(0)
+                instance = _BufferedInstance(self.wsgi_application)  # type: ignore[no-untyped-call]
+                instance.scope = scope
+                loop = asyncio.get_running_loop()
+                token = serving_loop.set(loop)
+                context = contextvars.copy_context()
+                serving_loop.reset(token)
+                try:
+                    start, chunks = await loop.run_in_executor(
+                        self.executor, context.run, instance.run, body
+                    )
+                except Exception:
+                    # Flask handles its own errors; this is e.g. a streamed body that raised.
+                    logger.exception("unhandled error in the WSGI app")
+                    await self._send_error(send, 500, "internal server error")
+                    return
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(chunks)})
+        finally:
+            self._leave()
 
     async def _read_body(self, scope: Scope, receive: Receive, body: IO[bytes]) -> None:
         for name, value in scope.get("headers", ()):
@@ -191,7 +262,7 @@ class ConcurrentWsgiToAsgi:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                raise _Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 from service import observability
-from service.adapter import ConcurrentWsgiToAsgi
+from service.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
 from service.api import errors
 from service.api.auth import auth
 from service.api.docs import bp as docs_bp
@@ -29,14 +29,14 @@ class ConduitFlask(Flask):
     json_provider_class = OrjsonProvider
 
     def async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
-        """Run `func` on the server's loop, committing its session once if it succeeds."""
+        """Run `func` on the serving loop, committing its session once if it succeeds."""
 
         @functools.wraps(func)
         async def in_unit_of_work(*args: Any, **kwargs: Any) -> Any:
             async with db.unit_of_work():
                 return await func(*args, **kwargs)
 
-        return super().async_to_sync(in_unit_of_work)
+        return run_on_serving_loop(in_unit_of_work)
 
 
 def create_app(settings: Settings) -> ConduitFlask:

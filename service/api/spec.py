@@ -123,9 +123,12 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
         code for code in responses if code.startswith("4") and int(code) not in meta["errors"]
     ]:
         del responses[code]  # flask-pydantic-spec adds a bare 422 to every operation
-    error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for code in sorted(meta["errors"]):
-        responses[str(code)] = {"description": ERROR_DESCRIPTIONS[code], "content": error_ref}
+        # A fresh dict per code: examples are set per response below.
+        responses[str(code)] = {
+            "description": ERROR_DESCRIPTIONS[code],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        }
     for code, example in meta["examples"].items():
         content = responses.get(str(code), {}).get("content", {}).get("application/json")
         if content is not None:
