@@ -2,9 +2,205 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import TYPE_CHECKING, Annotated, Any
 
-from service.schemas.common import OutModel
+from pydantic import AfterValidator, Field, StringConstraints, field_validator
+from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
+
+from service.models.article import DESCRIPTION_MAX, TAG_MAX, TITLE_MAX
+from service.schemas.common import InModel, OutModel, PageQuery, Timestamp
+from service.schemas.profile import ProfileOut
+
+if TYPE_CHECKING:
+    from service.services.articles import ArticleView
+
+BODY_MAX = 100_000
+TAGS_MAX = 20
+
+
+def no_nul(value: str) -> str:
+    """Reject NUL characters: valid JSON, but PostgreSQL cannot store them in text."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
+def not_blank(value: str) -> str:
+    """Reject text that is only whitespace (the text itself is kept verbatim)."""
+    if not value.strip():
+        raise PydanticCustomError("blank", "can't be blank")
+    return value
+
+
+def reject_null(value: Any) -> Any:
+    """For partial updates: a field may be absent, but not explicitly null."""
+    if value is None:
+        raise PydanticCustomError("null", "can't be null")
+    return value
+
+
+def _unique(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _absent_not_null(schema: JsonDict) -> None:
+    # Document an optional field by its type alone: it may be left out, but `null` is rejected.
+    schema.pop("default", None)
+    variants = schema.pop("anyOf", None)
+    if isinstance(variants, list):
+        kept = [variant for variant in variants if variant != {"type": "null"}]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+
+
+def optional(**kwargs: Any) -> Any:
+    """A field that may be absent (then None), documented without `null`."""
+    return Field(default=None, json_schema_extra=_absent_not_null, **kwargs)
+
+
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
+    AfterValidator(no_nul),
+]
+Description = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=DESCRIPTION_MAX),
+    AfterValidator(no_nul),
+]
+# Markdown: leading indentation is meaningful, so the body is stored verbatim.
+Body = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=BODY_MAX),
+    AfterValidator(not_blank),
+    AfterValidator(no_nul),
+]
+TagName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=TAG_MAX),
+    AfterValidator(no_nul),
+]
+QueryText = Annotated[str, AfterValidator(no_nul)]
+# Tags keep their case; exact duplicates (after trimming) collapse into one.
+TagList = Annotated[list[TagName], Field(max_length=TAGS_MAX), AfterValidator(_unique)]
+
+
+def sort_tags(names: list[str]) -> list[str]:
+    """Alphabetical regardless of case, ties by code point: the one order tags are shown in."""
+    return sorted(names, key=lambda name: (name.casefold(), name))
+
+
+class ArticleCreate(InModel):
+    """A new article."""
+
+    title: Title = Field(examples=["How to train your dragon"])
+    description: Description = Field(examples=["Ever wonder how?"])
+    body: Body = Field(examples=["You have to believe"])
+    tag_list: TagList = Field(
+        default_factory=list, alias="tagList", examples=[["dragons", "training"]]
+    )
+
+
+class ArticleUpdate(InModel):
+    """Fields to change; absent fields stay as they are. The slug never changes."""
+
+    title: Title | None = optional(examples=["Did you train your dragon?"])
+    description: Description | None = optional()
+    body: Body | None = optional(examples=["With two hands"])
+    tag_list: TagList | None = optional(alias="tagList")
+
+    @field_validator("title", "description", "body", "tag_list", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        return reject_null(value)
+
+
+class ArticleCreateRequest(InModel):
+    """`{"article": {...}}` to create an article."""
+
+    article: ArticleCreate
+
+
+class ArticleUpdateRequest(InModel):
+    """`{"article": {...}}` to update an article."""
+
+    article: ArticleUpdate
+
+
+class ArticleListQuery(PageQuery):
+    """Filters of `GET /articles`; they combine, and an empty value means no filter."""
+
+    tag: QueryText | None = optional(description="Only articles with this tag (exact match)")
+    author: QueryText | None = optional(description="Only articles by this username (any case)")
+    favorited: QueryText | None = optional(
+        description="Only articles favorited by this username (any case)"
+    )
+
+    @field_validator("tag", "author", "favorited", mode="before")
+    @classmethod
+    def _empty_is_absent(cls, value: Any) -> Any:
+        return value or None
+
+
+class ArticleSummary(OutModel):
+    """An article in a list: everything but the body."""
+
+    slug: str = Field(examples=["how-to-train-your-dragon"])
+    title: str = Field(examples=["How to train your dragon"])
+    description: str = Field(examples=["Ever wonder how?"])
+    tag_list: list[str] = Field(alias="tagList", examples=[["dragons", "training"]])
+    created_at: Timestamp = Field(alias="createdAt")
+    updated_at: Timestamp = Field(alias="updatedAt")
+    favorited: bool = Field(examples=[False])
+    favorites_count: int = Field(alias="favoritesCount", examples=[0])
+    author: ProfileOut
+
+    @classmethod
+    def of(cls, view: ArticleView) -> ArticleSummary:
+        """The list entry of `view`."""
+        return cls(**_common_fields(view))
+
+
+class ArticleOut(ArticleSummary):
+    """A whole article; `favorited` and `author.following` are relative to the caller."""
+
+    body: str = Field(examples=["You have to believe"])
+
+    @classmethod
+    def of(cls, view: ArticleView) -> ArticleOut:
+        """The full article of `view`."""
+        return cls(**_common_fields(view), body=view.article.body)
+
+
+def _common_fields(view: ArticleView) -> dict[str, Any]:
+    article = view.article
+    return {
+        "slug": article.slug,
+        "title": article.title,
+        "description": article.description,
+        "tag_list": sort_tags(view.tags),
+        "created_at": article.created_at,
+        "updated_at": article.updated_at,
+        "favorited": view.favorited,
+        "favorites_count": view.favorites_count,
+        "author": ProfileOut.of(view.author, following=view.following),
+    }
+
+
+class ArticleResponse(OutModel):
+    """`{"article": {...}}`."""
+
+    article: ArticleOut
+
+
+class MultipleArticlesResponse(OutModel):
+    """`{"articles": [...], "articlesCount": n}`; the count covers every page."""
+
+    articles: list[ArticleSummary]
+    articles_count: int = Field(alias="articlesCount", examples=[1])
 
 
 class TagsResponse(OutModel):

@@ -1,7 +1,221 @@
-"""Articles endpoints."""
+"""Articles and favorites endpoints."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from typing import Any, cast
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.article import (
+    ArticleCreateRequest,
+    ArticleListQuery,
+    ArticleOut,
+    ArticleResponse,
+    ArticleSummary,
+    ArticleUpdateRequest,
+    MultipleArticlesResponse,
+)
+from service.schemas.common import PageQuery
+from service.services import articles as articles_service
+from service.services.articles import ArticlePage, ArticleView
 
 bp = Blueprint("articles", __name__)
+
+_AUTHOR = {
+    "username": "jake",
+    "bio": "I work at statefarm",
+    "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
+    "following": False,
+}
+_SUMMARY: dict[str, Any] = {
+    "slug": "how-to-train-your-dragon",
+    "title": "How to train your dragon",
+    "description": "Ever wonder how?",
+    "tagList": ["dragons", "training"],
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+    "favorited": False,
+    "favoritesCount": 0,
+    "author": _AUTHOR,
+}
+_ARTICLE_EXAMPLE = {"article": {**_SUMMARY, "body": "You have to believe"}}
+_FAVORITED_EXAMPLE = {
+    "article": {**_SUMMARY, "body": "You have to believe", "favorited": True, "favoritesCount": 1}
+}
+_LIST_EXAMPLE = {"articles": [_SUMMARY], "articlesCount": 1}
+_NEW_ARTICLE = {
+    "article": {
+        "title": "How to train your dragon",
+        "description": "Ever wonder how?",
+        "body": "You have to believe",
+        "tagList": ["dragons", "training"],
+    }
+}
+_CHANGE_ARTICLE = {"article": {"body": "With two hands"}}
+
+
+def _page_json(page: ArticlePage) -> Response:
+    return jsonify(
+        MultipleArticlesResponse(
+            articles=[ArticleSummary.of(view) for view in page.articles],
+            articles_count=page.total,
+        ).to_json()
+    )
+
+
+def _article_json(view: ArticleView) -> Response:
+    return jsonify(ArticleResponse(article=ArticleOut.of(view)).to_json())
+
+
+@bp.get("/articles")
+@operation(
+    responses={200: MultipleArticlesResponse},
+    tags=["Articles"],
+    auth="optional",
+    query=ArticleListQuery,
+    examples={200: _LIST_EXAMPLE},
+)
+async def list_articles(viewer: User | None) -> Response:
+    """List articles, newest first, optionally filtered by tag, author or favoriting user."""
+    query = cast(ArticleListQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await articles_service.list_articles(
+        session=db.session,
+        viewer=viewer,
+        limit=query.limit,
+        offset=query.offset,
+        tag=query.tag,
+        author=query.author,
+        favorited=query.favorited,
+    )
+    return _page_json(page)
+
+
+@bp.get("/articles/feed")
+@operation(
+    responses={200: MultipleArticlesResponse},
+    tags=["Articles"],
+    auth="required",
+    query=PageQuery,
+    examples={200: _LIST_EXAMPLE},
+)
+async def get_feed(viewer: User) -> Response:
+    """List articles by the authors the caller follows, newest first."""
+    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await articles_service.feed(
+        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+    )
+    return _page_json(page)
+
+
+@bp.get("/articles/<slug>")
+@operation(
+    responses={200: ArticleResponse},
+    tags=["Articles"],
+    auth="optional",
+    errors=[404],
+    examples={200: _ARTICLE_EXAMPLE},
+)
+async def get_article(slug: str, viewer: User | None) -> Response:
+    """Get one article."""
+    view = await articles_service.get_article(session=db.session, viewer=viewer, slug=slug)
+    return _article_json(view)
+
+
+@bp.post("/articles")
+@operation(
+    responses={201: ArticleResponse},
+    tags=["Articles"],
+    auth="required",
+    body=ArticleCreateRequest,
+    examples={201: _ARTICLE_EXAMPLE},
+    body_example=_NEW_ARTICLE,
+)
+async def create_article(viewer: User) -> tuple[Response, int]:
+    """Create an article; its slug is derived from the title and never changes."""
+    body = cast(ArticleCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    view = await articles_service.create_article(
+        session=db.session, author=viewer, data=body.article
+    )
+    return _article_json(view), 201
+
+
+async def _update(slug: str, viewer: User) -> Response:
+    body = cast(ArticleUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    view = await articles_service.update_article(
+        session=db.session, viewer=viewer, slug=slug, data=body.article
+    )
+    return _article_json(view)
+
+
+@bp.put("/articles/<slug>")
+@operation(
+    responses={200: ArticleResponse},
+    tags=["Articles"],
+    auth="required",
+    body=ArticleUpdateRequest,
+    errors=[403, 404],
+    examples={200: _ARTICLE_EXAMPLE},
+    body_example=_CHANGE_ARTICLE,
+)
+async def update_article(slug: str, viewer: User) -> Response:
+    """Update the caller's article: only the given fields change (the slug never does)."""
+    return await _update(slug, viewer)
+
+
+@bp.patch("/articles/<slug>")
+@operation(
+    responses={200: ArticleResponse},
+    tags=["Articles"],
+    auth="required",
+    body=ArticleUpdateRequest,
+    errors=[403, 404],
+    examples={200: _ARTICLE_EXAMPLE},
+    body_example=_CHANGE_ARTICLE,
+)
+async def patch_article(slug: str, viewer: User) -> Response:
+    """Update the caller's article, like PUT: only the given fields change."""
+    return await _update(slug, viewer)
+
+
+@bp.delete("/articles/<slug>")
+@operation(
+    responses={204: None},
+    tags=["Articles"],
+    auth="required",
+    errors=[403, 404],
+)
+async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
+    """Delete the caller's article with its comments and favorites."""
+    await articles_service.delete_article(session=db.session, viewer=viewer, slug=slug)
+    return "", 204
+
+
+@bp.post("/articles/<slug>/favorite")
+@operation(
+    responses={200: ArticleResponse},
+    tags=["Favorites"],
+    auth="required",
+    errors=[404],
+    examples={200: _FAVORITED_EXAMPLE},
+)
+async def favorite_article(slug: str, viewer: User) -> Response:
+    """Favorite an article (doing it again changes nothing)."""
+    view = await articles_service.favorite(session=db.session, viewer=viewer, slug=slug)
+    return _article_json(view)
+
+
+@bp.delete("/articles/<slug>/favorite")
+@operation(
+    responses={200: ArticleResponse},
+    tags=["Favorites"],
+    auth="required",
+    errors=[404],
+    examples={200: _ARTICLE_EXAMPLE},
+)
+async def unfavorite_article(slug: str, viewer: User) -> Response:
+    """Remove the caller's favorite of an article (doing it again changes nothing)."""
+    view = await articles_service.unfavorite(session=db.session, viewer=viewer, slug=slug)
+    return _article_json(view)

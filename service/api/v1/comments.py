@@ -2,6 +2,82 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from typing import cast
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.comment import (
+    CommentCreateRequest,
+    CommentOut,
+    CommentResponse,
+    MultipleCommentsResponse,
+)
+from service.services import comments as comments_service
 
 bp = Blueprint("comments", __name__)
+
+_COMMENT = {
+    "id": 1,
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+    "body": "It takes a Jacobian",
+    "author": {
+        "username": "jake",
+        "bio": "I work at statefarm",
+        "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
+        "following": False,
+    },
+}
+
+
+@bp.get("/articles/<slug>/comments")
+@operation(
+    responses={200: MultipleCommentsResponse},
+    tags=["Comments"],
+    auth="optional",
+    errors=[404],
+    examples={200: {"comments": [_COMMENT]}},
+)
+async def list_comments(slug: str, viewer: User | None) -> Response:
+    """List the comments on an article, oldest first."""
+    views = await comments_service.list_comments(session=db.session, viewer=viewer, slug=slug)
+    return jsonify(
+        MultipleCommentsResponse(comments=[CommentOut.of(view) for view in views]).to_json()
+    )
+
+
+@bp.post("/articles/<slug>/comments")
+@operation(
+    responses={200: CommentResponse},
+    tags=["Comments"],
+    auth="required",
+    body=CommentCreateRequest,
+    errors=[404],
+    examples={200: {"comment": _COMMENT}},
+    body_example={"comment": {"body": "It takes a Jacobian"}},
+)
+async def create_comment(slug: str, viewer: User) -> Response:
+    """Comment on an article (the spec answers 200, not 201)."""
+    body = cast(CommentCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    view = await comments_service.add_comment(
+        session=db.session, author=viewer, slug=slug, data=body.comment
+    )
+    return jsonify(CommentResponse(comment=CommentOut.of(view)).to_json())
+
+
+@bp.delete("/articles/<slug>/comments/<int:comment_id>")
+@operation(
+    responses={204: None},
+    tags=["Comments"],
+    auth="required",
+    errors=[403, 404],
+)
+async def delete_comment(slug: str, comment_id: int, viewer: User) -> tuple[str, int]:
+    """Delete one of the caller's comments."""
+    await comments_service.delete_comment(
+        session=db.session, viewer=viewer, slug=slug, comment_id=comment_id
+    )
+    return "", 204

@@ -1,0 +1,70 @@
+"""Comments on articles and their request/response bodies."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator, Field, StringConstraints
+
+from service.schemas.article import no_nul, not_blank
+from service.schemas.common import InModel, OutModel, Timestamp
+from service.schemas.profile import ProfileOut
+
+if TYPE_CHECKING:
+    from service.services.comments import CommentView
+
+COMMENT_MAX = 10_000
+
+# Stored verbatim (markdown), but it must say something.
+CommentBody = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=COMMENT_MAX),
+    AfterValidator(not_blank),
+    AfterValidator(no_nul),
+]
+
+
+class CommentCreate(InModel):
+    """A new comment."""
+
+    body: CommentBody = Field(examples=["His name was my name too."])
+
+
+class CommentCreateRequest(InModel):
+    """`{"comment": {...}}` to add a comment."""
+
+    comment: CommentCreate
+
+
+class CommentOut(OutModel):
+    """A comment; `author.following` is relative to the caller."""
+
+    id: int = Field(examples=[1])
+    created_at: Timestamp = Field(alias="createdAt")
+    updated_at: Timestamp = Field(alias="updatedAt")
+    body: str = Field(examples=["His name was my name too."])
+    author: ProfileOut
+
+    @classmethod
+    def of(cls, view: CommentView) -> CommentOut:
+        """The comment of `view`."""
+        comment = view.comment
+        return cls(
+            id=comment.id,
+            created_at=comment.created_at,
+            updated_at=comment.updated_at,
+            body=comment.body,
+            author=ProfileOut.of(view.author, following=view.following),
+        )
+
+
+class CommentResponse(OutModel):
+    """`{"comment": {...}}`."""
+
+    comment: CommentOut
+
+
+class MultipleCommentsResponse(OutModel):
+    """`{"comments": [...]}`, oldest first."""
+
+    comments: list[CommentOut]

@@ -1,0 +1,347 @@
+"""Articles, their tags and favorites.
+
+Reads build each article with its author, tags, favorites count and the viewer's `favorited`
+in ONE statement (correlated subqueries), plus one statement for the viewer's follows of the
+authors: a list costs the same number of statements whatever its length.
+
+Slugs come from the title when an article is created and then never change, so links to an
+article keep working after its title is edited. The `uq_articles_slug` constraint decides
+uniqueness: each candidate is inserted inside a savepoint and the next one is tried on a
+violation, so concurrent creates with one title all succeed with distinct slugs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+
+from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
+from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
+from service.services import profiles, slugs
+from service.services.errors import Conflict, NotFound, PermissionDenied
+
+SLUG_CONSTRAINT = "uq_articles_slug"
+
+
+@dataclass(frozen=True)
+class ArticleView:
+    """An article as one viewer sees it."""
+
+    article: Article
+    author: User
+    tags: list[str]
+    favorited: bool
+    favorites_count: int
+    following: bool
+
+
+@dataclass(frozen=True)
+class ArticlePage:
+    """One page of articles and the number of articles on all pages."""
+
+    articles: list[ArticleView]
+    total: int
+
+
+def _storable(key: str) -> bool:
+    # PostgreSQL text cannot hold NUL: such a key matches nothing and must not reach the DB.
+    return "\x00" not in key
+
+
+def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
+    tags = (
+        select(func.array_agg(Tag.name))
+        .join_from(ArticleTag, Tag, ArticleTag.tag_id == Tag.id)
+        .where(ArticleTag.article_id == Article.id)
+        .scalar_subquery()
+    )
+    favorites_count = (
+        select(func.count()).where(Favorite.article_id == Article.id).scalar_subquery()
+    )
+    favorited: ColumnElement[bool] = (
+        exists().where(Favorite.article_id == Article.id, Favorite.user_id == viewer.id)
+        if viewer is not None
+        else false()
+    )
+    statement = (
+        select(Article, User, tags, favorites_count, favorited)
+        .join(User, User.id == Article.author_id)
+        # Rows written earlier in this transaction must show their new values.
+        .execution_options(populate_existing=True)
+    )
+    if not with_body:
+        # List items have no body; up to 100 kB each is not worth reading.
+        statement = statement.options(defer(Article.body, raiseload=True))
+    return statement
+
+
+async def _views(
+    session: AsyncSession, viewer: User | None, statement: Select[Any]
+) -> list[ArticleView]:
+    rows = (await session.execute(statement)).all()
+    followed = await profiles.following_ids(
+        session=session, viewer=viewer, user_ids={row[1].id for row in rows}
+    )
+    return [
+        ArticleView(
+            article=article,
+            author=author,
+            tags=list(tags or ()),
+            favorited=bool(favorited),
+            favorites_count=int(count),
+            following=author.id in followed,
+        )
+        for article, author, tags, count, favorited in rows
+    ]
+
+
+async def _one(session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:
+    if _storable(slug):
+        statement = _views_statement(viewer, with_body=True).where(Article.slug == slug)
+        found = await _views(session, viewer, statement)
+        if found:
+            return found[0]
+    raise NotFound("article not found", field="article")
+
+
+async def _page(
+    session: AsyncSession,
+    viewer: User | None,
+    conditions: Sequence[ColumnElement[bool]],
+    *,
+    limit: int,
+    offset: int,
+) -> ArticlePage:
+    total = await session.scalar(select(func.count()).select_from(Article).where(*conditions))
+    statement = (
+        _views_statement(viewer, with_body=False)
+        .where(*conditions)
+        .order_by(Article.created_at.desc(), Article.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return ArticlePage(articles=await _views(session, viewer, statement), total=total or 0)
+
+
+def _user_named(username: str) -> Select[Any]:
+    # Usernames are unique regardless of case (index on lower(username)).
+    return select(User.id).where(func.lower(User.username) == func.lower(username))
+
+
+async def list_articles(
+    *,
+    session: AsyncSession,
+    viewer: User | None,
+    limit: int,
+    offset: int,
+    tag: str | None = None,
+    author: str | None = None,
+    favorited: str | None = None,
+) -> ArticlePage:
+    """Newest first, filtered by tag, author and/or favoriting user (filters combine)."""
+    conditions: list[ColumnElement[bool]] = []
+    if tag is not None:
+        conditions.append(
+            Article.id.in_(
+                select(ArticleTag.article_id)
+                .join(Tag, Tag.id == ArticleTag.tag_id)
+                .where(Tag.name == tag)
+            )
+        )
+    if author is not None:
+        conditions.append(Article.author_id.in_(_user_named(author)))
+    if favorited is not None:
+        conditions.append(
+            Article.id.in_(
+                select(Favorite.article_id).where(Favorite.user_id.in_(_user_named(favorited)))
+            )
+        )
+    return await _page(session, viewer, conditions, limit=limit, offset=offset)
+
+
+async def feed(*, session: AsyncSession, viewer: User, limit: int, offset: int) -> ArticlePage:
+    """Articles by the authors `viewer` follows, newest first."""
+    followed = select(Follow.followee_id).where(Follow.follower_id == viewer.id)
+    return await _page(
+        session, viewer, [Article.author_id.in_(followed)], limit=limit, offset=offset
+    )
+
+
+async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:
+    """The article with `slug`, or `NotFound`."""
+    return await _one(session, viewer, slug)
+
+
+async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = False) -> int:
+    """The id of the article with `slug`, or `NotFound`.
+
+    With `lock`, the row is key-share locked until the transaction ends, so that a concurrent
+    delete cannot remove it under a row about to reference it.
+    """
+    found = None
+    if _storable(slug):
+        statement = select(Article.id).where(Article.slug == slug)
+        if lock:
+            statement = statement.with_for_update(key_share=True)
+        found = await session.scalar(statement)
+    if found is None:
+        raise NotFound("article not found", field="article")
+    return found
+
+
+async def _insert_with_unique_slug(
+    session: AsyncSession, author: User, data: ArticleCreate
+) -> Article:
+    values = {
+        "title": data.title,
+        "description": data.description,
+        "body": data.body,
+        "author_id": author.id,
+    }
+    for slug in slugs.candidates(slugs.slugify(data.title)):
+        try:
+            async with session.begin_nested():
+                statement = insert(Article).values(slug=slug, **values).returning(Article)
+                return (await session.scalars(statement)).one()
+        except IntegrityError as exc:
+            if _constraint_name(exc) != SLUG_CONSTRAINT:
+                raise
+    raise Conflict("could not find a free slug for this title, try again", field="title")
+
+
+def _constraint_name(exc: IntegrityError) -> str | None:
+    # asyncpg's exception (the DBAPI error's cause) names the violated constraint.
+    cause = getattr(exc.orig, "__cause__", None)
+    name = getattr(cause, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
+async def _attach_tags(session: AsyncSession, article_id: int, names: Sequence[str]) -> None:
+    if not names:
+        return
+    # One order for every writer: concurrent inserts of the same tags wait, never deadlock.
+    ordered = sorted(set(names))
+    await session.execute(
+        pg_insert(Tag)
+        .values([{"name": name} for name in ordered])
+        .on_conflict_do_nothing(index_elements=[Tag.name])
+    )
+    # A separate statement: in READ COMMITTED it sees tags another transaction just committed.
+    await session.execute(
+        insert(ArticleTag).from_select(
+            ["article_id", "tag_id"],
+            select(literal(article_id, BigInteger), Tag.id).where(Tag.name.in_(ordered)),
+        )
+    )
+
+
+async def create_article(
+    *, session: AsyncSession, author: User, data: ArticleCreate
+) -> ArticleView:
+    """Insert an article by `author` with a unique slug derived from its title."""
+    article = await _insert_with_unique_slug(session, author, data)
+    await _attach_tags(session, article.id, data.tag_list)
+    return ArticleView(
+        article=article,
+        author=author,
+        tags=sort_tags(data.tag_list),
+        favorited=False,
+        favorites_count=0,
+        following=False,
+    )
+
+
+async def _owned_for_change(session: AsyncSession, viewer: User, slug: str) -> Article:
+    """Lock the article with `slug` for a change by its author; `NotFound` or `PermissionDenied`."""
+    article = None
+    if _storable(slug):
+        article = await session.scalar(
+            select(Article)
+            .where(Article.slug == slug)
+            .options(defer(Article.body))
+            .with_for_update()
+        )
+    if article is None:
+        raise NotFound("article not found", field="article")
+    if article.author_id != viewer.id:
+        raise PermissionDenied("only the author may change this article", field="article")
+    return article
+
+
+async def update_article(
+    *, session: AsyncSession, viewer: User, slug: str, data: ArticleUpdate
+) -> ArticleView:
+    """Change the given fields (and the tags, if given) of the viewer's own article.
+
+    The slug stays as it was, even when the title changes, so existing links keep working.
+    """
+    article = await _owned_for_change(session, viewer, slug)
+    changes = data.model_dump(exclude_unset=True)
+    tag_list: list[str] | None = changes.pop("tag_list", None)
+    if changes or tag_list is not None:
+        await session.execute(
+            update(Article)
+            .where(Article.id == article.id)
+            .values(**changes, updated_at=func.now())
+            .execution_options(synchronize_session=False)
+        )
+    if tag_list is not None:
+        await session.execute(delete(ArticleTag).where(ArticleTag.article_id == article.id))
+        await _attach_tags(session, article.id, tag_list)
+    return await _one(session, viewer, slug)
+
+
+async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> None:
+    """Delete the viewer's own article; its comments, tags links and favorites go with it."""
+    article = await _owned_for_change(session, viewer, slug)
+    await session.execute(
+        delete(Article).where(Article.id == article.id).execution_options(synchronize_session=False)
+    )
+
+
+async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
+    """Mark the article favorited by `viewer` (idempotent)."""
+    if _storable(slug):
+        await session.execute(
+            pg_insert(Favorite)
+            .from_select(
+                ["user_id", "article_id"],
+                # Key-share lock: a concurrent delete of the article cannot break the FK.
+                select(literal(viewer.id, BigInteger), Article.id)
+                .where(Article.slug == slug)
+                .with_for_update(key_share=True),
+            )
+            .on_conflict_do_nothing()
+        )
+    return await _one(session, viewer, slug)
+
+
+async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
+    """Remove `viewer`'s favorite of the article (idempotent)."""
+    if _storable(slug):
+        await session.execute(
+            delete(Favorite).where(
+                Favorite.user_id == viewer.id,
+                Favorite.article_id.in_(select(Article.id).where(Article.slug == slug)),
+            )
+        )
+    return await _one(session, viewer, slug)

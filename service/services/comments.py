@@ -1,0 +1,96 @@
+"""Comments on articles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Comment, User
+from service.schemas.comment import CommentCreate
+from service.services import profiles
+from service.services.articles import find_article_id
+from service.services.errors import NotFound, PermissionDenied
+
+# Ids are BIGINT: a larger number in the URL names no comment (and must not reach asyncpg).
+BIGINT_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class CommentView:
+    """A comment as one viewer sees it."""
+
+    comment: Comment
+    author: User
+    following: bool
+
+
+async def list_comments(
+    *, session: AsyncSession, viewer: User | None, slug: str
+) -> list[CommentView]:
+    """The comments on the article with `slug`, oldest first; `NotFound` for no such article."""
+    article_id = await find_article_id(session=session, slug=slug)
+    rows = (
+        await session.execute(
+            select(Comment, User)
+            .join(User, User.id == Comment.author_id)
+            .where(Comment.article_id == article_id)
+            .order_by(Comment.created_at, Comment.id)
+        )
+    ).all()
+    followed = await profiles.following_ids(
+        session=session, viewer=viewer, user_ids={author.id for _, author in rows}
+    )
+    return [
+        CommentView(comment=comment, author=author, following=author.id in followed)
+        for comment, author in rows
+    ]
+
+
+async def add_comment(
+    *, session: AsyncSession, author: User, slug: str, data: CommentCreate
+) -> CommentView:
+    """Add `author`'s comment to the article with `slug`."""
+    # The key-share lock keeps the article from being deleted before the comment references it.
+    article_id = await find_article_id(session=session, slug=slug, lock=True)
+    comment = (
+        await session.scalars(
+            insert(Comment)
+            .values(body=data.body, article_id=article_id, author_id=author.id)
+            .returning(Comment)
+        )
+    ).one()
+    return CommentView(comment=comment, author=author, following=False)
+
+
+async def delete_comment(
+    *, session: AsyncSession, viewer: User, slug: str, comment_id: int
+) -> None:
+    """Delete the viewer's own comment `comment_id` on the article with `slug`.
+
+    `NotFound` when there is no such article, or no such comment on it; `PermissionDenied`
+    when the comment is someone else's.
+    """
+    article_id = await find_article_id(session=session, slug=slug)
+    if comment_id <= BIGINT_MAX:
+        deleted = await session.scalar(
+            delete(Comment)
+            .where(
+                Comment.id == comment_id,
+                Comment.article_id == article_id,
+                Comment.author_id == viewer.id,
+            )
+            .returning(Comment.id)
+        )
+        if deleted is not None:
+            return
+        # Nothing deleted: tell "not yours" apart from "not there".
+        other_author = await session.scalar(
+            select(Comment.author_id).where(
+                Comment.id == comment_id, Comment.article_id == article_id
+            )
+        )
+        if other_author is not None:
+            raise PermissionDenied("only the author may delete this comment", field="comment")
+    raise NotFound("comment not found", field="comment")
