@@ -11,7 +11,7 @@ from service.db import db
 from service.models import User
 from service.services import users as users_service
 from service.services.errors import NotAuthenticated
-from service.services.security import PasswordPolicy, Passwords, Tokens
+from service.services.security import PasswordPolicy, Passwords, TokenClaims, Tokens
 from service.settings import Settings
 
 EXTENSION_KEY = "conduit.auth"
@@ -70,14 +70,21 @@ def bearer_token() -> str | None:
     return token
 
 
-async def resolve_viewer(*, required: bool) -> User | None:
-    """The authenticated user; None for anonymous callers unless `required` (then 401)."""
+def verify_request(*, required: bool) -> TokenClaims | None:
+    """Check the request's token before anything else runs (401 when bad, or absent and
+    `required`); None for anonymous callers. Pure CPU: no I/O."""
     token = bearer_token()
     if token is None:
         if required:
             raise NotAuthenticated("authentication required", field="token")
         return None
-    claims = auth.tokens.verify(token)
+    return auth.tokens.verify(token)
+
+
+async def load_viewer(claims: TokenClaims | None) -> User | None:
+    """The user a verified token names; 401 if that account no longer exists."""
+    if claims is None:
+        return None
     user = await users_service.get_by_id(session=db.session, user_id=claims.user_id)
     if user is None:
         raise NotAuthenticated("token is invalid", field="token")

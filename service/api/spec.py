@@ -3,7 +3,8 @@
 `operation(...)` is the one decorator every API view uses. It
 - validates the query and JSON body with Pydantic (422 in the error envelope on failure,
   415 for a non-JSON body, 400 for malformed JSON);
-- resolves the caller (`auth="required" | "optional"`) and passes it as `viewer`;
+- checks the caller's token first (`auth="required" | "optional"`; 401 before any 4xx about
+  the body), then loads the user and passes it to the view as `viewer`;
 - runs the async view through `current_app.ensure_sync` (flask-pydantic-spec calls views
   synchronously), inside the request's database unit of work;
 - records what the OpenAPI document needs: models, error responses, security.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
 
 import orjson
-from flask import Request, current_app, request
+from flask import Request, current_app, g, request
 from flask_pydantic_spec import FlaskPydanticSpec
 from flask_pydantic_spec import Request as SpecRequest
 from flask_pydantic_spec import Response as SpecResponse
@@ -25,8 +26,9 @@ from flask_pydantic_spec.types import RequestBase
 from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
-from service.api.auth import resolve_viewer
+from service.api.auth import load_viewer, verify_request
 from service.schemas.common import ErrorBody
+from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]
 SECURITY_SCHEME = "Token"
@@ -97,7 +99,10 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
                     continue
                 _document_operation(operation, meta)
         components = document.setdefault("components", {})
-        components.setdefault("schemas", {})["ErrorBody"] = ErrorBody.model_json_schema()
+        schemas = components.setdefault("schemas", {})
+        schemas["ErrorBody"] = ErrorBody.model_json_schema()
+        for schema in schemas.values():
+            _drop_null_defaults(schema)
         components["securitySchemes"] = {
             SECURITY_SCHEME: {
                 "type": "apiKey",
@@ -108,6 +113,19 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
         }
         document["servers"] = [{"url": "/", "description": "this server"}]
         return document
+
+
+def _drop_null_defaults(schema: Any) -> None:
+    # Optional request fields (absent means "unchanged") come out of Pydantic with
+    # `default: null`, which contradicts their non-null type; absence needs no default.
+    if isinstance(schema, dict):
+        if "default" in schema and schema["default"] is None:
+            del schema["default"]
+        for value in schema.values():
+            _drop_null_defaults(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _drop_null_defaults(item)
 
 
 def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -183,14 +201,15 @@ def operation(
 
     def decorate(view: View) -> Callable[..., Any]:
         @functools.wraps(view)
-        async def with_viewer(*args: Any, **kwargs: Any) -> Any:
+        async def with_viewer(claims: TokenClaims | None, *args: Any, **kwargs: Any) -> Any:
             if auth != "none":
-                kwargs["viewer"] = await resolve_viewer(required=auth == "required")
+                kwargs["viewer"] = await load_viewer(claims)
             return await view(*args, **kwargs)
 
         @functools.wraps(view)
         def run_sync(*args: Any, **kwargs: Any) -> Any:
-            return current_app.ensure_sync(with_viewer)(*args, **kwargs)
+            claims = g.pop("token_claims", None)
+            return current_app.ensure_sync(with_viewer)(claims, *args, **kwargs)
 
         resp = SpecResponse(
             validate=False, **{f"HTTP_{code}": model for code, model in responses.items()}
@@ -207,6 +226,14 @@ def operation(
             "examples": examples or {},
             "body_example": body_example,
         }
-        return validated
+        if auth == "none":
+            return validated
+
+        @functools.wraps(validated)
+        def authenticated(*args: Any, **kwargs: Any) -> Any:
+            g.token_claims = verify_request(required=auth == "required")
+            return validated(*args, **kwargs)
+
+        return authenticated
 
     return decorate
