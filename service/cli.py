@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.observability import configure_logging
-from service.settings import Settings, load_settings, mask_url
+from service.settings import Settings, describe_settings_error, load_settings, mask_url
 
 logger = logging.getLogger("conduit.cli")
 
@@ -30,7 +30,7 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except ValidationError as exc:
-        raise CommandError(f"invalid configuration: {exc}") from None
+        raise CommandError(f"invalid configuration: {describe_settings_error(exc)}") from None
     configure_logging(settings.log_level)
     return settings
 
@@ -68,15 +68,18 @@ async def _check_dependencies(settings: Settings) -> None:
         await state.shutdown()
 
 
-def _migrate(settings: Settings) -> None:
+def _migrate(database_url: str) -> None:
+    # Before the import: Alembic logs its plugin setup at import time.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from service.db import describe_error
     from service.migrate import upgrade
 
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    database_url, _, _ = settings.require()
     try:
         upgrade(database_url)
     except Exception as exc:
-        raise CommandError(f"migration failed on {mask_url(database_url)}: {exc}") from None
+        raise CommandError(
+            f"migration failed on {mask_url(database_url)}: {describe_error(exc)}"
+        ) from None
     logger.info("database schema is up to date")
 
 
@@ -109,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     embedded = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
     if embedded or args.migrate:
-        _migrate(settings)
+        _migrate(settings.require()[0])
     _export(settings)
 
     config = Config.from_toml(str(HYPERCORN_TOML)) if HYPERCORN_TOML.exists() else Config()
@@ -126,7 +129,8 @@ def migrate(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.database_url:
         raise CommandError("DATABASE_URL is not set")
-    _migrate(settings.with_dev_secret() if not settings.is_production else settings)
+    # Only the database is needed: no Redis URL or secret required to migrate.
+    _migrate(settings.database_url)
     return 0
 
 

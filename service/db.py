@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,12 +32,16 @@ class _UnitOfWork:
     session: AsyncSession | None = None
 
 
+class DatabaseUnavailable(ConnectionError):
+    """A new database connection could not be opened (refused, unresolvable, timed out)."""
+
+
 _current: ContextVar[_UnitOfWork | None] = ContextVar("conduit_unit_of_work", default=None)
 
 
 def build_engine(settings: Settings, url: str) -> AsyncEngine:
     """Create the process's async engine with pool limits and a statement timeout."""
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -52,6 +58,17 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
             },
         },
     )
+    event.listen(engine.sync_engine, "do_connect", _connect)
+    return engine
+
+
+def _connect(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:
+    # asyncpg's connect errors (OSError, TimeoutError) reach the caller unwrapped by
+    # SQLAlchemy; name them so the error mapping answers "database unavailable".
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(describe_error(exc)) from exc
 
 
 @dataclass

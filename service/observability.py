@@ -16,7 +16,8 @@ from flask import Flask, Response, g, request
 
 request_id_var: ContextVar[str | None] = ContextVar("conduit_request_id", default=None)
 
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Used with fullmatch: `re.match` with `$` accepts a trailing newline (header injection).
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 access_logger = logging.getLogger("conduit.access")
@@ -58,7 +59,7 @@ def configure_logging(level: str) -> None:
 
 def _begin_request() -> None:
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.request_id = request_id
     g.started = time.perf_counter()
     request_id_var.set(request_id)

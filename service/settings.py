@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that look like a secret but are copied from examples; refused outside development.
@@ -128,8 +130,7 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
+            _write_secret_once(path)
         return self.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})
 
     def require(self) -> tuple[str, str, str]:
@@ -151,6 +152,31 @@ class Settings(BaseSettings):
         assert self.redis_url is not None
         assert self.secret_key is not None
         return self.database_url, self.redis_url, self.secret_key.get_secret_value()
+
+
+def _write_secret_once(path: Path) -> None:
+    # Written to a private (0600 from creation) temporary file, then hard-linked into place:
+    # the secret is never readable by others nor seen half-written, and processes starting
+    # together (several workers) all end up with the one secret that won the link.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable, without echoing input values (they may be secrets)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "; ".join(problems)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from service.db import DatabaseUnavailable, describe_error
 from service.services import errors as domain
 
 logger = logging.getLogger("conduit.errors")
@@ -84,21 +85,27 @@ def _pydantic_error(exc: ValidationError) -> Response:
     return error_response(422, validation_errors(exc))
 
 
-def _database_error(exc: DBAPIError | PoolTimeoutError) -> Response:
+def _database_error(exc: DBAPIError | PoolTimeoutError | DatabaseUnavailable) -> Response:
     if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not _is_connection(exc):
         return _unexpected(exc)
-    logger.warning(
-        "database unavailable: %s", type(exc.orig if isinstance(exc, DBAPIError) else exc).__name__
-    )
+    logger.warning("database unavailable: %s", describe_error(exc))
     return error_response(
         503, {"database": ["database unavailable, try again later"]}, {"Retry-After": "1"}
     )
 
 
+# SQLSTATE classes that mean "try again later", not a bug: connection exception (08),
+# insufficient resources such as too many connections (53), operator intervention such as
+# the statement timeout or a server starting up or shutting down (57).
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
 def _is_connection(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
     return (
         isinstance(exc.orig, OSError | ConnectionError)
         or "connection" in type(exc.orig).__name__.lower()
+        or (isinstance(sqlstate, str) and sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES)
     )
 
 
@@ -128,6 +135,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ValidationError, _pydantic_error)
     app.register_error_handler(DBAPIError, _database_error)
     app.register_error_handler(PoolTimeoutError, _database_error)
+    app.register_error_handler(DatabaseUnavailable, _database_error)
     app.register_error_handler(RedisConnectionError, _redis_error)
     app.register_error_handler(RedisTimeoutError, _redis_error)
     app.register_error_handler(ConnectionError, _connection_error)

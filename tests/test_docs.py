@@ -1,0 +1,105 @@
+"""The OpenAPI document is valid and complete; the docs pages are self-hosted."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+
+METHODS = {"get", "put", "post", "delete", "patch"}
+ASSET = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""")
+SWAGGER_URL = re.compile(r"""\burl:\s*["']([^"']+)["']""")
+
+
+@pytest.fixture
+async def document(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS
+    ]
+
+
+async def test_openapi_document_is_valid(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+async def test_every_operation_is_documented(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    assert ("/api/v1/tags", "get") in {(path, method) for path, method, _ in ops}
+    for path, method, operation in ops:
+        where = f"{method.upper()} {path}"
+        assert path.startswith("/api/v1/"), where
+        assert operation.get("summary"), where
+        assert operation.get("tags"), where
+        assert operation.get("responses"), where
+        assert "security" in operation, where
+        assert "503" in operation["responses"], where
+        for code, response in operation["responses"].items():
+            if code.startswith(("4", "5")):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (where, code)
+    ids = [operation["operationId"] for _, _, operation in ops]
+    assert len(ids) == len(set(ids))
+
+
+async def test_token_security_scheme(document: dict[str, Any]) -> None:
+    scheme = document["components"]["securitySchemes"]["Token"]
+    assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "Authorization"}
+
+
+async def _assert_self_hosted(client: httpx.AsyncClient, page: str) -> list[str]:
+    """Fetch `page`, check every asset it names is relative and served; return their URLs."""
+    response = await client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assets = ASSET.findall(response.text)
+    assert assets, response.text
+    urls = []
+    for asset in assets:
+        assert not re.match(r"^(?:[a-z]+:)?//", asset), f"{page} loads {asset} from elsewhere"
+        url = urljoin(f"http://testserver{page}", asset)
+        assert url.startswith("http://testserver/api/v1/"), url
+        served = await client.get(url)
+        assert served.status_code == 200, url
+        assert served.content, url
+        urls.append(url)
+    return urls
+
+
+async def test_swagger_ui_is_self_hosted(client: httpx.AsyncClient) -> None:
+    urls = await _assert_self_hosted(client, "/api/v1/docs")
+    init = next(url for url in urls if url.endswith("swagger-init.js"))
+    script = (await client.get(init)).text
+    [spec_url] = SWAGGER_URL.findall(script)
+    # Relative to the page (/api/v1/docs), like the assets.
+    assert urljoin("http://testserver/api/v1/docs", spec_url) == (
+        "http://testserver/api/v1/openapi.json"
+    )
+    assert any(url.endswith(".css") for url in urls)
+
+
+async def test_redoc_is_self_hosted(client: httpx.AsyncClient) -> None:
+    urls = await _assert_self_hosted(client, "/api/v1/redoc")
+    assert "http://testserver/api/v1/openapi.json" in urls
+    assert any(url.endswith("redoc.standalone.js") for url in urls)
+
+
+async def test_asset_paths_cannot_escape_the_bundle(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/docs/assets/..%2F..%2F..%2Fpyproject.toml")
+    assert response.status_code == 404
+    assert response.json() == {"errors": {"body": ["not found"]}}
