@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from service.app import ConduitASGI, create_asgi
 from service.observability import configure_logging
-from service.settings import load_settings
+from service.settings import describe_settings_error, load_settings
 
 
 def _from_environment() -> ConduitASGI:
@@ -16,7 +16,10 @@ def _from_environment() -> ConduitASGI:
         settings = load_settings()
         configure_logging(settings.log_level)
         return create_asgi(settings)
-    except (ValidationError, ValueError) as exc:
+    except ValidationError as exc:
+        print(f"conduit: invalid configuration: {describe_settings_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as exc:
         print(f"conduit: invalid configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
