@@ -32,6 +32,8 @@ import orjson
 from asgiref.sync import async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
 
+from service.observability import request_id_from
+
 logger = logging.getLogger("conduit.adapter")
 
 Scope = dict[str, Any]
@@ -93,17 +95,18 @@ class Lifespan(Protocol):
         """Close what `startup` opened."""
 
 
-def error_response(status: int, message: str) -> tuple[Message, Message]:
+def error_response(
+    status: int, message: str, request_id: str | None = None
+) -> tuple[Message, Message]:
     """Build the ASGI messages of an error in the service's JSON envelope."""
     body = orjson.dumps({"errors": {"body": [message]}})
-    start = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if request_id is not None:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": body}
 
 
@@ -220,7 +223,7 @@ class ConcurrentWsgiToAsgi:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request through the WSGI app on the thread pool."""
         if self._closing:
-            await self._send_error(send, 503, "server is shutting down")
+            await self._send_error(scope, send, 503, "server is shutting down")
             return
         # Counted from the first byte read, so a shutdown waits for uploads in progress too.
         self._enter()
@@ -229,7 +232,7 @@ class ConcurrentWsgiToAsgi:
                 try:
                     await self._read_body(scope, receive, body)
                 except _BodyTooLarge:
-                    await self._send_error(send, 413, "request body too large")
+                    await self._send_error(scope, send, 413, "request body too large")
                     return
                 except _Disconnected:
                     return  # nobody to answer: do not run the app on a truncated body
@@ -247,7 +250,7 @@ class ConcurrentWsgiToAsgi:
                 except Exception:
                     # Flask handles its own errors; this is e.g. a streamed body that raised.
                     logger.exception("unhandled error in the WSGI app")
-                    await self._send_error(send, 500, "internal server error")
+                    await self._send_error(scope, send, 500, "internal server error")
                     return
             await send(start)
             await send({"type": "http.response.body", "body": b"".join(chunks)})
@@ -271,8 +274,12 @@ class ConcurrentWsgiToAsgi:
             if not message.get("more_body"):
                 return
 
-    async def _send_error(self, send: Send, status: int, message: str) -> None:
-        start, end = error_response(status, message)
+    async def _send_error(self, scope: Scope, send: Send, status: int, message: str) -> None:
+        incoming = next(
+            (value for name, value in scope.get("headers", ()) if name == b"x-request-id"), b""
+        )
+        request_id = request_id_from(incoming.decode("latin-1"))
+        start, end = error_response(status, message, request_id)
         await send(start)
         await send(end)
 

@@ -57,9 +57,15 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
 
 
+def request_id_from(incoming: str | None) -> str:
+    """The client's request id when it is sane (no log or header injection), else a new one."""
+    if incoming and _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
 def _begin_request() -> None:
-    incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = request_id_from(request.headers.get("X-Request-ID"))
     g.request_id = request_id
     g.started = time.perf_counter()
     request_id_var.set(request_id)

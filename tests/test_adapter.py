@@ -7,6 +7,7 @@ requests are inside the view at the same time.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,6 +245,23 @@ async def test_body_over_content_length_limit_is_refused_before_the_app(
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"errors": {"body": ["request body too large"]}}
+    assert probe.calls == 0
+
+
+async def test_adapter_errors_carry_the_request_id(
+    adapter: ConcurrentWsgiToAsgi, probe: Probe
+) -> None:
+    async with http_client(adapter) as http:
+        given = await http.post(
+            "/echo", content=b"x" * (MAX_BODY + 1), headers={"X-Request-ID": "trace-42"}
+        )
+        forged = await http.post(
+            "/echo", content=b"x" * (MAX_BODY + 1), headers={"X-Request-ID": "bad id\r\nx: y"}
+        )
+    assert given.status_code == 413
+    assert given.headers["x-request-id"] == "trace-42"
+    assert forged.status_code == 413
+    assert re.fullmatch(r"[0-9a-f]{32}", forged.headers["x-request-id"])
     assert probe.calls == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
@@ -10,6 +11,8 @@ from sqlalchemy import text
 from service.api.errors import error_response
 from service.db import db, describe_error
 from service.redis import redis
+
+logger = logging.getLogger("conduit.health")
 
 bp = Blueprint("health", __name__)
 
@@ -40,10 +43,14 @@ async def readyz() -> Response:
         return_exceptions=True,
     )
     failed = {
-        name: [f"unreachable ({describe_error(result) if str(result) else type(result).__name__})"]
+        name: result
         for name, result in zip(checks, results, strict=True)
         if isinstance(result, BaseException)
     }
     if failed:
-        return error_response(503, failed, {"Retry-After": "1"})
+        # Driver messages name internal hosts: they go to the log, not to the client.
+        for name, error in failed.items():
+            logger.warning("readiness: %s unreachable: %s", name, describe_error(error))
+        errors = {name: [f"unreachable ({type(error).__name__})"] for name, error in failed.items()}
+        return error_response(503, errors, {"Retry-After": "1"})
     return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
