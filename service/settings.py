@@ -77,6 +77,31 @@ class Settings(BaseSettings):
     password_parallelism: int = Field(default=1, ge=1, le=16)
     password_max_concurrent: int = Field(default=4, ge=1, le=64)
     access_token_minutes: int = Field(default=60 * 24, ge=1, le=60 * 24 * 30)
+    # Lifetime of a sign-in session (refresh-token family) and the reuse grace window.
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    refresh_reuse_grace_seconds: int = Field(default=30, ge=0, le=600)
+    password_reset_minutes: int = Field(default=60, ge=5, le=24 * 60)
+
+    # Outgoing mail: smtp://user:pass@host:port or smtps://...; unset writes mail to the log
+    # and to `data_dir/mail` (development only).
+    smtp_url: str | None = None
+    mail_from: str = "Conduit <no-reply@conduit.localhost>"
+    # Link in password reset mails; `{token}` is replaced by the reset token.
+    password_reset_url: str = "http://127.0.0.1:8000/reset-password?token={token}"  # noqa: S105
+    # Run the job worker inside `conduit serve` (on by default with the zero-config databases).
+    worker_in_process: bool | None = None
+    worker_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # Rate limits (requests per window, per client IP or per authenticated principal).
+    rate_limit_enabled: bool = True
+    rate_limit_anonymous_per_minute: int = Field(default=300, ge=1)
+    rate_limit_authenticated_per_minute: int = Field(default=1200, ge=1)
+    rate_limit_auth_per_minute: int = Field(default=10, ge=1)
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (comma-separated IPs/CIDRs).
+    trusted_proxies: str = ""
+
+    # CORS: comma-separated allowed origins ("" = no cross-origin access).
+    cors_origins: str = ""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

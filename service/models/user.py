@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, String, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Identity,
+    Index,
+    String,
+    Text,
+    false,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models.base import Base, TimestampMixin
 
 USERNAME_MAX = 64
 EMAIL_MAX = 254
+ROLES = ("user", "moderator", "admin")
 
 
 class User(TimestampMixin, Base):
@@ -22,10 +34,13 @@ class User(TimestampMixin, Base):
     password_hash: Mapped[str] = mapped_column(Text, nullable=False)
     bio: Mapped[str | None] = mapped_column(Text)
     image: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), nullable=False, server_default="user")
+    suspended: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
 
     __table_args__ = (
         Index("uq_users_username_lower", func.lower(username), unique=True),
         CheckConstraint("email = lower(email)", name="email_lower"),
+        CheckConstraint("role IN ('user', 'moderator', 'admin')", name="role_known"),
     )
 
 
