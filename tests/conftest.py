@@ -83,6 +83,9 @@ def settings(
         access_log=False,
         threads=32,
         db_pool_size=10,
+        # The suite makes many requests from one address within a minute; the limits are
+        # tested with apps of their own (tests/test_ratelimit.py).
+        rate_limit_enabled=False,
     )
 
 

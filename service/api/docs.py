@@ -18,7 +18,8 @@ SWAGGER_PAGE = """<!DOCTYPE html>
 """
 
 SWAGGER_INIT = """window.ui = SwaggerUIBundle({
-  url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true, persistAuthorization: true
+  url: "openapi.json", dom_id: "#swagger-ui", deepLinking: true, persistAuthorization: true,
+  validatorUrl: null
 });
 """
 

@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[domain.DomainError], int] = {
     domain.PermissionDenied: 403,
     domain.NotFound: 404,
     domain.Conflict: 409,
+    domain.TooManyRequests: 429,
     domain.ServiceUnavailable: 503,
 }
 
@@ -69,7 +70,10 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
 
 def _domain_error(exc: domain.DomainError) -> Response:
     status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400)
-    return error_response(status, {exc.field: [exc.message]})
+    headers = None
+    if isinstance(exc, domain.TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
+    return error_response(status, {exc.field: [exc.message]}, headers)
 
 
 def _http_error(exc: HTTPException) -> Response:

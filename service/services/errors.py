@@ -32,5 +32,13 @@ class Conflict(DomainError):
     """The request clashes with the current state, e.g. a taken username (409)."""
 
 
+class TooManyRequests(DomainError):
+    """Too many attempts; the client may retry after `retry_after` seconds (429)."""
+
+    def __init__(self, message: str, *, retry_after: int, field: str = "body") -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(DomainError):
     """A dependency (database, Redis) cannot be reached (503)."""
