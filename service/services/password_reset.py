@@ -1,0 +1,164 @@
+"""Password reset by email.
+
+The request only enqueues a job (`password_reset.request`) in the request's transaction, so
+answering takes the same work whether or not the address has an account: nothing reveals
+which emails are registered. The worker then looks the account up and, if there is one (not
+suspended, and not sent a link in the last minute), stores a new token (only its SHA-256) and
+mails the link. Confirming uses the
+token once: it is marked used with a conditional UPDATE (two concurrent confirmations cannot
+both win), the password changes, the user's other reset tokens are cancelled and every
+sign-in session is revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.jobs.queue import enqueue
+from service.mail import Mailer
+from service.models import PasswordResetToken, User
+from service.services.errors import InvalidInput
+from service.services.security import Passwords
+from service.services.sessions import revoke_all_sessions
+
+REQUEST_JOB = "password_reset.request"
+INVALID_TOKEN = "is invalid or has expired"  # noqa: S105 - a message, not a secret
+REVOKE_REASON = "password_reset"
+MAIL_SUBJECT = "Reset your Conduit password"
+TOKEN_BYTES = 32
+# At most one reset mail per account in this interval, however many requests arrive.
+RESEND_INTERVAL = timedelta(minutes=1)
+# First key of the per-account advisory lock taken while a reset mail is issued.
+ADVISORY_LOCK_NAMESPACE = 0x5245_5354  # "REST"
+
+
+def hash_token(token: str) -> bytes:
+    """The stored form of a reset token (SHA-256: tokens are random, no salt is needed)."""
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def request_reset(*, session: AsyncSession, email: str) -> None:
+    """Enqueue the job that mails a reset link to `email` if it has an account.
+
+    Deliberately no look-up here: the same work happens for every address.
+    """
+    await enqueue(session=session, kind=REQUEST_JOB, payload={"email": email})
+
+
+async def issue_token(*, session: AsyncSession, user_id: int, lifetime: timedelta) -> str:
+    """Store a new single-use token for `user_id` (hashed) and return it in clear."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    session.add(
+        PasswordResetToken(
+            user_id=user_id, token_hash=hash_token(token), expires_at=func.now() + lifetime
+        )
+    )
+    await session.flush()
+    return token
+
+
+def reset_mail_text(*, link: str, minutes: int) -> str:
+    """The body of the reset mail."""
+    return (
+        "Someone (hopefully you) asked to reset the password of your Conduit account.\n\n"
+        f"To choose a new password, open this link within {minutes} minutes:\n\n"
+        f"{link}\n\n"
+        "The link works once. If you did not ask for it, ignore this mail: your password "
+        "stays as it is.\n"
+    )
+
+
+async def send_reset_mail(
+    *,
+    session: AsyncSession,
+    email: str,
+    mailer: Mailer,
+    reset_url: str,
+    lifetime: timedelta,
+    resend_interval: timedelta = RESEND_INTERVAL,
+) -> bool:
+    """Mail a reset link to the account with `email`; False when nothing was sent.
+
+    Suspended accounts get nothing, and neither does an account that was sent a link less
+    than `resend_interval` ago (whoever asks, however often, one mail per interval). The
+    token is stored in the caller's transaction: commit after this returns (a failed send
+    raises, and the rollback discards the token).
+    """
+    user = await session.scalar(select(User).where(User.email == email.lower()))
+    if user is None or user.suspended:
+        return False
+    # Concurrent requests for one account are decided one after the other. An advisory lock,
+    # not a row lock: the user row stays free for logins and profile updates while the mail
+    # is being sent.
+    await session.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_NAMESPACE, user.id)))
+    if resend_interval > timedelta(0):
+        recent = await session.scalar(
+            select(PasswordResetToken.id)
+            .where(
+                PasswordResetToken.user_id == user.id,
+                PasswordResetToken.used_at.is_(None),
+                PasswordResetToken.created_at > func.now() - resend_interval,
+            )
+            .limit(1)
+        )
+        if recent is not None:
+            # The mail sent moments ago is still valid: do not let anyone flood the inbox.
+            return False
+    token = await issue_token(session=session, user_id=user.id, lifetime=lifetime)
+    # `replace`, not `format`: other braces in the configured URL are left alone.
+    link = reset_url.replace("{token}", token)
+    minutes = int(lifetime.total_seconds() // 60)
+    await mailer.send(user.email, MAIL_SUBJECT, reset_mail_text(link=link, minutes=minutes))
+    return True
+
+
+async def confirm_reset(
+    *, session: AsyncSession, token: str, password: str, passwords: Passwords
+) -> User:
+    """Set a new password with a reset token; `InvalidInput` (field `token`) when the token is
+    unknown, expired or used. Uses the token, cancels the user's other reset tokens and
+    revokes all their sign-in sessions, in the caller's transaction."""
+    token_hash = hash_token(token)
+    now = func.now()
+    found = await session.scalar(
+        select(PasswordResetToken.id).where(
+            PasswordResetToken.token_hash == token_hash,
+            PasswordResetToken.used_at.is_(None),
+            PasswordResetToken.expires_at > now,
+        )
+    )
+    if found is None:
+        raise InvalidInput(INVALID_TOKEN, field="token")
+    # Hashed only for a token that exists, so guessing costs no argon2 work.
+    password_hash = await passwords.hash(password)
+    # The decisive check: of concurrent confirmations, only one sees `used_at IS NULL` (the
+    # others wait for its row lock, then re-check and find it used).
+    user_id = await session.scalar(
+        update(PasswordResetToken)
+        .where(
+            PasswordResetToken.id == found,
+            PasswordResetToken.used_at.is_(None),
+            PasswordResetToken.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(PasswordResetToken.user_id)
+        .execution_options(synchronize_session=False)
+    )
+    user = await session.get(User, user_id) if user_id is not None else None
+    if user is None or user.suspended:
+        raise InvalidInput(INVALID_TOKEN, field="token")
+    user.password_hash = password_hash
+    await session.execute(
+        update(PasswordResetToken)
+        .where(PasswordResetToken.user_id == user.id, PasswordResetToken.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await revoke_all_sessions(session=session, user_id=user.id, reason=REVOKE_REASON)
+    await session.flush()
+    return user

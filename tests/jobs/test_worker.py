@@ -1,0 +1,471 @@
+"""The worker: claiming, retries with backoff, leases, LISTEN/NOTIFY wake-ups, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.jobs import JobContext, PermanentJobError, Worker, backoff_delay, enqueue
+from service.jobs.worker import WorkerThread, describe_failure
+from service.settings import Settings
+
+MakeWorker = Callable[..., Worker]
+
+
+async def add_jobs(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    kind: str,
+    payloads: list[dict[str, Any]],
+    **options: Any,
+) -> list[int]:
+    async with sessionmaker() as session, session.begin():
+        jobs = [
+            await enqueue(session=session, kind=kind, payload=payload, **options)
+            for payload in payloads
+        ]
+    return [job.id for job in jobs]
+
+
+async def fetch_job(database_url: str, job_id: int) -> asyncpg.Record:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT *, now() AS db_now FROM jobs WHERE id = $1", job_id)
+    finally:
+        await conn.close()
+    assert row is not None
+    return row
+
+
+async def execute(database_url: str, sql: str, *args: Any) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def wait_for_status(
+    database_url: str, job_id: int, status: str, within: float = 5.0
+) -> asyncpg.Record:
+    async with asyncio.timeout(within):
+        while True:
+            row = await fetch_job(database_url, job_id)
+            if row["status"] == status:
+                return row
+            await asyncio.sleep(0.02)
+
+
+async def test_claims_and_runs_due_jobs(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    seen: list[tuple[dict[str, Any], JobContext]] = []
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        seen.append((payload, context))
+
+    ids = await add_jobs(sessionmaker, "test.echo", [{"n": 1}, {"n": 2}, {"n": 3}])
+    worker = make_worker(handlers={"test.echo": handler}, name="w1")
+    assert await worker.run_pending() == 3
+
+    assert sorted(payload["n"] for payload, _ in seen) == [1, 2, 3]
+    contexts = {context.job_id: context for _, context in seen}
+    assert set(contexts) == set(ids)
+    assert all(c.attempt == 1 and c.max_attempts == 8 for c in contexts.values())
+    assert all(c.kind == "test.echo" for c in contexts.values())
+    for job_id in ids:
+        row = await fetch_job(database_url, job_id)
+        assert row["status"] == "done"
+        assert row["attempts"] == 1
+        assert row["locked_until"] is None
+        assert row["locked_by"] == "w1"
+        assert row["last_error"] is None
+    # Nothing left to do.
+    assert await worker.run_pending() == 0
+
+
+async def test_jobs_not_yet_due_and_unknown_kinds_are_left_alone(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    ran: list[int] = []
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        ran.append(context.job_id)
+
+    [later] = await add_jobs(
+        sessionmaker, "test.echo", [{}], run_at=datetime.now().astimezone() + timedelta(hours=1)
+    )
+    [other] = await add_jobs(sessionmaker, "test.someone_else", [{}])
+    worker = make_worker(handlers={"test.echo": handler})
+    assert await worker.run_pending() == 0
+    assert ran == []
+    assert (await fetch_job(database_url, later))["status"] == "pending"
+    assert (await fetch_job(database_url, other))["status"] == "pending"
+
+
+async def test_failing_handler_is_retried_with_backoff_until_it_succeeds(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    base = 0.1
+    attempts: list[asyncpg.Record] = []
+
+    async def flaky(payload: dict[str, Any], context: JobContext) -> None:
+        # The row as this attempt sees it: run_at is when the attempt was scheduled.
+        attempts.append(await fetch_job(database_url, context.job_id))
+        if context.attempt <= 2:
+            raise RuntimeError(f"failure number {context.attempt}")
+
+    [job_id] = await add_jobs(sessionmaker, "test.flaky", [{}])
+    worker = make_worker(handlers={"test.flaky": flaky}, backoff_base=base, poll_interval=30)
+    task = asyncio.create_task(worker.run())
+    try:
+        row = await wait_for_status(database_url, job_id, "done", within=10)
+    finally:
+        worker.stop()
+        await task
+
+    assert row["attempts"] == 3
+    assert row["last_error"] == "RuntimeError: failure number 2"
+    assert [a["attempts"] for a in attempts] == [1, 2, 3]
+    assert attempts[1]["last_error"] == "RuntimeError: failure number 1"
+    # Each retry was scheduled at least half the exponential delay after the previous run
+    # (the jitter keeps it between half and all of base * 2**(attempt-1)).
+    first_gap = attempts[1]["run_at"] - attempts[0]["run_at"]
+    second_gap = attempts[2]["run_at"] - attempts[1]["run_at"]
+    assert first_gap >= timedelta(seconds=base / 2)
+    assert second_gap >= timedelta(seconds=base)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    for attempt in range(1, 8):
+        ceiling = 10.0 * 2 ** (attempt - 1)
+        delays = [backoff_delay(attempt, base=10.0, maximum=1e9) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    capped = [backoff_delay(40, base=10.0, maximum=3600.0) for _ in range(50)]
+    assert all(1800.0 <= d <= 3600.0 for d in capped)
+    assert backoff_delay(10_000, base=1.0, maximum=60.0) <= 60.0
+    assert backoff_delay(3, base=0.0, maximum=60.0) == 0.0
+
+
+async def test_job_fails_after_max_attempts_and_the_error_is_logged_without_secrets(
+    make_worker: MakeWorker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    async def broken(payload: dict[str, Any], context: JobContext) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError(
+            "cannot reach postgresql://app:hunter2@db.internal/conduit\nsecond line hunter2"
+        )
+
+    [job_id] = await add_jobs(sessionmaker, "test.broken", [{}], max_attempts=3)
+    worker = make_worker(handlers={"test.broken": broken})
+    with caplog.at_level(logging.INFO, logger="conduit.jobs"):
+        await worker.run_pending()
+
+    assert calls == 3
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "failed"
+    assert row["attempts"] == 3
+    assert row["locked_until"] is None
+    assert row["last_error"] == (
+        "ConnectionError: cannot reach postgresql://app:***@db.internal/conduit"
+    )
+    failures = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].getMessage() == (
+        f"job {job_id} (test.broken) failed after 3 attempt(s): "
+        "ConnectionError: cannot reach postgresql://app:***@db.internal/conduit"
+    )
+    retries = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(retries) == 2
+    assert "hunter2" not in caplog.text
+
+
+async def test_permanent_error_fails_at_once(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    async def hopeless(payload: dict[str, Any], context: JobContext) -> None:
+        raise PermanentJobError("the recipient does not exist")
+
+    [job_id] = await add_jobs(sessionmaker, "test.hopeless", [{}])
+    await make_worker(handlers={"test.hopeless": hopeless}).run_pending()
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "failed"
+    assert row["attempts"] == 1
+    assert row["last_error"] == "PermanentJobError: the recipient does not exist"
+
+
+async def test_a_job_taking_too_long_is_retried(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    async def slow_once(payload: dict[str, Any], context: JobContext) -> None:
+        if context.attempt == 1:
+            await asyncio.sleep(5)
+
+    [job_id] = await add_jobs(sessionmaker, "test.slow", [{}])
+    await make_worker(handlers={"test.slow": slow_once}, job_timeout=0.2).run_pending()
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "done"
+    assert row["attempts"] == 2
+    assert row["last_error"] == "TimeoutError: the job took too long"
+
+
+async def test_two_workers_never_run_the_same_job(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    running: set[int] = set()
+    overlaps: list[int] = []
+    runs: Counter[int] = Counter()
+    by_worker: Counter[str] = Counter()
+
+    def handler_for(name: str) -> Any:
+        async def handler(payload: dict[str, Any], context: JobContext) -> None:
+            if context.job_id in running:
+                overlaps.append(context.job_id)
+            running.add(context.job_id)
+            runs[context.job_id] += 1
+            by_worker[name] += 1
+            await asyncio.sleep(0.01)
+            running.discard(context.job_id)
+
+        return handler
+
+    ids = await add_jobs(sessionmaker, "test.shared", [{"i": i} for i in range(40)])
+    first = make_worker(handlers={"test.shared": handler_for("a")}, name="a", concurrency=4)
+    second = make_worker(handlers={"test.shared": handler_for("b")}, name="b", concurrency=4)
+    started = await asyncio.gather(first.run_pending(), second.run_pending())
+
+    assert overlaps == []
+    assert runs == dict.fromkeys(ids, 1)
+    assert sum(started) == 40
+    assert by_worker["a"] > 0
+    assert by_worker["b"] > 0
+    for job_id in ids:
+        row = await fetch_job(database_url, job_id)
+        assert (row["status"], row["attempts"]) == ("done", 1)
+
+
+async def test_a_crashed_workers_job_is_claimed_again_after_its_lease(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    ran: list[int] = []
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        ran.append(context.job_id)
+
+    crashed, alive = await add_jobs(sessionmaker, "test.lease", [{}, {}])
+    # What a worker leaves behind when it dies mid-job, and what a live one holds.
+    await execute(
+        database_url,
+        "UPDATE jobs SET status = 'running', attempts = 1, locked_by = 'dead',"
+        " locked_until = now() - interval '1 second' WHERE id = $1",
+        crashed,
+    )
+    await execute(
+        database_url,
+        "UPDATE jobs SET status = 'running', attempts = 1, locked_by = 'alive',"
+        " locked_until = now() + interval '1 hour' WHERE id = $1",
+        alive,
+    )
+    worker = make_worker(handlers={"test.lease": handler}, name="rescuer")
+    assert await worker.run_pending() == 1
+
+    assert ran == [crashed]
+    row = await fetch_job(database_url, crashed)
+    assert (row["status"], row["attempts"], row["locked_by"]) == ("done", 2, "rescuer")
+    row = await fetch_job(database_url, alive)
+    assert (row["status"], row["locked_by"]) == ("running", "alive")
+
+
+async def test_a_job_whose_worker_died_on_the_last_attempt_fails(
+    make_worker: MakeWorker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        raise AssertionError("must not run again")
+
+    [job_id] = await add_jobs(sessionmaker, "test.poison", [{}], max_attempts=2)
+    await execute(
+        database_url,
+        "UPDATE jobs SET status = 'running', attempts = 2, locked_by = 'dead',"
+        " locked_until = now() - interval '1 second' WHERE id = $1",
+        job_id,
+    )
+    with caplog.at_level(logging.ERROR, logger="conduit.jobs"):
+        assert await make_worker(handlers={"test.poison": handler}).run_pending() == 0
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "failed"
+    assert "lease expired" in row["last_error"]
+    assert f"job {job_id} (test.poison) failed after 2 attempts" in caplog.text
+
+
+async def test_leases_of_running_jobs_are_renewed(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def long_job(payload: dict[str, Any], context: JobContext) -> None:
+        started.set()
+        await release.wait()
+
+    async def never(payload: dict[str, Any], context: JobContext) -> None:
+        raise AssertionError("a live worker's job was taken over")
+
+    [job_id] = await add_jobs(sessionmaker, "test.long", [{}])
+    holder = make_worker(handlers={"test.long": long_job}, lease_seconds=0.3, name="holder")
+    task = asyncio.create_task(holder.run_pending())
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.sleep(0.8)  # well past the first lease
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "running"
+    assert row["locked_until"] > row["db_now"]
+    assert await make_worker(handlers={"test.long": never}).run_pending() == 0
+    release.set()
+    assert await task == 1
+    assert (await fetch_job(database_url, job_id))["status"] == "done"
+
+
+async def test_notify_wakes_an_idle_worker_long_before_the_poll(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        return None
+
+    worker = make_worker(handlers={"test.wake": handler}, poll_interval=30)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.listening.wait(), 5)
+        await asyncio.sleep(0.2)  # let it settle into its (30 s) wait
+        [job_id] = await add_jobs(sessionmaker, "test.wake", [{}])
+        await wait_for_status(database_url, job_id, "done", within=5)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_lost_listen_connection_is_reopened(
+    make_worker: MakeWorker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        return None
+
+    worker = make_worker(handlers={"test.relisten": handler}, poll_interval=30)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.listening.wait(), 5)
+        # The server drops the LISTEN connection (a restart, a failover, an idle timeout).
+        await execute(
+            database_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'conduit-worker' AND datname = current_database()",
+        )
+        await asyncio.sleep(0.5)
+        [job_id] = await add_jobs(sessionmaker, "test.relisten", [{}])
+        await wait_for_status(database_url, job_id, "done", within=5)
+        assert "LISTEN connection lost" in caplog.text
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_stop_right_after_start_returns_at_once(make_worker: MakeWorker) -> None:
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        return None
+
+    worker = make_worker(handlers={"test.none": handler}, poll_interval=30)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(0)
+    worker.stop()
+    await asyncio.wait_for(task, 3)
+
+
+async def test_stop_lets_running_jobs_finish(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+
+    worker = make_worker(handlers={"test.finish": handler}, shutdown_grace=5)
+    task = asyncio.create_task(worker.run())
+    [job_id] = await add_jobs(sessionmaker, "test.finish", [{}])
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+    assert (await fetch_job(database_url, job_id))["status"] == "done"
+
+
+async def test_stop_hands_back_jobs_that_outlast_the_grace_period(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    started = asyncio.Event()
+
+    async def stuck(payload: dict[str, Any], context: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    worker = make_worker(handlers={"test.stuck": stuck}, shutdown_grace=0.2)
+    task = asyncio.create_task(worker.run())
+    [job_id] = await add_jobs(sessionmaker, "test.stuck", [{}])
+    await asyncio.wait_for(started.wait(), 5)
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+    row = await fetch_job(database_url, job_id)
+    assert row["status"] == "pending"
+    assert row["attempts"] == 0  # the interrupted attempt does not count
+    assert row["locked_until"] is None
+    assert row["run_at"] <= row["db_now"]
+
+
+async def test_worker_thread_runs_jobs_and_stops(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    ran = threading.Event()
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        ran.set()
+
+    thread = WorkerThread(
+        lambda: Worker(settings, handlers={"test.thread": handler}, poll_interval=30)
+    )
+    thread.start()
+    try:
+        [job_id] = await add_jobs(sessionmaker, "test.thread", [{}])
+        await wait_for_status(database_url, job_id, "done", within=10)
+        assert ran.is_set()
+    finally:
+        begun = time.monotonic()
+        assert await asyncio.to_thread(thread.stop, 10)
+    assert time.monotonic() - begun < 10
+
+
+def test_describe_failure_is_one_masked_line() -> None:
+    assert describe_failure(ValueError("bad\nvalue")) == "ValueError: bad"
+    assert describe_failure(KeyError()) == "KeyError"
+    assert describe_failure(TimeoutError()) == "TimeoutError: the job took too long"
+    masked = describe_failure(OSError("smtps://mailer:s3cret@smtp.example.com:465 refused"))
+    assert masked == "OSError: smtps://mailer:***@smtp.example.com:465 refused"
+    assert len(describe_failure(RuntimeError("x" * 5000))) == 1000
