@@ -26,7 +26,9 @@ async function tryItOut(page, id) {
   });
   const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   const problems = [];
-  page.on('requestfailed', (r) => problems.push(`failed ${r.url()}`));
+  // ReDoc's bundle always asks cdn.redoc.ly for its footer logo; the CSP blocks it, as it
+  // should: only failures of this server's own assets count.
+  page.on('requestfailed', (r) => r.url().startsWith(base) && problems.push(`failed ${r.url()}`));
   await page.goto(`${base}/api/v1/docs`, { waitUntil: 'networkidle' });
   await page.waitForSelector('.opblock', { timeout: 15000 });
   console.log('operations shown:', await page.locator('.opblock').count());
