@@ -8,14 +8,15 @@ from typing import Any
 
 from flask import Flask
 
-from service import observability
-from service.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
-from service.api import errors
+from service import observability, ratelimit
+from service.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
+from service.api import errors, hardening
 from service.api.auth import auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
 from service.api.spec import spec
 from service.api.v1 import bp as v1_bp
+from service.api.v1.converters import CONVERTERS
 from service.db import db
 from service.jsonprovider import OrjsonProvider
 from service.lifecycle import AppLifespan
@@ -56,6 +57,9 @@ def create_app(settings: Settings) -> ConduitFlask:
     auth.init_app(app, settings, secret_key)
     observability.init_app(app, access_log=settings.access_log)
     errors.init_app(app)
+    hardening.init_app(app, settings)
+    # Before the blueprints: their rules look converters up when they are registered.
+    app.url_map.converters.update(CONVERTERS)
     app.register_blueprint(health_bp)
     app.register_blueprint(v1_bp)
     app.register_blueprint(docs_bp)
@@ -75,6 +79,13 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
         self.flask_app = flask_app
+        # On the event loop, before the body is read or a thread taken: the rate limiter may
+        # answer 429 without Flask; responses Flask did not make still get the security headers.
+        self._serve_http = hardening.protect(ratelimit.install(super().http, flask_app), flask_app)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one HTTP request: security headers, rate limits, then the adapter."""
+        await self._serve_http(scope, receive, send)
 
 
 def create_asgi(settings: Settings) -> ConduitASGI:

@@ -207,6 +207,63 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# service.models.user.ROLES, written out: importing the models (SQLAlchemy) costs every command
+# a second; tests/test_cli_users.py checks that the two agree.
+ROLES = ("user", "moderator", "admin")
+
+
+def users_promote(args: argparse.Namespace) -> int:
+    """Set a user's role (how the first admin is made), recorded in the audit log. Uses
+    DATABASE_URL, or without it (not in production) the embedded PostgreSQL in DATA_DIR."""
+    settings = _settings()
+    # The one line this prints is the output: no progress logs (embedded database, migrations).
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    settings = _with_embedded_database(settings)
+    return asyncio.run(_set_role(settings, args.name, args.role))
+
+
+async def _set_role(settings: Settings, name: str, role: str) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from service.db import DatabaseState, describe_error
+    from service.lifecycle import StartupError
+    from service.schemas.admin import AdminUserUpdate
+    from service.services import admin as admin_service
+    from service.services.errors import DomainError, NotFound
+
+    assert settings.database_url is not None
+    state = DatabaseState(settings, settings.database_url)
+    try:
+        await state.startup()
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    assert state.sessionmaker is not None
+    try:
+        async with state.sessionmaker() as session, session.begin():
+            change = await admin_service.update_user(
+                session=session,
+                actor=None,
+                username=name,
+                data=AdminUserUpdate.model_validate({"role": role}),
+                via="cli",
+            )
+    except NotFound:
+        raise CommandError(f"no user named {name!r}") from None
+    except DomainError as exc:
+        raise CommandError(f"{name}: {exc.message}") from None
+    except DBAPIError as exc:
+        raise CommandError(f"could not change the role: {describe_error(exc)}") from None
+    finally:
+        await state.shutdown()
+    user = change.user
+    if change.old_role == user.role:
+        print(f"{user.username}: role is already {user.role}")
+    else:
+        print(f"{user.username}: role {change.old_role} -> {user.role}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `conduit`."""
     parser = argparse.ArgumentParser(prog="conduit", description=__doc__)
@@ -224,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("worker", help=worker.__doc__, description=worker.__doc__).set_defaults(
         func=worker
     )
+    users_cmd = commands.add_parser("users", help="manage user accounts")
+    users_commands = users_cmd.add_subparsers(dest="users_command", required=True)
+    promote_cmd = users_commands.add_parser(
+        "promote", help=users_promote.__doc__, description=users_promote.__doc__
+    )
+    promote_cmd.add_argument("name", help="the username (any case)")
+    promote_cmd.add_argument("--role", required=True, choices=ROLES, help="the new role")
+    promote_cmd.set_defaults(func=users_promote)
     return parser
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from flask_pydantic_spec.flask_backend import Context, FlaskBackend
 from flask_pydantic_spec.types import RequestBase
 from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service.api.auth import load_viewer, verify_request
 from service.schemas.common import ErrorBody
@@ -39,9 +41,15 @@ ERROR_DESCRIPTIONS = {
     403: "Authenticated, but not allowed to do this",
     404: "Not found",
     409: "Conflicts with the current state",
+    413: "Request body larger than the server accepts",
     415: "Request body is not application/json",
     422: "Validation failed; `errors` names each invalid field",
+    429: "Too many requests; retry after `Retry-After` seconds",
     503: "Database or Redis unavailable; retry later",
+}
+RETRY_AFTER = {
+    "description": "Seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 0},
 }
 
 
@@ -56,8 +64,36 @@ def read_json_body() -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
+# `<converter(arguments):name>` or `<name>` in a werkzeug rule.
+_RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
+
+
+def converter_schema(converter: BaseConverter) -> dict[str, Any]:
+    """The JSON schema of the path segments `converter` matches."""
+    schema: dict[str, Any] | None = getattr(converter, "openapi_schema", None)
+    if schema is not None:
+        return dict(schema)
+    if type(converter) is UnicodeConverter and converter.regex == "[^/]{1,}":
+        # The default converter: one non-empty path segment.
+        return {"type": "string", "pattern": "^[^/]+$"}
+    return {"type": "string"}
+
+
 class ConduitBackend(FlaskBackend):  # type: ignore[misc]
     """Validates query strings as plain strings and JSON bodies strictly."""
+
+    def parse_path(self, route: Rule) -> tuple[str, list[dict[str, Any]]]:
+        """The OpenAPI path of `route` and its path parameters, each described by its converter.
+
+        flask-pydantic-spec's own version knows werkzeug's built-in converters only (and fails
+        on custom ones); this one asks the converter the route really uses.
+        """
+        path = _RULE_VARIABLE.sub(r"{\1}", route.rule)
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": converter_schema(converter)}
+            for name, converter in route._converters.items()
+        ]
+        return path, parameters
 
     def request_validation(
         self,
@@ -147,6 +183,8 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
             "description": ERROR_DESCRIPTIONS[code],
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
         }
+        if code == 429:
+            responses[str(code)]["headers"] = {"Retry-After": {**RETRY_AFTER, "required": True}}
     for code, example in meta["examples"].items():
         content = responses.get(str(code), {}).get("content", {}).get("application/json")
         if content is not None:
@@ -191,11 +229,12 @@ def operation(
     body_example: Any = None,
 ) -> Callable[[View], Callable[..., Any]]:
     """Validate, authenticate and document an async view (see the module docstring)."""
-    codes = set(errors) | {503}
+    # Any request may be rate limited (429) or meet an unavailable database (503).
+    codes = set(errors) | {429, 503}
     if auth != "none":
         codes.add(401)
     if body is not None:
-        codes |= {400, 415, 422}
+        codes |= {400, 413, 415, 422}
     if query is not None:
         codes.add(422)
 

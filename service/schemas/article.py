@@ -9,7 +9,17 @@ from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from service.models.article import DESCRIPTION_MAX, TAG_MAX, TITLE_MAX
-from service.schemas.common import InModel, OutModel, PageQuery, Timestamp
+from service.schemas.common import (
+    NOT_BLANK_PATTERN,
+    InModel,
+    OutModel,
+    PageQuery,
+    SchemaExtra,
+    Timestamp,
+    no_nul,
+    not_blank,
+    trimmed,
+)
 from service.schemas.profile import ProfileOut
 
 if TYPE_CHECKING:
@@ -17,20 +27,6 @@ if TYPE_CHECKING:
 
 BODY_MAX = 100_000
 TAGS_MAX = 20
-
-
-def no_nul(value: str) -> str:
-    """Reject NUL characters: valid JSON, but PostgreSQL cannot store them in text."""
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
-    return value
-
-
-def not_blank(value: str) -> str:
-    """Reject text that is only whitespace (the text itself is kept verbatim)."""
-    if not value.strip():
-        raise PydanticCustomError("blank", "can't be blank")
-    return value
 
 
 def reject_null(value: Any) -> Any:
@@ -61,15 +57,26 @@ def optional(**kwargs: Any) -> Any:
     return Field(default=None, json_schema_extra=_absent_not_null, **kwargs)
 
 
+# Each text field is checked as sent: its length (what JSON Schema's maxLength counts) and that
+# it has a character other than whitespace (the `pattern`, so the document says so too).
+# Titles, descriptions and tags are then stored without surrounding whitespace.
+_TRIMMED = "Not only whitespace; stored without surrounding whitespace"
+_VERBATIM = "Not only whitespace; stored as sent (markdown)"
 Title = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=TITLE_MAX),
+    StringConstraints(min_length=1, max_length=TITLE_MAX),
+    AfterValidator(not_blank),
     AfterValidator(no_nul),
+    AfterValidator(trimmed),
+    SchemaExtra(pattern=NOT_BLANK_PATTERN, description=_TRIMMED),
 ]
 Description = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=DESCRIPTION_MAX),
+    StringConstraints(min_length=1, max_length=DESCRIPTION_MAX),
+    AfterValidator(not_blank),
     AfterValidator(no_nul),
+    AfterValidator(trimmed),
+    SchemaExtra(pattern=NOT_BLANK_PATTERN, description=_TRIMMED),
 ]
 # Markdown: leading indentation is meaningful, so the body is stored verbatim.
 Body = Annotated[
@@ -77,11 +84,15 @@ Body = Annotated[
     StringConstraints(min_length=1, max_length=BODY_MAX),
     AfterValidator(not_blank),
     AfterValidator(no_nul),
+    SchemaExtra(pattern=NOT_BLANK_PATTERN, description=_VERBATIM),
 ]
 TagName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=TAG_MAX),
+    StringConstraints(min_length=1, max_length=TAG_MAX),
+    AfterValidator(not_blank),
     AfterValidator(no_nul),
+    AfterValidator(trimmed),
+    SchemaExtra(pattern=NOT_BLANK_PATTERN, description=_TRIMMED),
 ]
 QueryText = Annotated[str, AfterValidator(no_nul)]
 # Tags keep their case; exact duplicates (after trimming) collapse into one.

@@ -6,8 +6,15 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
-from service.schemas.article import no_nul, not_blank
-from service.schemas.common import InModel, OutModel, Timestamp
+from service.schemas.common import (
+    NOT_BLANK_PATTERN,
+    InModel,
+    OutModel,
+    SchemaExtra,
+    Timestamp,
+    no_nul,
+    not_blank,
+)
 from service.schemas.profile import ProfileOut
 
 if TYPE_CHECKING:
@@ -21,6 +28,7 @@ CommentBody = Annotated[
     StringConstraints(min_length=1, max_length=COMMENT_MAX),
     AfterValidator(not_blank),
     AfterValidator(no_nul),
+    SchemaExtra(pattern=NOT_BLANK_PATTERN, description="Not only whitespace; stored as sent"),
 ]
 
 

@@ -2,17 +2,71 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainSerializer,
-    StringConstraints,
     WithJsonSchema,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
+
+# Exactly the characters `str.isspace()` accepts (what `str.strip()` removes), written so that
+# Python's `re` and ECMAScript regexes (JSON Schema `pattern`) read the class the same way;
+# `\s` differs between the two.
+WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A JSON Schema `pattern` (unanchored: it matches anywhere): some character is not whitespace.
+NOT_BLANK_PATTERN = f"[^{WHITESPACE}]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def is_blank(value: str) -> bool:
+    """True when `value` has no character but whitespace (it may be empty)."""
+    return _NOT_BLANK.search(value) is None
+
+
+def no_nul(value: str) -> str:
+    """Reject NUL characters: valid JSON, but PostgreSQL cannot store them in text."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    return value
+
+
+def not_blank(value: str) -> str:
+    """Reject text that is only whitespace (the text itself is kept verbatim)."""
+    if is_blank(value):
+        raise PydanticCustomError("blank", "can't be blank")
+    return value
+
+
+def trimmed(value: str) -> str:
+    """`value` without surrounding whitespace (checked before: lengths count what was sent)."""
+    return value.strip()
+
+
+class SchemaExtra:
+    """Annotation metadata adding keywords to a type's JSON schema.
+
+    For rules that validators written in Python enforce, so that the document states them.
+    """
+
+    def __init__(self, **keywords: Any) -> None:
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The JSON schema of the annotated type, plus `keywords`."""
+        schema = handler(core_schema)
+        schema.update(self.keywords)
+        return schema
 
 
 def format_timestamp(value: datetime) -> str:
@@ -27,9 +81,6 @@ Timestamp = Annotated[
         {"type": "string", "format": "date-time", "example": "2026-01-02T03:04:05.678Z"}
     ),
 ]
-
-# Text that must carry something: surrounding whitespace is trimmed before the length check.
-NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 class InModel(BaseModel):
@@ -56,10 +107,37 @@ class ErrorBody(BaseModel):
     )
 
 
+# A query-string integer: an optional sign and ASCII digits, nothing else.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_INT64_MAX = 2**63 - 1
+
+
+def integer_text(value: Any) -> Any:
+    """Read a query-string integer strictly.
+
+    Pydantic alone also takes "5.0", " 5", "5_0" and other scripts' digits; a schema's
+    `integer` does not, so neither does the API.
+    """
+    if isinstance(value, str):
+        if not _INTEGER_TEXT.fullmatch(value):
+            raise PydanticCustomError("int_parsing", "must be a whole number")
+        # Clamped into 64 bits: still out of range when it was, the error can be serialised,
+        # and a huge number of digits is never converted.
+        sign = -1 if value.startswith("-") else 1
+        digits = value.lstrip("+-").lstrip("0") or "0"
+        if len(digits) > len(str(_INT64_MAX)):
+            return sign * _INT64_MAX
+        return max(min(sign * int(digits), _INT64_MAX), -_INT64_MAX)
+    return value
+
+
+QueryInt = Annotated[int, BeforeValidator(integer_text)]
+
+
 class PageQuery(BaseModel):
-    """`limit` (1-100, default 20) and `offset` (>= 0) of a list."""
+    """`limit` (1-100, default 20) and `offset` (0-10000000, default 0) of a list."""
 
     model_config = ConfigDict(extra="ignore")
 
-    limit: int = Field(default=20, ge=1, le=100, description="How many items to return")
-    offset: int = Field(default=0, ge=0, le=10_000_000, description="How many items to skip")
+    limit: QueryInt = Field(default=20, ge=1, le=100, description="How many items to return")
+    offset: QueryInt = Field(default=0, ge=0, le=10_000_000, description="How many items to skip")

@@ -8,24 +8,42 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
-from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, field_validator
 from pydantic_core import PydanticCustomError
 
 from service.models import User
 from service.models.user import EMAIL_MAX, USERNAME_MAX
-from service.schemas.common import InModel, OutModel
+from service.schemas.common import InModel, OutModel, is_blank, no_nul
 
 PASSWORD_MIN = 8
 # Bounds the argon2 input, so a huge password cannot make hashing expensive.
 PASSWORD_MAX = 256
 BIO_MAX = 2000
 IMAGE_MAX = 2000
-# ASCII only, so that a username is one safe path segment in `/profiles/{username}`.
-USERNAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-_USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+# Each pattern below is both the JSON Schema `pattern` of its field and what the validator
+# matches (with `fullmatch`, whose end is ECMAScript's `$`), so the document and the API agree.
+# Nothing is trimmed: surrounding whitespace makes a value invalid.
+
+# ASCII only, so that a username is one safe path segment in `/profiles/{username}`; at least
+# one character other than ".", because "." and ".." would be rewritten by URL normalisation.
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+_USERNAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
+_USERNAME = re.compile(USERNAME_PATTERN)
+
+# An ASCII address: a dot-atom local part (RFC 5322) and a domain of at least two labels of
+# letters, digits and inner hyphens (RFC 1035, 63 characters at most each).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_PATTERN = "^" + _ATOM + r"(?:\." + _ATOM + ")*@" + _LABEL + r"(?:\." + _LABEL + ")+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+# An absolute http(s) URL of printable ASCII with a non-empty authority, or "" (no image).
+# No "[" or "]" in the authority: an IPv6 literal is the only valid use, and a lone bracket
+# makes the URL unparsable (urllib raises "Invalid IPv6 URL"), so brackets are left out.
+IMAGE_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~%!$&'()*+,;=:@-]+(?:[/?#][!-~]*)?)?$"
+_IMAGE = re.compile(IMAGE_PATTERN)
 
 
 def _blank() -> PydanticCustomError:
@@ -38,56 +56,37 @@ def _too_long(maximum: int) -> PydanticCustomError:
     )
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000: reject it here instead of failing in the driver.
-    if "\x00" in value:
-        raise PydanticCustomError("nul", "must not contain NUL characters")
-    return value
-
-
-def normalize_username(value: str) -> str:
-    """Trim a username and check its length and characters."""
-    value = value.strip()
-    if not value:
+def check_username(value: str) -> str:
+    """Check a username's length and characters (`USERNAME_PATTERN`, 1-64 characters)."""
+    if is_blank(value):
         raise _blank()
     if len(value) > USERNAME_MAX:
         raise _too_long(USERNAME_MAX)
-    if not _USERNAME_RE.fullmatch(value):
+    if not _USERNAME_CHARS.fullmatch(value):
         raise PydanticCustomError(
             "username_chars", "may contain only letters, digits, '_', '-' and '.'"
         )
-    if not value.strip("."):
-        # "." and ".." would be rewritten by URL normalisation in /profiles/{username}.
+    if not _USERNAME.fullmatch(value):
         raise PydanticCustomError("username_dots", "must contain a letter, digit, '_' or '-'")
     return value
 
 
 def is_valid_username(value: str) -> bool:
     """True when `value` could be a stored username (lets lookups skip impossible names)."""
-    try:
-        return normalize_username(value) == value
-    except PydanticCustomError:
-        return False
+    return len(value) <= USERNAME_MAX and _USERNAME.fullmatch(value) is not None
 
 
 def normalize_email(value: str) -> str:
-    """Trim, validate (syntax only, no DNS) and lower-case an email address."""
-    value = value.strip()
-    if not value:
+    """Check an email address (`EMAIL_PATTERN`, at most 254 characters) and lower-case it."""
+    if is_blank(value):
         raise _blank()
     if len(value) > EMAIL_MAX:
         raise _too_long(EMAIL_MAX)
-    try:
-        info = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise PydanticCustomError(
-            "email", "is not a valid email address ({reason})", {"reason": str(exc)}
-        ) from None
-    # Emails are case-insensitive here: stored and looked up lower-cased.
-    email = info.normalized.lower()
-    if len(email) > EMAIL_MAX:
-        raise _too_long(EMAIL_MAX)
-    return email
+    if not _EMAIL.fullmatch(value):
+        raise PydanticCustomError("email", "is not a valid email address")
+    # Emails are case-insensitive here: stored and looked up lower-cased (ASCII only, so the
+    # length stays the same).
+    return value.lower()
 
 
 def check_password(value: str) -> str:
@@ -113,25 +112,17 @@ def check_login_password(value: str) -> str:
 
 
 def check_bio(value: str) -> str:
-    """Bio text up to `BIO_MAX` characters; empty clears it."""
+    """Bio text up to `BIO_MAX` characters, verbatim; empty clears it."""
     if len(value) > BIO_MAX:
         raise _too_long(BIO_MAX)
-    return _no_nul(value)
+    return no_nul(value)
 
 
 def check_image(value: str) -> str:
-    """An absolute http(s) URL up to `IMAGE_MAX` characters; empty clears it."""
-    value = value.strip()
-    if not value:
-        return value
+    """An http(s) URL (`IMAGE_PATTERN`) up to `IMAGE_MAX` characters; empty clears it."""
     if len(value) > IMAGE_MAX:
         raise _too_long(IMAGE_MAX)
-    _no_nul(value)
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
+    if not _IMAGE.fullmatch(value):
         raise PydanticCustomError("url", "must be an http or https URL")
     return value
 
@@ -141,12 +132,14 @@ USERNAME_SCHEMA = {
     "minLength": 1,
     "maxLength": USERNAME_MAX,
     "pattern": USERNAME_PATTERN,
+    "description": "Letters, digits, '_', '-' and '.' (not only dots); unique in any case",
     "example": "jake",
 }
 EMAIL_SCHEMA = {
     "type": "string",
-    "format": "email",
     "maxLength": EMAIL_MAX,
+    "pattern": EMAIL_PATTERN,
+    "description": "An ASCII email address; case-insensitive, stored lower-cased",
     "example": "jake@jake.jake",
 }
 NEW_PASSWORD_SCHEMA = {
@@ -157,7 +150,7 @@ NEW_PASSWORD_SCHEMA = {
     "example": "jakejake",
 }
 
-Username = Annotated[str, AfterValidator(normalize_username), WithJsonSchema(USERNAME_SCHEMA)]
+Username = Annotated[str, AfterValidator(check_username), WithJsonSchema(USERNAME_SCHEMA)]
 Email = Annotated[str, AfterValidator(normalize_email), WithJsonSchema(EMAIL_SCHEMA)]
 NewPassword = Annotated[str, AfterValidator(check_password), WithJsonSchema(NEW_PASSWORD_SCHEMA)]
 LoginPassword = Annotated[
@@ -184,8 +177,9 @@ ImageUrl = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "format": "uri",
             "maxLength": IMAGE_MAX,
+            "pattern": IMAGE_PATTERN,
+            "description": 'An http or https URL; "" (or null) removes the image',
             "example": "https://i.stack.imgur.com/xHWG8.jpg",
         }
     ),
@@ -221,10 +215,16 @@ class UserLoginRequest(InModel):
 
 # Fields that have a value on every account: `null` cannot clear them.
 _NOT_NULLABLE = ("email", "username", "password")
+UPDATABLE = ("email", "username", "password", "bio", "image")
 
 
 class UserUpdate(InModel):
     """A partial update: only the fields sent change; `null` or "" clears bio and image."""
+
+    # At least one field must be sent (other keys are ignored, so they do not count).
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": [name]} for name in UPDATABLE]}
+    )
 
     # Optional only in that they may be left out; `null` is rejected, so documented as strings.
     email: Annotated[Email | None, WithJsonSchema(EMAIL_SCHEMA)] = None

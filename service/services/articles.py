@@ -36,7 +36,7 @@ from sqlalchemy.orm import defer
 
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import profiles, slugs
+from service.services import admin, audit, profiles, slugs
 from service.services.errors import Conflict, NotFound, PermissionDenied
 
 SLUG_CONSTRAINT = "uq_articles_slug"
@@ -311,10 +311,36 @@ async def update_article(
 
 
 async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> None:
-    """Delete the viewer's own article; its comments, tags links and favorites go with it."""
-    article = await _owned_for_change(session, viewer, slug)
+    """Delete an article with its comments, tag links and favorites.
+
+    Its author may; so may a moderator or admin, and then the deletion is audited.
+    """
+    row = None
+    if _storable(slug):
+        row = (
+            await session.execute(
+                select(Article.id, Article.author_id, Article.title, User.username)
+                .join(User, User.id == Article.author_id)
+                .where(Article.slug == slug)
+                .with_for_update(of=Article)
+            )
+        ).one_or_none()
+    if row is None:
+        raise NotFound("article not found", field="article")
+    article_id, author_id, title, author_name = row
+    if author_id != viewer.id:
+        if not admin.may_moderate(viewer):
+            raise PermissionDenied("only the author may change this article", field="article")
+        await audit.record(
+            session=session,
+            actor=viewer,
+            action="article.delete",
+            target_type="article",
+            target_id=slug,
+            details={"author": author_name, "title": title},
+        )
     await session.execute(
-        delete(Article).where(Article.id == article.id).execution_options(synchronize_session=False)
+        delete(Article).where(Article.id == article_id).execution_options(synchronize_session=False)
     )
 
 

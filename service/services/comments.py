@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import Comment, User
 from service.schemas.comment import CommentCreate
-from service.services import profiles
+from service.services import admin, audit, profiles
 from service.services.articles import find_article_id
 from service.services.errors import NotFound, PermissionDenied
 
@@ -67,12 +67,32 @@ async def add_comment(
 async def delete_comment(
     *, session: AsyncSession, viewer: User, slug: str, comment_id: int
 ) -> None:
-    """Delete the viewer's own comment `comment_id` on the article with `slug`.
+    """Delete comment `comment_id` on the article with `slug`: the viewer's own, or anyone's
+    when the viewer is a moderator or admin (then audited).
 
     `NotFound` when there is no such article, or no such comment on it; `PermissionDenied`
-    when the comment is someone else's.
+    when the comment is someone else's and the viewer may not moderate.
     """
     article_id = await find_article_id(session=session, slug=slug)
+    if comment_id <= BIGINT_MAX and admin.may_moderate(viewer):
+        author_id = await session.scalar(
+            delete(Comment)
+            .where(Comment.id == comment_id, Comment.article_id == article_id)
+            .returning(Comment.author_id)
+        )
+        if author_id is None:
+            raise NotFound("comment not found", field="comment")
+        if author_id != viewer.id:
+            author = await session.scalar(select(User.username).where(User.id == author_id))
+            await audit.record(
+                session=session,
+                actor=viewer,
+                action="comment.delete",
+                target_type="comment",
+                target_id=comment_id,
+                details={"article": slug, "author": author},
+            )
+        return
     if comment_id <= BIGINT_MAX:
         deleted = await session.scalar(
             delete(Comment)

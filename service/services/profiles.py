@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.models import Follow, User
 from service.schemas.profile import ProfileOut
 from service.schemas.user import is_valid_username
-from service.services.errors import InvalidInput, NotFound
+from service.services.errors import NotFound, PermissionDenied
 
 SELF_FOLLOW = "you cannot follow or unfollow yourself"
 
@@ -56,10 +56,13 @@ async def get_profile(*, session: AsyncSession, viewer: User | None, username: s
 
 
 async def follow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
-    """Make `follower` follow `username`; following twice changes nothing."""
+    """Make `follower` follow `username`; following twice changes nothing.
+
+    `NotFound` for no such user; `PermissionDenied` for following oneself.
+    """
     user = await _require_user(session=session, username=username)
     if user.id == follower.id:
-        raise InvalidInput(SELF_FOLLOW, field="username")
+        raise PermissionDenied(SELF_FOLLOW, field="username")
     # ON CONFLICT DO NOTHING: idempotent, and safe when the same follow races itself.
     await session.execute(
         insert(Follow)
@@ -70,10 +73,13 @@ async def follow(*, session: AsyncSession, follower: User, username: str) -> Pro
 
 
 async def unfollow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
-    """Make `follower` stop following `username`; unfollowing twice changes nothing."""
+    """Make `follower` stop following `username`; unfollowing twice changes nothing.
+
+    `NotFound` for no such user; `PermissionDenied` for unfollowing oneself.
+    """
     user = await _require_user(session=session, username=username)
     if user.id == follower.id:
-        raise InvalidInput(SELF_FOLLOW, field="username")
+        raise PermissionDenied(SELF_FOLLOW, field="username")
     await session.execute(
         delete(Follow).where(Follow.follower_id == follower.id, Follow.followee_id == user.id)
     )

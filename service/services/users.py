@@ -1,8 +1,9 @@
 """Accounts: registration, login, profile updates.
 
 Uniqueness of emails and usernames is decided by the database (unique constraints), never by
-a look-up first: inserts and updates run in a savepoint and a violation becomes `InvalidInput`
-naming the field, so concurrent registrations cannot both win.
+a look-up first: inserts and updates run in a savepoint and a violation becomes `Conflict`
+naming the field, so concurrent registrations cannot both win. A taken email or username is a
+conflict with existing state (409), not an invalid request: the same body could succeed later.
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import User
-from service.schemas.user import UserCreate, UserLogin, UserUpdate
-from service.services.errors import InvalidInput, NotAuthenticated
+from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
+from service.services.errors import Conflict, DomainError, InvalidInput, NotAuthenticated
 from service.services.security import Passwords
 
 TAKEN = "has already been taken"
 BAD_CREDENTIALS = "email or password is invalid"
 
-# Constraint (or unique index) name -> the field the client must change, and why.
-_CONSTRAINT_ERRORS = {
-    "uq_users_email": ("email", TAKEN),
-    "uq_users_username_lower": ("username", TAKEN),
-    "ck_users_email_lower": ("email", "is not a valid email address"),
+# Constraint (or unique index) name -> the error, the field the client must change, and why.
+_CONSTRAINT_ERRORS: dict[str, tuple[type[DomainError], str, str]] = {
+    "uq_users_email": (Conflict, "email", TAKEN),
+    "uq_users_username_lower": (Conflict, "username", TAKEN),
+    "ck_users_email_lower": (InvalidInput, "email", "is not a valid email address"),
 }
 
 
@@ -41,12 +42,12 @@ def constraint_name(exc: IntegrityError) -> str | None:
     return next((name for name in _CONSTRAINT_ERRORS if f'"{name}"' in message), None)
 
 
-def _as_domain_error(exc: IntegrityError) -> InvalidInput | None:
+def _as_domain_error(exc: IntegrityError) -> DomainError | None:
     found = _CONSTRAINT_ERRORS.get(constraint_name(exc) or "")
     if found is None:
         return None
-    field, message = found
-    return InvalidInput(message, field=field)
+    kind, field, message = found
+    return kind(message, field=field)
 
 
 async def get_by_id(*, session: AsyncSession, user_id: int) -> User | None:
@@ -60,7 +61,7 @@ async def get_by_email(*, session: AsyncSession, email: str) -> User | None:
 
 
 async def register(*, session: AsyncSession, data: UserCreate, passwords: Passwords) -> User:
-    """Create an account; a taken email or username raises `InvalidInput` naming it."""
+    """Create an account; a taken email or username raises `Conflict` naming it."""
     # Hash before the first query, so no connection is held during the expensive part.
     password_hash = await passwords.hash(data.password)
     user = User(
@@ -104,13 +105,11 @@ async def update_user(
 ) -> User:
     """Apply the fields sent in `data` (a partial update); bio/image `null` or "" clear them.
 
-    A taken email or username raises `InvalidInput` naming it; an empty update raises too.
+    A taken email or username raises `Conflict` naming it; an empty update `InvalidInput`.
     """
     changes: dict[str, Any] = data.model_dump(exclude_unset=True)
     if not changes:
-        raise InvalidInput(
-            "at least one of email, username, password, bio, image is required", field="body"
-        )
+        raise InvalidInput(f"at least one of {', '.join(UPDATABLE)} is required", field="body")
     password = changes.pop("password", None)
     if password is not None:
         changes["password_hash"] = await passwords.hash(password)

@@ -13,7 +13,8 @@ from service.app import ConduitASGI
 from service.db import DatabaseState
 from service.models import Follow, User
 from service.services import profiles as profiles_service
-from service.services.errors import InvalidInput, NotFound
+from service.services.errors import NotFound, PermissionDenied
+from service.services.profiles import SELF_FOLLOW
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -74,13 +75,13 @@ async def test_follow_is_idempotent_and_unfollow_removes_it(
     assert await follows(session) == []
 
 
-async def test_follow_yourself_is_invalid(session: AsyncSession, make_user: MakeUser) -> None:
+async def test_follow_yourself_is_forbidden(session: AsyncSession, make_user: MakeUser) -> None:
     jake = await load(session, await make_user(username="jake"))
 
     for action in (profiles_service.follow, profiles_service.unfollow):
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(PermissionDenied) as caught:
             await action(session=session, follower=jake, username="JAKE")
-        assert caught.value.field == "username"
+        assert (caught.value.field, caught.value.message) == ("username", SELF_FOLLOW)
 
 
 async def test_unknown_username_is_not_found(session: AsyncSession, make_user: MakeUser) -> None:

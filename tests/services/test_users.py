@@ -15,7 +15,7 @@ from service.db import DatabaseState
 from service.models import User
 from service.schemas.user import UserCreate, UserLogin, UserUpdate
 from service.services import users as users_service
-from service.services.errors import InvalidInput, NotAuthenticated
+from service.services.errors import Conflict, InvalidInput, NotAuthenticated
 from service.services.security import PasswordPolicy, Passwords
 from tests.factories import TestUser
 
@@ -64,7 +64,7 @@ async def test_a_taken_username_leaves_the_transaction_usable(
 ) -> None:
     await users_service.register(session=session, data=new_user(), passwords=passwords)
 
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Conflict) as caught:
         await users_service.register(
             session=session, data=new_user("JAKE", "other@jake.jake"), passwords=passwords
         )
@@ -78,17 +78,17 @@ async def test_a_taken_username_leaves_the_transaction_usable(
     assert await user_count(session) == 2
 
 
-async def test_a_taken_email_raises_invalid_input_naming_email(
+async def test_a_taken_email_raises_conflict_naming_email(
     session: AsyncSession, passwords: Passwords
 ) -> None:
     await users_service.register(session=session, data=new_user(), passwords=passwords)
 
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Conflict) as caught:
         await users_service.register(
             session=session, data=new_user("other", "JAKE@jake.jake"), passwords=passwords
         )
 
-    assert caught.value.field == "email"
+    assert (caught.value.field, caught.value.message) == ("email", "has already been taken")
 
 
 async def test_other_integrity_errors_are_not_disguised(
@@ -191,7 +191,7 @@ async def test_update_user_to_a_taken_email_keeps_the_transaction_usable(
     user = await session.get(User, jake.id)
     assert user is not None
 
-    with pytest.raises(InvalidInput) as caught:
+    with pytest.raises(Conflict) as caught:
         await users_service.update_user(
             session=session,
             user=user,
@@ -199,7 +199,7 @@ async def test_update_user_to_a_taken_email_keeps_the_transaction_usable(
             passwords=passwords,
         )
 
-    assert caught.value.field == "email"
+    assert (caught.value.field, caught.value.message) == ("email", "has already been taken")
     # The outer transaction still works after the savepoint rolled back.
     assert await user_count(session) == 2
 

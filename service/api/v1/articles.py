@@ -110,7 +110,7 @@ async def get_feed(viewer: User) -> Response:
     return _page_json(page)
 
 
-@bp.get("/articles/<slug>")
+@bp.get("/articles/<slug:slug>")
 @operation(
     responses={200: ArticleResponse},
     tags=["Articles"],
@@ -130,6 +130,7 @@ async def get_article(slug: str, viewer: User | None) -> Response:
     tags=["Articles"],
     auth="required",
     body=ArticleCreateRequest,
+    errors=[409],
     examples={201: _ARTICLE_EXAMPLE},
     body_example=_NEW_ARTICLE,
 )
@@ -150,7 +151,7 @@ async def _update(slug: str, viewer: User) -> Response:
     return _article_json(view)
 
 
-@bp.put("/articles/<slug>")
+@bp.put("/articles/<slug:slug>")
 @operation(
     responses={200: ArticleResponse},
     tags=["Articles"],
@@ -165,7 +166,7 @@ async def update_article(slug: str, viewer: User) -> Response:
     return await _update(slug, viewer)
 
 
-@bp.patch("/articles/<slug>")
+@bp.patch("/articles/<slug:slug>")
 @operation(
     responses={200: ArticleResponse},
     tags=["Articles"],
@@ -180,7 +181,7 @@ async def patch_article(slug: str, viewer: User) -> Response:
     return await _update(slug, viewer)
 
 
-@bp.delete("/articles/<slug>")
+@bp.delete("/articles/<slug:slug>")
 @operation(
     responses={204: None},
     tags=["Articles"],
@@ -193,7 +194,7 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     return "", 204
 
 
-@bp.post("/articles/<slug>/favorite")
+@bp.post("/articles/<slug:slug>/favorite")
 @operation(
     responses={200: ArticleResponse},
     tags=["Favorites"],
@@ -207,7 +208,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     return _article_json(view)
 
 
-@bp.delete("/articles/<slug>/favorite")
+@bp.delete("/articles/<slug:slug>/favorite")
 @operation(
     responses={200: ArticleResponse},
     tags=["Favorites"],

@@ -33,7 +33,7 @@ _COMMENT = {
 }
 
 
-@bp.get("/articles/<slug>/comments")
+@bp.get("/articles/<slug:slug>/comments")
 @operation(
     responses={200: MultipleCommentsResponse},
     tags=["Comments"],
@@ -49,7 +49,7 @@ async def list_comments(slug: str, viewer: User | None) -> Response:
     )
 
 
-@bp.post("/articles/<slug>/comments")
+@bp.post("/articles/<slug:slug>/comments")
 @operation(
     responses={200: CommentResponse},
     tags=["Comments"],
@@ -68,7 +68,7 @@ async def create_comment(slug: str, viewer: User) -> Response:
     return jsonify(CommentResponse(comment=CommentOut.of(view)).to_json())
 
 
-@bp.delete("/articles/<slug>/comments/<int:comment_id>")
+@bp.delete("/articles/<slug:slug>/comments/<id:comment_id>")
 @operation(
     responses={204: None},
     tags=["Comments"],

@@ -62,19 +62,19 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="required",
-    errors=[404, 422],
+    errors=[403, 404],
     examples={
         200: _example(following=True),
         401: UNAUTHORIZED_EXAMPLE,
         404: NOT_FOUND_EXAMPLE,
-        422: SELF_FOLLOW_EXAMPLE,
+        403: SELF_FOLLOW_EXAMPLE,
     },
 )
 async def follow_user(username: str, viewer: User) -> Response:
     """Follow a user.
 
     Idempotent: following someone you already follow answers 200 again. Following yourself
-    answers 422. Any request body is ignored.
+    answers 403. Any request body is ignored.
     """
     profile = await profiles_service.follow(session=db.session, follower=viewer, username=username)
     return _profile_response(profile)
@@ -85,19 +85,19 @@ async def follow_user(username: str, viewer: User) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="required",
-    errors=[404, 422],
+    errors=[403, 404],
     examples={
         200: _example(following=False),
         401: UNAUTHORIZED_EXAMPLE,
         404: NOT_FOUND_EXAMPLE,
-        422: SELF_FOLLOW_EXAMPLE,
+        403: SELF_FOLLOW_EXAMPLE,
     },
 )
 async def unfollow_user(username: str, viewer: User) -> Response:
     """Unfollow a user.
 
     Idempotent: unfollowing someone you do not follow answers 200 with `following: false`.
-    Unfollowing yourself answers 422.
+    Unfollowing yourself answers 403.
     """
     profile = await profiles_service.unfollow(
         session=db.session, follower=viewer, username=username

@@ -10,6 +10,7 @@ from service.api.auth import auth, bearer_token
 from service.api.spec import operation
 from service.db import db
 from service.models import User
+from service.redis import redis
 from service.schemas.user import (
     UserCreateRequest,
     UserLoginRequest,
@@ -17,6 +18,7 @@ from service.schemas.user import (
     UserResponse,
     UserUpdateRequest,
 )
+from service.services import login_guard
 from service.services import users as users_service
 
 bp = Blueprint("users", __name__)
@@ -34,7 +36,7 @@ USER_EXAMPLE: dict[str, Any] = {
 LOGIN_FAILED_EXAMPLE = {"errors": {"credentials": [users_service.BAD_CREDENTIALS]}}
 UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
 UPDATE_EXAMPLE = {"user": {"bio": "I like to skateboard", "image": "https://example.com/j.jpg"}}
-UPDATE_ERRORS_EXAMPLE = {"errors": {"email": ["has already been taken"]}}
+TAKEN_EXAMPLE = {"errors": {"email": [users_service.TAKEN]}}
 
 
 def _user_response(user: User, token: str, status: int = 200) -> tuple[Response, int]:
@@ -46,15 +48,17 @@ def _user_response(user: User, token: str, status: int = 200) -> tuple[Response,
     responses={201: UserResponse},
     tags=TAGS,
     body=UserCreateRequest,
-    examples={201: USER_EXAMPLE, 422: {"errors": {"username": ["has already been taken"]}}},
+    errors=[409],
+    examples={201: USER_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
     body_example={"user": {"username": "jake", "email": "jake@jake.jake", "password": "jakejake"}},
 )
 async def register_user() -> tuple[Response, int]:
     """Register a new user.
 
-    Emails are case-insensitive and stored lower-cased; usernames (1-64 letters, digits,
-    `_`, `-`, `.`) are unique regardless of case. A taken email or username answers 422 naming
-    the field. Passwords have 8-256 characters.
+    Emails (ASCII) are case-insensitive and stored lower-cased; usernames (1-64 letters,
+    digits, `_`, `-`, `.`) are unique regardless of case. Nothing is trimmed: each field must
+    match its schema as sent. A taken email or username answers 409 naming the field.
+    Passwords have 8-256 characters.
     """
     body = cast(UserCreateRequest, request.context.body)  # type: ignore[attr-defined]
     user = await users_service.register(
@@ -75,12 +79,16 @@ async def register_user() -> tuple[Response, int]:
 async def login() -> tuple[Response, int]:
     """Log in with email and password.
 
-    A wrong password and an unknown email get the same 401 answer.
+    A wrong password and an unknown email get the same 401 answer. After 5 failed attempts
+    in a row the account is locked for a doubling delay (1 s, 2 s, ... up to 15 min): 429 with
+    `Retry-After`.
     """
     body = cast(UserLoginRequest, request.context.body)  # type: ignore[attr-defined]
+    await login_guard.check(redis=redis.client, email=body.user.email)
     user = await users_service.authenticate(
         session=db.session, data=body.user, passwords=auth.passwords
     )
+    await login_guard.reset(redis=redis.client, email=body.user.email)
     return _user_response(user, auth.tokens.issue(user.id))
 
 
@@ -113,7 +121,8 @@ async def _update(viewer: User) -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     body=UserUpdateRequest,
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 422: UPDATE_ERRORS_EXAMPLE},
+    errors=[409],
+    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
     body_example=UPDATE_EXAMPLE,
 )
 async def update_current_user(viewer: User) -> tuple[Response, int]:
@@ -121,7 +130,7 @@ async def update_current_user(viewer: User) -> tuple[Response, int]:
 
     Only the fields sent change. Send at least one of `email`, `username`, `password`, `bio`,
     `image`; `null` or `""` clears `bio` and `image`. The answer carries a fresh token. A taken
-    email or username answers 422 naming the field.
+    email or username answers 409 naming the field.
     """
     return await _update(viewer)
 
@@ -132,7 +141,8 @@ async def update_current_user(viewer: User) -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     body=UserUpdateRequest,
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 422: UPDATE_ERRORS_EXAMPLE},
+    errors=[409],
+    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
     body_example=UPDATE_EXAMPLE,
 )
 async def patch_current_user(viewer: User) -> tuple[Response, int]:
@@ -140,6 +150,6 @@ async def patch_current_user(viewer: User) -> tuple[Response, int]:
 
     Only the fields sent change. Send at least one of `email`, `username`, `password`, `bio`,
     `image`; `null` or `""` clears `bio` and `image`. The answer carries a fresh token. A taken
-    email or username answers 422 naming the field.
+    email or username answers 409 naming the field.
     """
     return await _update(viewer)

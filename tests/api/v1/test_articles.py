@@ -133,6 +133,13 @@ async def test_create_rejects_a_bad_token(client: httpx.AsyncClient) -> None:
         ({"title": "t", "description": "", "body": "b"}, "description"),
         ({"title": "t", "description": "d", "body": " \n\t "}, "body"),
         ({"title": "x" * 201, "description": "d", "body": "b"}, "title"),
+        # Lengths count what was sent (as the schema's maxLength does), before trimming.
+        ({"title": " " + "x" * 200, "description": "d", "body": "b"}, "title"),
+        # Whitespace is what str.isspace() says, documented as an explicit class.
+        ({"title": "\u3000\u2028\x1c", "description": "d", "body": "b"}, "title"),
+        ({"title": "t", "description": "\xa0\x85", "body": "b"}, "description"),
+        ({"title": "t", "description": "d", "body": "\u2003"}, "body"),
+        ({"title": "t", "description": "d", "body": "b", "tagList": ["\u205f"]}, "tagList.0"),
         ({"title": "t", "description": "x" * 1001, "body": "b"}, "description"),
         ({"title": "t", "description": "d", "body": "x" * 100_001}, "body"),
         ({"title": 123, "description": "d", "body": "b"}, "title"),
@@ -329,6 +336,42 @@ async def test_title_feed_does_not_hide_behind_the_feed_route(
     assert response.json()["article"]["title"] == "Feed"
 
 
+async def test_feed_is_not_a_slug(client: httpx.AsyncClient, make_user: MakeUser) -> None:
+    user = await make_user()
+
+    options = await client.options("/api/v1/articles/feed")
+    # Only the feed's own methods: the slug routes do not match "feed".
+    assert options.status_code == 200
+    assert set(options.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    for method in ("PUT", "PATCH", "DELETE"):
+        response = await client.request(method, "/api/v1/articles/feed", headers=user.headers)
+        assert response.status_code == 405
+        assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "OPTIONS"}
+    for path in ("/api/v1/articles/feed/comments", "/api/v1/articles/feed/favorite"):
+        response = await client.post(path, json={}, headers=user.headers)
+        assert response.status_code == 404
+        assert response.json() == {"errors": {"body": ["not found"]}}
+    # Only the exact segment is excluded.
+    for slug in ("feeds", "xfeed", "Feed", "feed%0A"):
+        response = await client.get(f"/api/v1/articles/{slug}")
+        assert response.status_code == 404
+        assert response.json() == {"errors": {"article": ["article not found"]}}
+
+
+async def test_openapi_slug_parameter_excludes_feed(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/api/v1/openapi.json")).json()["paths"]
+
+    slug_paths = [path for path in paths if "{slug}" in path]
+    assert len(slug_paths) == 4
+    for path in slug_paths:
+        for operation in paths[path].values():
+            slug = next(p for p in operation["parameters"] if p["name"] == "slug")
+            assert slug["in"] == "path"
+            assert slug["required"] is True
+            assert slug["schema"]["type"] == "string"
+            assert slug["schema"]["pattern"] == "^(?!(?:feed)$)[^/]+$"
+
+
 # --- read ---------------------------------------------------------------------------------
 
 
@@ -486,6 +529,15 @@ async def test_list_paging(client: httpx.AsyncClient, make_user: MakeUser) -> No
         ("offset=-1", "offset"),
         ("offset=abc", "offset"),
         ("offset=10000001", "offset"),
+        # Integers as a schema's `integer` reads them: a sign and ASCII digits, nothing else.
+        ("limit=5.0", "limit"),
+        ("limit=%205", "limit"),
+        ("limit=5%20", "limit"),
+        ("limit=5_0", "limit"),
+        ("limit=0x5", "limit"),
+        ("limit=%D9%A5", "limit"),
+        ("offset=1e3", "offset"),
+        ("offset=" + "9" * 5000, "offset"),
     ],
 )
 async def test_list_bad_paging_is_422(client: httpx.AsyncClient, query: str, field: str) -> None:
@@ -493,6 +545,23 @@ async def test_list_bad_paging_is_422(client: httpx.AsyncClient, query: str, fie
         response = await client.get(f"{path}?{query}")
         assert response.status_code == 422
         assert list(response.json()["errors"]) == [field]
+
+
+@pytest.mark.parametrize(
+    ("query", "count"),
+    [("limit=%2B2", 2), ("limit=02", 2), ("offset=-0", 3), ("offset=" + "0" * 5000 + "1", 2)],
+)
+async def test_list_paging_reads_signs_and_leading_zeros(
+    client: httpx.AsyncClient, make_user: MakeUser, query: str, count: int
+) -> None:
+    user = await make_user()
+    for i in range(3):
+        await post_article(client, user, title=f"p{i}")
+
+    response = await client.get(f"/api/v1/articles?{query}")
+
+    assert response.status_code == 200
+    assert len(response.json()["articles"]) == count
 
 
 async def test_list_favorited_is_per_viewer(client: httpx.AsyncClient, make_user: MakeUser) -> None:

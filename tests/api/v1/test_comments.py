@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -269,7 +270,7 @@ async def test_delete_unknown_comment_is_404(
     assert list(response.json()["errors"]) == ["comment"]
 
 
-@pytest.mark.parametrize("comment_id", ["abc", "-1", "1.5", "1%00"])
+@pytest.mark.parametrize("comment_id", ["abc", "-1", "+1", "1.5", "1%00", "%D9%A1"])
 async def test_delete_comment_with_non_integer_id_is_404(
     client: httpx.AsyncClient, make_user: MakeUser, comment_id: str
 ) -> None:
@@ -279,7 +280,24 @@ async def test_delete_comment_with_non_integer_id_is_404(
         f"/api/v1/articles/{slug}/comments/{comment_id}", headers=user.headers
     )
     assert response.status_code == 404
-    assert "errors" in response.json()
+    # No route matched: the id is documented as an integer, written with ASCII digits.
+    assert response.json() == {"errors": {"body": ["not found"]}}
+
+
+async def test_comment_id_in_other_digits_does_not_name_the_comment(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    slug = await post_article(client, user)
+    comment = await post_comment(client, slug, user)
+    arabic_indic = "".join(chr(0x0660 + int(digit)) for digit in str(comment["id"]))
+
+    response = await client.delete(
+        f"/api/v1/articles/{slug}/comments/{quote(arabic_indic)}", headers=user.headers
+    )
+
+    assert response.status_code == 404
+    assert len((await client.get(f"/api/v1/articles/{slug}/comments")).json()["comments"]) == 1
 
 
 async def test_delete_comment_of_unknown_article_is_404(

@@ -203,14 +203,14 @@ async def test_unfollow_keeps_other_follows(
 
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
 @pytest.mark.parametrize("lookup", ["jake", "JAKE"])
-async def test_follow_or_unfollow_yourself_is_422(
+async def test_follow_or_unfollow_yourself_is_403(
     client: httpx.AsyncClient, make_user: MakeUser, database_url: str, method: str, lookup: str
 ) -> None:
     jake = await make_user(username="jake")
 
     response = await client.request(method, follow_url(lookup), headers=jake.headers)
 
-    assert response.status_code == 422
+    assert response.status_code == 403
     assert response.json() == {"errors": {"username": ["you cannot follow or unfollow yourself"]}}
     assert await follow_pairs(database_url) == []
 
@@ -263,5 +263,8 @@ async def test_openapi_documents_the_profile_operations(client: httpx.AsyncClien
     assert get_op["tags"] == follow_op["tags"] == unfollow_op["tags"] == ["Profile"]
     assert get_op["summary"] == "Get a profile."
     assert get_op["security"] == [{"Token": []}, {}]
-    assert set(follow_op["responses"]) >= {"200", "401", "404", "422"}
+    for op in (follow_op, unfollow_op):
+        assert set(op["responses"]) == {"200", "401", "403", "404", "429", "503"}
+        forbidden = op["responses"]["403"]["content"]["application/json"]["example"]
+        assert forbidden == {"errors": {"username": ["you cannot follow or unfollow yourself"]}}
     assert follow_op["security"] == [{"Token": []}]

@@ -86,10 +86,8 @@ async def test_register_returns_201_with_the_user_and_a_working_token(
     assert "jakejake" not in rows[0]["password_hash"]
 
 
-async def test_register_lower_cases_and_trims_the_email(
-    client: httpx.AsyncClient, database_url: str
-) -> None:
-    response = await register(client, email="  Jake@Example.COM ")
+async def test_register_lower_cases_the_email(client: httpx.AsyncClient, database_url: str) -> None:
+    response = await register(client, email="Jake@Example.COM")
 
     assert response.status_code == 201
     assert response.json()["user"]["email"] == "jake@example.com"
@@ -97,28 +95,43 @@ async def test_register_lower_cases_and_trims_the_email(
     assert [row["email"] for row in rows] == ["jake@example.com"]
 
 
+@pytest.mark.parametrize("field", ["email", "username"])
+@pytest.mark.parametrize("padding", [" ", "\t", "\n", "\u00a0"])
+async def test_register_does_not_trim_email_or_username(
+    client: httpx.AsyncClient, database_url: str, field: str, padding: str
+) -> None:
+    # The documented patterns admit no whitespace, so neither does the API (it never trims).
+    valid = {"username": "jake", "email": "jake@example.com"}
+    for padded in (padding + valid[field], valid[field] + padding):
+        response = await register(client, **{**valid, field: padded})
+
+        assert response.status_code == 422
+        assert list(response.json()["errors"]) == [field]
+    assert await count_users(database_url) == 0
+
+
 @pytest.mark.parametrize("email", ["jake@jake.jake", "JAKE@Jake.Jake"])
-async def test_register_taken_email_is_422_naming_email(
+async def test_register_taken_email_is_409_naming_email(
     client: httpx.AsyncClient, database_url: str, email: str
 ) -> None:
     assert (await register(client)).status_code == 201
 
     response = await register(client, username="other", email=email)
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     assert response.json() == {"errors": {"email": ["has already been taken"]}}
     assert await count_users(database_url) == 1
 
 
 @pytest.mark.parametrize("username", ["jake", "JAKE", "Jake"])
-async def test_register_taken_username_is_422_naming_username(
+async def test_register_taken_username_is_409_naming_username(
     client: httpx.AsyncClient, database_url: str, username: str
 ) -> None:
     assert (await register(client)).status_code == 201
 
     response = await register(client, username=username, email="other@jake.jake")
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     assert response.json() == {"errors": {"username": ["has already been taken"]}}
     assert await count_users(database_url) == 1
 
@@ -134,9 +147,9 @@ async def test_concurrent_registrations_of_one_username_let_exactly_one_win(
     )
 
     statuses = sorted(response.status_code for response in responses)
-    assert statuses == [201, 422, 422, 422, 422, 422]
+    assert statuses == [201, 409, 409, 409, 409, 409]
     for response in responses:
-        if response.status_code == 422:
+        if response.status_code == 409:
             assert response.json() == {"errors": {"username": ["has already been taken"]}}
     assert await count_users(database_url) == 1
 
@@ -148,7 +161,7 @@ async def test_concurrent_registrations_of_one_email_let_exactly_one_win(
         *(register(client, username=f"user{n}", email="same@x.io") for n in range(4))
     )
 
-    assert sorted(response.status_code for response in responses) == [201, 422, 422, 422]
+    assert sorted(response.status_code for response in responses) == [201, 409, 409, 409]
     assert await count_users(database_url) == 1
 
 
@@ -663,7 +676,7 @@ async def test_update_cannot_null_a_required_field(
 
 
 @pytest.mark.parametrize("email", ["taken@jake.jake", "TAKEN@Jake.Jake"])
-async def test_update_to_a_taken_email_is_422_and_changes_nothing(
+async def test_update_to_a_taken_email_is_409_and_changes_nothing(
     client: httpx.AsyncClient, make_user: MakeUser, database_url: str, email: str
 ) -> None:
     jake = await make_user(username="jake")
@@ -671,13 +684,13 @@ async def test_update_to_a_taken_email_is_422_and_changes_nothing(
 
     response = await update(client, jake, {"user": {"email": email, "bio": "new bio"}})
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     assert response.json() == {"errors": {"email": ["has already been taken"]}}
     rows = await query(database_url, "SELECT email, bio FROM users WHERE id = $1", jake.id)
     assert (rows[0]["email"], rows[0]["bio"]) == (jake.email, None)
 
 
-async def test_update_to_a_taken_username_in_another_case_is_422(
+async def test_update_to_a_taken_username_in_another_case_is_409(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     jake = await make_user(username="jake")
@@ -685,7 +698,7 @@ async def test_update_to_a_taken_username_in_another_case_is_422(
 
     response = await update(client, jake, {"user": {"username": "oTHER"}})
 
-    assert response.status_code == 422
+    assert response.status_code == 409
     assert response.json() == {"errors": {"username": ["has already been taken"]}}
 
 
@@ -738,6 +751,21 @@ async def test_password_change_then_login_with_the_new_password(
         ({"image": "not a url"}, "image"),
         ({"image": "javascript:alert(1)"}, "image"),
         ({"image": ["https://x.io/a.png"]}, "image"),
+        # The image must match its documented pattern exactly: nothing is trimmed.
+        ({"image": " https://x.io/a.png"}, "image"),
+        ({"image": "https://x.io/a.png\n"}, "image"),
+        ({"image": "https://x.io/a b.png"}, "image"),
+        ({"image": "https://x.io/ü.png"}, "image"),
+        ({"image": "http://"}, "image"),
+        ({"image": "ftp://x.io/a.png"}, "image"),
+        ({"image": "http://[::1]/a.png"}, "image"),
+        ({"image": "http://[/a.png"}, "image"),
+        ({"email": "jäke@x.io"}, "email"),
+        ({"email": "a..b@x.io"}, "email"),
+        ({"email": "a@localhost"}, "email"),
+        ({"email": "a@-x.io"}, "email"),
+        ({"username": "..."}, "username"),
+        ({"username": "ja\nke"}, "username"),
     ],
 )
 async def test_update_with_invalid_fields_is_422_and_changes_nothing(
@@ -755,6 +783,26 @@ async def test_update_with_invalid_fields_is_422_and_changes_nothing(
     assert list(response.json()["errors"]) == [field]
     rows = await query(database_url, "SELECT email, username, bio FROM users")
     assert dict(rows[0]) == {"email": jake.email, "username": "jake", "bio": "kept"}
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "HTTPS://X.IO/A.PNG",
+        "http://x.io",
+        "https://user:pw@x.io:8080/a/[b].png?x=1&y=%20#frag",
+        "https://x.io/~a/(b)/c;d=e,f!*'$+",
+    ],
+)
+async def test_update_accepts_documented_image_urls_verbatim(
+    client: httpx.AsyncClient, make_user: MakeUser, image: str
+) -> None:
+    jake = await make_user(username="jake")
+
+    response = await update(client, jake, {"user": {"image": image}})
+
+    assert response.status_code == 200
+    assert response.json()["user"]["image"] == image
 
 
 async def test_update_accepts_the_maximum_lengths(
@@ -840,11 +888,43 @@ async def test_openapi_documents_the_user_operations(client: httpx.AsyncClient) 
     register_op = paths["/api/v1/users"]["post"]
     assert register_op["tags"] == ["User and Authentication"]
     assert register_op["summary"] == "Register a new user."
-    assert set(register_op["responses"]) >= {"201", "400", "415", "422"}
+    assert set(register_op["responses"]) == {"201", "400", "409", "413", "415", "422", "429", "503"}
+    # Rate limited (any operation, and login/register especially): the header says when to retry.
+    retry_after = register_op["responses"]["429"]["headers"]["Retry-After"]
+    assert retry_after["required"] is True
+    assert retry_after["schema"] == {"type": "integer", "minimum": 0}
+    taken = register_op["responses"]["409"]["content"]["application/json"]["example"]
+    assert taken == {"errors": {"username": ["has already been taken"]}}
     assert "example" in register_op["requestBody"]["content"]["application/json"]
     assert "401" in paths["/api/v1/users/login"]["post"]["responses"]
     user_path = paths["/api/v1/user"]
     assert set(user_path) >= {"get", "put", "patch"}
+    for method in ("put", "patch"):
+        responses = user_path[method]["responses"]
+        assert set(responses) == {"200", "400", "401", "409", "413", "415", "422", "429", "503"}
+        taken = responses["409"]["content"]["application/json"]["example"]
+        assert taken == {"errors": {"email": ["has already been taken"]}}
     assert "partial" in user_path["put"]["summary"]
     assert "partial" in user_path["patch"]["summary"]
     assert user_path["get"]["security"] == [{"Token": []}]
+
+
+async def test_openapi_user_schemas_state_the_validation_rules(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/api/v1/openapi.json")).json()["components"]["schemas"]
+
+    create = schemas["UserCreate"]["properties"]
+    assert create["username"]["pattern"] == "^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+    assert (create["username"]["minLength"], create["username"]["maxLength"]) == (1, 64)
+    assert create["email"]["maxLength"] == 254
+    assert "format" not in create["email"]  # the pattern says exactly what is accepted
+    assert (create["password"]["minLength"], create["password"]["maxLength"]) == (8, 256)
+    update_schema = schemas["UserUpdate"]
+    # At least one known field must be sent.
+    assert update_schema["anyOf"] == [
+        {"required": [name]} for name in ("email", "username", "password", "bio", "image")
+    ]
+    image = update_schema["properties"]["image"]["anyOf"]
+    assert image[1] == {"type": "null"}
+    assert image[0]["maxLength"] == 2000
+    assert "format" not in image[0]
+    assert image[0]["pattern"].startswith("^(?:[Hh][Tt][Tt][Pp][Ss]?://")

@@ -1,0 +1,132 @@
+"""Administration endpoints (admins only): users, roles, suspension, the audit log."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.api.roles import require_role
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.admin import (
+    AdminUserListQuery,
+    AdminUserOut,
+    AdminUserResponse,
+    AdminUsersResponse,
+    AdminUserUpdateRequest,
+    AuditEntryOut,
+    AuditQuery,
+    AuditResponse,
+)
+from service.services import admin as admin_service
+from service.services import audit as audit_service
+
+bp = Blueprint("admin", __name__)
+
+TAGS = ["Admin"]
+ADMIN = admin_service.ADMIN
+
+_USER: dict[str, Any] = {
+    "username": "jake",
+    "email": "jake@jake.jake",
+    "role": "moderator",
+    "suspended": False,
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+_ENTRY = {
+    "id": 1,
+    "actor": "admin",
+    "action": "user.role_change",
+    "targetType": "user",
+    "targetId": "jake",
+    "details": {"from": "user", "to": "moderator", "via": "api"},
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+_FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
+
+
+@bp.get("/admin/users")
+@operation(
+    responses={200: AdminUsersResponse},
+    tags=TAGS,
+    auth="required",
+    query=AdminUserListQuery,
+    errors=[403],
+    examples={200: {"users": [_USER], "usersCount": 1}, 403: _FORBIDDEN},
+)
+async def admin_list_users(viewer: User) -> Response:
+    """List users newest first, filtered by role, status and username/email text (admins)."""
+    require_role(viewer, ADMIN)
+    query = cast(AdminUserListQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await admin_service.list_users(
+        session=db.session,
+        limit=query.limit,
+        offset=query.offset,
+        role=query.role,
+        suspended=None if query.status is None else query.status == "suspended",
+        q=query.q,
+    )
+    return jsonify(
+        AdminUsersResponse(
+            users=[AdminUserOut.of(user) for user in page.users], users_count=page.total
+        ).to_json()
+    )
+
+
+@bp.patch("/admin/users/<username>")
+@operation(
+    responses={200: AdminUserResponse},
+    tags=TAGS,
+    auth="required",
+    body=AdminUserUpdateRequest,
+    errors=[403, 404, 409],
+    examples={
+        200: {"user": _USER},
+        403: _FORBIDDEN,
+        404: {"errors": {"user": ["user not found"]}},
+        409: {"errors": {"role": [admin_service.LAST_ADMIN]}},
+    },
+    body_example={"user": {"role": "moderator"}},
+)
+async def admin_update_user(username: str, viewer: User) -> Response:
+    """Change a user's role and/or suspension (admins); suspending signs them out everywhere.
+
+    The last active admin cannot be demoted or suspended, and admins cannot suspend
+    themselves (409). Every change is written to the audit log.
+    """
+    require_role(viewer, ADMIN)
+    body = cast(AdminUserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    change = await admin_service.update_user(
+        session=db.session, actor=viewer, username=username, data=body.user
+    )
+    return jsonify(AdminUserResponse(user=AdminUserOut.of(change.user)).to_json())
+
+
+@bp.get("/admin/audit")
+@operation(
+    responses={200: AuditResponse},
+    tags=TAGS,
+    auth="required",
+    query=AuditQuery,
+    errors=[403],
+    examples={200: {"entries": [_ENTRY], "entriesCount": 1}, 403: _FORBIDDEN},
+)
+async def admin_list_audit(viewer: User) -> Response:
+    """List audit log entries newest first, filtered by action and actor (admins)."""
+    require_role(viewer, ADMIN)
+    query = cast(AuditQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await audit_service.list_entries(
+        session=db.session,
+        limit=query.limit,
+        offset=query.offset,
+        action=query.action,
+        actor=query.actor,
+    )
+    return jsonify(
+        AuditResponse(
+            entries=[AuditEntryOut.of(entry) for entry in page.entries],
+            entries_count=page.total,
+        ).to_json()
+    )
