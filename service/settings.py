@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     # CORS: comma-separated allowed origins ("" = no cross-origin access).
     cors_origins: str = ""
 
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     access_log: bool = True

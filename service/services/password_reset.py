@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.jobs.queue import enqueue
 from service.mail import Mailer
 from service.models import PasswordResetToken, User
-from service.services.errors import InvalidInput
+from service.services.errors import PermissionDenied
 from service.services.security import Passwords
 from service.services.sessions import revoke_all_sessions
 
@@ -120,7 +120,7 @@ async def send_reset_mail(
 async def confirm_reset(
     *, session: AsyncSession, token: str, password: str, passwords: Passwords
 ) -> User:
-    """Set a new password with a reset token; `InvalidInput` (field `token`) when the token is
+    """Set a new password with a reset token; `PermissionDenied` (field `token`) when the token is
     unknown, expired or used. Uses the token, cancels the user's other reset tokens and
     revokes all their sign-in sessions, in the caller's transaction."""
     token_hash = hash_token(token)
@@ -133,7 +133,7 @@ async def confirm_reset(
         )
     )
     if found is None:
-        raise InvalidInput(INVALID_TOKEN, field="token")
+        raise PermissionDenied(INVALID_TOKEN, field="token")
     # Hashed only for a token that exists, so guessing costs no argon2 work.
     password_hash = await passwords.hash(password)
     # The decisive check: of concurrent confirmations, only one sees `used_at IS NULL` (the
@@ -151,7 +151,7 @@ async def confirm_reset(
     )
     user = await session.get(User, user_id) if user_id is not None else None
     if user is None or user.suspended:
-        raise InvalidInput(INVALID_TOKEN, field="token")
+        raise PermissionDenied(INVALID_TOKEN, field="token")
     user.password_hash = password_hash
     await session.execute(
         update(PasswordResetToken)

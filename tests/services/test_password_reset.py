@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from service.mail import Mailer, MailNotConfigured
 from service.models import AuthSession, PasswordResetToken, User
 from service.services import password_reset
-from service.services.errors import InvalidInput
+from service.services.errors import PermissionDenied
 from service.services.security import PasswordPolicy, Passwords
 from service.services.sessions import revoke_all_sessions
 from service.settings import Environment, Settings
@@ -185,7 +185,7 @@ async def test_confirm_changes_the_password_and_revokes_sessions(
         assert all(s.revoked_reason == "password_reset" for s in sessions)
 
     for used in (token, other_token):
-        with pytest.raises(InvalidInput) as caught:
+        with pytest.raises(PermissionDenied) as caught:
             async with sessionmaker.begin() as session:
                 await password_reset.confirm_reset(
                     session=session, token=used, password="again-password", passwords=passwords
@@ -202,7 +202,7 @@ async def test_confirm_refuses_expired_and_unknown_tokens(
             session=session, user_id=user.id, lifetime=-timedelta(seconds=1)
         )
     for token in (expired, "unknown"):
-        with pytest.raises(InvalidInput):
+        with pytest.raises(PermissionDenied):
             async with sessionmaker.begin() as session:
                 await password_reset.confirm_reset(
                     session=session, token=token, password="new-password", passwords=passwords
@@ -239,7 +239,7 @@ async def test_confirm_is_race_safe(
     assert not loser.done()
     commit_first.set()
     await winner
-    with pytest.raises(InvalidInput):
+    with pytest.raises(PermissionDenied):
         await loser
     async with sessionmaker() as session:
         stored = await session.get_one(User, user.id)

@@ -50,13 +50,14 @@ async def request_password_reset() -> tuple[Response, int]:
     responses={204: None},
     tags=TAGS,
     body=PasswordResetConfirm,
-    examples={422: {"errors": {"token": [reset_service.INVALID_TOKEN]}}},
+    errors=[403],
+    examples={403: {"errors": {"token": [reset_service.INVALID_TOKEN]}}},
     body_example={"token": "q3C1uY2qj6Jx2lQ0n0b5f8ZbqGQm0n6v9Zl3kR7wX1s", "password": "newpass99"},
 )
 async def confirm_password_reset() -> tuple[str, int]:
     """Set a new password with the token from a reset mail.
 
-    Answers 204. The token works once; an unknown, expired or used token answers 422
+    Answers 204. The token works once; an unknown, expired or used token answers 403
     `{"errors": {"token": ["is invalid or has expired"]}}`, a too short or too long password
     (8-256 characters) 422 naming `password`. On success every sign-in session of the account
     is revoked and its other reset links stop working; log in with the new password.

@@ -213,7 +213,7 @@ async def test_confirm_sets_the_password_and_revokes_every_session(
 
     # Single use.
     again = await confirm(client, token, "yet-another-password")
-    assert again.status_code == 422
+    assert again.status_code == 403
     assert again.json() == INVALID_TOKEN
     assert await login(client, user.email, NEW_PASSWORD) == 200
 
@@ -236,7 +236,7 @@ async def test_confirm_cancels_the_other_outstanding_tokens(
     token = await reset_token_for(client, deliver, smtp_server, user.email)
     assert (await confirm(client, token, NEW_PASSWORD)).status_code == 204
     stale = await confirm(client, "earlier-token", "another-password")
-    assert stale.status_code == 422
+    assert stale.status_code == 403
     assert stale.json() == INVALID_TOKEN
 
 
@@ -269,7 +269,7 @@ async def test_expired_token_is_refused(
         datetime.now(UTC) - timedelta(seconds=1),
     )
     response = await confirm(client, "expired-token", NEW_PASSWORD)
-    assert response.status_code == 422
+    assert response.status_code == 403
     assert response.json() == INVALID_TOKEN
     assert await login(client, user.email, "old-password") == 200
 
@@ -279,7 +279,7 @@ async def test_expired_token_is_refused(
 )
 async def test_unknown_token_is_refused(client: httpx.AsyncClient, token: str) -> None:
     response = await confirm(client, token, NEW_PASSWORD)
-    assert response.status_code == 422
+    assert response.status_code == 403
     assert response.json() == INVALID_TOKEN
 
 
@@ -335,7 +335,7 @@ async def test_concurrent_confirmations_with_one_token_succeed_once(
     answers = await asyncio.gather(
         *(confirm(client, token, f"password-number-{n}") for n in range(4))
     )
-    assert sorted(a.status_code for a in answers) == [204, 422, 422, 422]
+    assert sorted(a.status_code for a in answers) == [204, 403, 403, 403]
     winner = next(n for n, a in enumerate(answers) if a.status_code == 204)
     assert await login(client, user.email, f"password-number-{winner}") == 200
 
@@ -352,6 +352,6 @@ async def test_both_operations_are_documented(client: httpx.AsyncClient) -> None
         "status": "accepted"
     }
     assert "204" in confirm_op["responses"]
-    assert confirm_op["responses"]["422"]["content"]["application/json"]["example"] == (
+    assert confirm_op["responses"]["403"]["content"]["application/json"]["example"] == (
         INVALID_TOKEN
     )
