@@ -51,3 +51,29 @@ def trivial_view() -> dict[str, Any]:
 # asgiref's WsgiToAsgi.__init__ has no annotations.
 stock: Any = WsgiToAsgi(flask_app)  # type: ignore[no-untyped-call]
 pooled = ConcurrentWsgiToAsgi(flask_app, threads=THREADS, max_body_bytes=1_048_576)
+
+
+async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A plain ASGI app with the same two endpoints and no Flask or adapter at all.
+
+    It measures what Hypercorn itself can do on this machine: the practical ceiling that no
+    WSGI adapter can exceed.
+    """
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"] == "/sleep":
+        await asyncio.sleep(SLEEP_SECONDS)
+        body = b'{"ok":true,"slept":0.05}'
+    else:
+        body = b'{"ok":true}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

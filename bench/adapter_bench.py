@@ -35,7 +35,7 @@ from bench.adapter_app import SLEEP_SECONDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
-ADAPTERS = ("stock", "pooled")
+ADAPTERS = ("stock", "pooled", "bare")
 ENDPOINTS = ("/sleep", "/trivial")
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -298,6 +298,12 @@ def print_table(cells: Sequence[Cell], connections: int, rounds: int) -> None:
     print(
         f"pooled /sleep vs ceiling {connections}/{SLEEP_SECONDS:g} = {ceiling:.0f} req/s: "
         f"{share:.1%}"
+    )
+    sleep_bare, triv_bare = by["bare", "/sleep"].rps, by["bare", "/trivial"].rps
+    print(
+        f"bare ASGI (no Flask, no adapter) /sleep vs ceiling: {sleep_bare / ceiling:.1%}; "
+        f"pooled/bare /sleep: {ratio(sleep_pooled, sleep_bare)}, "
+        f"/trivial: {ratio(triv_pooled, triv_bare)}"
     )
     verdicts = [
         (
