@@ -82,10 +82,12 @@ def verify_request(*, required: bool) -> TokenClaims | None:
 
 
 async def load_viewer(claims: TokenClaims | None) -> User | None:
-    """The user a verified token names; 401 if that account no longer exists."""
+    """The user a verified token names; 401 if that account no longer exists or is suspended."""
     if claims is None:
         return None
     user = await users_service.get_by_id(session=db.session, user_id=claims.user_id)
     if user is None:
         raise NotAuthenticated("token is invalid", field="token")
+    if user.suspended:
+        raise NotAuthenticated("account is suspended", field="token")
     return user

@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import User
 from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
-from service.services.errors import Conflict, DomainError, InvalidInput, NotAuthenticated
+from service.services.errors import (
+    Conflict,
+    DomainError,
+    InvalidInput,
+    NotAuthenticated,
+    PermissionDenied,
+)
 from service.services.security import Passwords
 
 TAKEN = "has already been taken"
@@ -83,6 +89,9 @@ async def register(*, session: AsyncSession, data: UserCreate, passwords: Passwo
     return user
 
 
+SUSPENDED = "is suspended"
+
+
 async def authenticate(*, session: AsyncSession, data: UserLogin, passwords: Passwords) -> User:
     """The user with these credentials, or `NotAuthenticated` (same answer for either mistake).
 
@@ -95,6 +104,9 @@ async def authenticate(*, session: AsyncSession, data: UserLogin, passwords: Pas
     valid = await passwords.verify(stored, data.password)
     if user is None or not valid:
         raise NotAuthenticated(BAD_CREDENTIALS, field="credentials")
+    if user.suspended:
+        # Only said after the right password, so it reveals nothing to a guesser.
+        raise PermissionDenied(SUSPENDED, field="account")
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = await passwords.hash(data.password)
     return user

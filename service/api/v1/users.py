@@ -72,7 +72,7 @@ async def register_user() -> tuple[Response, int]:
     responses={200: UserResponse},
     tags=TAGS,
     body=UserLoginRequest,
-    errors=[401],
+    errors=[401, 403],
     examples={200: USER_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
     body_example={"user": {"email": "jake@jake.jake", "password": "jakejake"}},
 )

@@ -12,8 +12,10 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+import sqlalchemy as sa
 
 from service.app import ConduitASGI
+from service.models import User
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -928,3 +930,37 @@ async def test_openapi_user_schemas_state_the_validation_rules(client: httpx.Asy
     assert image[0]["maxLength"] == 2000
     assert "format" not in image[0]
     assert image[0]["pattern"].startswith("^(?:[Hh][Tt][Tt][Pp][Ss]?://")
+
+
+async def _suspend(app: ConduitASGI, user_id: int) -> None:
+    state = app.flask_app.extensions["conduit.db"]
+    async with state.sessionmaker() as session:
+        await session.execute(sa.update(User).where(User.id == user_id).values(suspended=True))
+        await session.commit()
+
+
+async def test_suspended_user_cannot_log_in_even_with_the_right_password(
+    client: httpx.AsyncClient, app: ConduitASGI, make_user: MakeUser
+) -> None:
+    user = await make_user(username="suspendme")
+    await _suspend(app, user.id)
+    wrong = await client.post(
+        "/api/v1/users/login", json={"user": {"email": user.email, "password": "wrong-password"}}
+    )
+    right = await client.post(
+        "/api/v1/users/login", json={"user": {"email": user.email, "password": user.password}}
+    )
+    assert wrong.status_code == 401
+    assert right.status_code == 403
+    assert right.json() == {"errors": {"account": ["is suspended"]}}
+
+
+async def test_suspended_users_tokens_are_refused(
+    client: httpx.AsyncClient, app: ConduitASGI, make_user: MakeUser
+) -> None:
+    user = await make_user(username="suspended2")
+    assert (await client.get("/api/v1/user", headers=user.headers)).status_code == 200
+    await _suspend(app, user.id)
+    response = await client.get("/api/v1/user", headers=user.headers)
+    assert response.status_code == 401
+    assert response.json() == {"errors": {"token": ["account is suspended"]}}
