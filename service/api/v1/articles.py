@@ -151,31 +151,27 @@ async def _update(slug: str, viewer: User) -> Response:
     return _article_json(view)
 
 
+# PUT and PATCH are one partial update; two views only because operationIds must differ.
+_UPDATE_ARTICLE: dict[str, Any] = {
+    "responses": {200: ArticleResponse},
+    "tags": ["Articles"],
+    "auth": "required",
+    "body": ArticleUpdateRequest,
+    "errors": [403, 404],
+    "examples": {200: _ARTICLE_EXAMPLE},
+    "body_example": _CHANGE_ARTICLE,
+}
+
+
 @bp.put("/articles/<slug:slug>")
-@operation(
-    responses={200: ArticleResponse},
-    tags=["Articles"],
-    auth="required",
-    body=ArticleUpdateRequest,
-    errors=[403, 404],
-    examples={200: _ARTICLE_EXAMPLE},
-    body_example=_CHANGE_ARTICLE,
-)
+@operation(**_UPDATE_ARTICLE)
 async def update_article(slug: str, viewer: User) -> Response:
     """Update the caller's article: only the given fields change (the slug never does)."""
     return await _update(slug, viewer)
 
 
 @bp.patch("/articles/<slug:slug>")
-@operation(
-    responses={200: ArticleResponse},
-    tags=["Articles"],
-    auth="required",
-    body=ArticleUpdateRequest,
-    errors=[403, 404],
-    examples={200: _ARTICLE_EXAMPLE},
-    body_example=_CHANGE_ARTICLE,
-)
+@operation(**_UPDATE_ARTICLE)
 async def patch_article(slug: str, viewer: User) -> Response:
     """Update the caller's article, like PUT: only the given fields change."""
     return await _update(slug, viewer)
@@ -189,7 +185,7 @@ async def patch_article(slug: str, viewer: User) -> Response:
     errors=[403, 404],
 )
 async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
-    """Delete the caller's article with its comments and favorites."""
+    """Delete an article with its comments and favorites (its author, or a moderator/admin)."""
     await articles_service.delete_article(session=db.session, viewer=viewer, slug=slug)
     return "", 204
 

@@ -76,7 +76,7 @@ async def create_comment(slug: str, viewer: User) -> Response:
     errors=[403, 404],
 )
 async def delete_comment(slug: str, comment_id: int, viewer: User) -> tuple[str, int]:
-    """Delete one of the caller's comments."""
+    """Delete a comment (its author, or a moderator/admin)."""
     await comments_service.delete_comment(
         session=db.session, viewer=viewer, slug=slug, comment_id=comment_id
     )

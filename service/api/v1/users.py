@@ -115,16 +115,20 @@ async def _update(viewer: User) -> tuple[Response, int]:
     return _user_response(user, auth.tokens.issue(user.id))
 
 
+# PUT and PATCH are one partial update; two views only because operationIds must differ.
+_UPDATE_USER: dict[str, Any] = {
+    "responses": {200: UserResponse},
+    "tags": TAGS,
+    "auth": "required",
+    "body": UserUpdateRequest,
+    "errors": [409],
+    "examples": {200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
+    "body_example": UPDATE_EXAMPLE,
+}
+
+
 @bp.put("/user")
-@operation(
-    responses={200: UserResponse},
-    tags=TAGS,
-    auth="required",
-    body=UserUpdateRequest,
-    errors=[409],
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
-    body_example=UPDATE_EXAMPLE,
-)
+@operation(**_UPDATE_USER)
 async def update_current_user(viewer: User) -> tuple[Response, int]:
     """Update the current user (a partial update, like PATCH).
 
@@ -136,20 +140,10 @@ async def update_current_user(viewer: User) -> tuple[Response, int]:
 
 
 @bp.patch("/user")
-@operation(
-    responses={200: UserResponse},
-    tags=TAGS,
-    auth="required",
-    body=UserUpdateRequest,
-    errors=[409],
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
-    body_example=UPDATE_EXAMPLE,
-)
+@operation(**_UPDATE_USER)
 async def patch_current_user(viewer: User) -> tuple[Response, int]:
     """Update the current user (a partial update, same as PUT).
 
-    Only the fields sent change. Send at least one of `email`, `username`, `password`, `bio`,
-    `image`; `null` or `""` clears `bio` and `image`. The answer carries a fresh token. A taken
-    email or username answers 409 naming the field.
+    Exactly the behaviour of `PUT /user`.
     """
     return await _update(viewer)
