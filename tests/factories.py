@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 
 from service.app import ConduitASGI
 from service.db import DatabaseState
-from service.models import User
+from service.models import Follow, User
 from service.services.security import Tokens
 
 DEFAULT_PASSWORD = "password123"
@@ -65,3 +65,12 @@ async def make_user(
     return TestUser(
         id=user_id, username=username, email=email, password=password, token=tokens.issue(user_id)
     )
+
+
+async def follow(app: ConduitASGI, follower: TestUser, followee: TestUser) -> None:
+    """Make `follower` follow `followee` directly in the database."""
+    state: DatabaseState = app.flask_app.extensions["conduit.db"]
+    assert state.sessionmaker is not None
+    async with state.sessionmaker() as session:
+        session.add(Follow(follower_id=follower.id, followee_id=followee.id))
+        await session.commit()

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from service.app import ConduitASGI
 from service.db import DatabaseState
-from service.models import Article, ArticleTag, Comment, Favorite, Follow
-from tests.factories import TestUser
+from service.models import Article, ArticleTag, Comment, Favorite
+from tests.factories import TestUser, follow
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -45,14 +45,6 @@ async def post_article(client: httpx.AsyncClient, user: TestUser, **fields: Any)
     assert response.status_code == 201, response.text
     article: dict[str, Any] = response.json()["article"]
     return article
-
-
-async def follow(app: ConduitASGI, follower: TestUser, followee: TestUser) -> None:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as session:
-        session.add(Follow(follower_id=follower.id, followee_id=followee.id))
-        await session.commit()
 
 
 async def count_rows(app: ConduitASGI, model: Any, *where: Any) -> int:

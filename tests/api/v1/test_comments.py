@@ -12,9 +12,7 @@ import httpx
 import pytest
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
-from service.models import Follow
-from tests.factories import TestUser
+from tests.factories import TestUser, follow
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -40,14 +38,6 @@ async def post_comment(
     assert response.status_code == 200, response.text
     comment: dict[str, Any] = response.json()["comment"]
     return comment
-
-
-async def follow(app: ConduitASGI, follower: TestUser, followee: TestUser) -> None:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as session:
-        session.add(Follow(follower_id=follower.id, followee_id=followee.id))
-        await session.commit()
 
 
 # --- create -------------------------------------------------------------------------------
