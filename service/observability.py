@@ -55,6 +55,8 @@ def configure_logging(level: str) -> None:
     for name in ("hypercorn.error", "hypercorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # flask-pydantic-spec logs every config attribute at INFO on import: noise, not events.
+    logging.getLogger("flask_pydantic_spec").setLevel(max(logging.WARNING, root.level))
 
 
 def request_id_from(incoming: str | None) -> str:
