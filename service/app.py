@@ -14,7 +14,6 @@ from service.api import errors, hardening
 from service.api.auth import auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
-from service.api.spec import spec
 from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
 from service.db import db
@@ -63,7 +62,6 @@ def create_app(settings: Settings) -> ConduitFlask:
     app.register_blueprint(health_bp)
     app.register_blueprint(v1_bp)
     app.register_blueprint(docs_bp)
-    spec.register(app, register_route=False)
     return app
 
 

@@ -19,7 +19,6 @@ import pytest_asyncio
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import event
 
-from service.api.spec import spec
 from service.app import ConduitASGI, create_app
 from service.db import DatabaseState, db
 from service.jsonprovider import OrjsonProvider
@@ -83,7 +82,6 @@ async def uow_app(settings: Settings, app: ConduitASGI) -> AsyncIterator[UowApp]
     finally:
         await asgi.shutdown()
         asgi.executor.shutdown(wait=True)
-        spec.register(app.flask_app, register_route=False)
 
 
 async def tag_names(database_url: str) -> list[str]:
@@ -170,7 +168,6 @@ async def test_startup_fails_clearly_when_the_database_is_unreachable(
             await asgi.startup()
     finally:
         asgi.executor.shutdown(wait=True)
-        spec.register(app.flask_app, register_route=False)
     message = str(caught.value)
     assert message.startswith(
         f"database unreachable at postgresql+asyncpg://app:***@127.0.0.1:{port}/conduit: "
@@ -204,7 +201,6 @@ async def test_startup_failure_closes_what_was_opened(
             await asgi.startup()
     finally:
         asgi.executor.shutdown(wait=True)
-        spec.register(app.flask_app, register_route=False)
     assert str(caught.value).startswith(f"redis unreachable at redis://:***@127.0.0.1:{port}/0: ")
     # The database opened first (its check left a pooled connection); it was closed again.
     # A closed connection's server process exits asynchronously: poll, bounded.

@@ -8,11 +8,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from typing import cast
 
 import asyncpg
 import httpx
-import orjson
 import pytest
 import pytest_asyncio
 from flask import Blueprint, Response, jsonify, request
@@ -22,12 +21,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import text
 
-from service.api.spec import operation, spec
+from service.api.spec import operation
 from service.app import ConduitASGI, create_app
 from service.db import build_engine, db
-from service.observability import JsonFormatter
 from service.services import errors as domain
 from service.settings import Settings
+from tests.logs import JsonLines
 
 
 class ErrorsThing(BaseModel):
@@ -138,20 +137,6 @@ async def errors_client(
     finally:
         await asgi.shutdown()
         asgi.executor.shutdown(wait=True)
-        # `spec` is process-wide: point it back at the session's app.
-        spec.register(app.flask_app, register_route=False)
-
-
-class JsonLines(logging.Handler):
-    """Formats records as the service does, at emit time (the request id is read then)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(orjson.loads(self.format(record)))
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest_asyncio
 
-from service.api.spec import spec
 from service.app import ConduitASGI, create_asgi
 from service.settings import Settings, normalise_database_url
 from tests.tcp_proxy import TcpProxy, postgres_socket
@@ -78,8 +77,6 @@ async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[Proxied
         asgi.executor.shutdown(wait=True)
         await database.stop()
         await redis.stop()
-        # `spec` is process-wide: point it back at the session's app.
-        spec.register(app.flask_app, register_route=False)
 
 
 async def test_database_outage_gives_503_then_recovers(proxied: Proxied) -> None:

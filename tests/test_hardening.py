@@ -19,7 +19,6 @@ from service.api.hardening import (
     CorsPolicy,
     normalise_origin,
 )
-from service.api.spec import spec
 from service.app import ConduitASGI, create_asgi
 from service.cli import HYPERCORN_TOML
 from service.settings import Settings
@@ -51,8 +50,6 @@ def serve(settings: Settings, app: ConduitASGI) -> Serve:
         finally:
             await asgi.shutdown()
             asgi.executor.shutdown(wait=True)
-            # `spec` is process-wide: point it back at the session's app.
-            spec.register(app.flask_app, register_route=False)
 
     return start
 

@@ -13,24 +13,12 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from service.api.spec import spec
 from service.app import ConduitASGI, create_asgi
 from service.observability import JsonFormatter, request_id_var
 from service.settings import Settings
+from tests.logs import JsonLines
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-class JsonLines(logging.Handler):
-    """Formats records as the service does, at emit time (the request id is read then)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(orjson.loads(self.format(record)))
 
 
 @pytest.fixture
@@ -57,7 +45,6 @@ async def logged_client(settings: Settings, app: ConduitASGI) -> AsyncIterator[h
     finally:
         await asgi.shutdown()
         asgi.executor.shutdown(wait=True)
-        spec.register(app.flask_app, register_route=False)
 
 
 async def raw_get(asgi: Any, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -23,7 +23,6 @@ import pytest
 from redis.asyncio import Redis
 
 from service.api.hardening import ProxyTrust, parse_ip
-from service.api.spec import spec
 from service.app import ConduitASGI, create_asgi
 from service.ratelimit import (
     AUTH_PATHS,
@@ -58,8 +57,6 @@ def serve(settings: Settings, app: ConduitASGI) -> Serve:
         finally:
             await asgi.shutdown()
             asgi.executor.shutdown(wait=True)
-            # `spec` is process-wide: point it back at the session's app.
-            spec.register(app.flask_app, register_route=False)
 
     return start
 

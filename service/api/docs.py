@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from openapi_ui_bundles import redoc, swagger_ui
 
 from service.api.spec import spec
@@ -33,7 +33,7 @@ REDOC_PAGE = """<!DOCTYPE html>
 @bp.get("/openapi.json")
 def openapi_document() -> Response:
     """The OpenAPI 3.1 document generated from the code."""
-    return jsonify(spec.spec)
+    return jsonify(spec.document_for(current_app))
 
 
 @bp.get("/docs")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal
 
 import orjson
-from flask import Request, current_app, g, request
+from flask import Flask, Request, current_app, g, request
 from flask_pydantic_spec import FlaskPydanticSpec
 from flask_pydantic_spec import Request as SpecRequest
 from flask_pydantic_spec import Response as SpecResponse
@@ -33,6 +34,7 @@ from service.schemas.common import ErrorBody
 from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]
+DOCUMENT_KEY = "conduit.openapi"
 SECURITY_SCHEME = "Token"
 
 ERROR_DESCRIPTIONS = {
@@ -120,6 +122,22 @@ def _raise_validation_error(req: Any, resp: Any, error: Exception | None, instan
 
 class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
     """Adds security, error responses and servers to the generated document."""
+
+    _generating = threading.Lock()
+
+    def document_for(self, app: Flask) -> dict[str, Any]:
+        """The OpenAPI document of `app`, generated on first use and kept on the app.
+
+        flask-pydantic-spec keeps one app and one cached document per spec object; keeping the
+        document per app lets several apps share the module-level `spec` (tests build many).
+        """
+        document: dict[str, Any] | None = app.extensions.get(DOCUMENT_KEY)
+        if document is None:
+            with self._generating:
+                self.app = self.backend.app = app
+                document = self._generate_spec()
+                app.extensions[DOCUMENT_KEY] = document
+        return document
 
     def _generate_spec(self) -> dict[str, Any]:
         document: dict[str, Any] = dict(super()._generate_spec())
