@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -35,6 +35,8 @@ class _UnitOfWork:
 class DatabaseUnavailable(ConnectionError):
     """A new database connection could not be opened (refused, unresolvable, timed out)."""
 
+
+CommitHook = Callable[[AsyncSession], Awaitable[None]]
 
 _current: ContextVar[_UnitOfWork | None] = ContextVar("conduit_unit_of_work", default=None)
 
@@ -79,6 +81,8 @@ class DatabaseState:
     url: str
     engine: AsyncEngine | None = None
     sessionmaker: async_sessionmaker[AsyncSession] | None = field(default=None, repr=False)
+    # Awaited after each request's commit, with the committed session (see `Database.on_commit`).
+    commit_hooks: list[CommitHook] = field(default_factory=list, repr=False)
 
     async def startup(self) -> None:
         """Create the engine on the running loop and check that the database answers."""
@@ -119,6 +123,15 @@ class Database:
         state: DatabaseState = (app or current_app).extensions[EXTENSION_KEY]
         return state
 
+    def on_commit(self, app: Flask, hook: CommitHook) -> None:
+        """Await `hook(session)` after every request of `app` that committed.
+
+        For side effects that must follow the commit (publishing revocations, invalidating
+        caches): services leave notes in `session.info`, a hook acts on them. A failing hook is
+        logged; the request has already succeeded.
+        """
+        self.state(app).commit_hooks.append(hook)
+
     @property
     def engine(self) -> AsyncEngine:
         """The current app's engine; only valid after startup."""
@@ -149,6 +162,11 @@ class Database:
             yield
             if uow.session is not None and uow.session.in_transaction():
                 await uow.session.commit()
+                for hook in self.state().commit_hooks:
+                    try:
+                        await hook(uow.session)
+                    except Exception:
+                        logger.exception("after-commit hook %s failed", hook.__qualname__)
         except BaseException:
             if uow.session is not None:
                 try:

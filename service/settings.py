@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     password_parallelism: int = Field(default=1, ge=1, le=16)
     password_max_concurrent: int = Field(default=4, ge=1, le=64)
     access_token_minutes: int = Field(default=60 * 24, ge=1, le=60 * 24 * 30)
+    # Access tokens of the OAuth token endpoint are short-lived: refresh tokens renew them.
+    oauth_access_token_minutes: int = Field(default=15, ge=1, le=60 * 24)
     # Lifetime of a sign-in session (refresh-token family) and the reuse grace window.
     refresh_token_days: int = Field(default=30, ge=1, le=365)
     refresh_reuse_grace_seconds: int = Field(default=30, ge=0, le=600)

@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from service.app import ConduitASGI
 from service.db import DatabaseState
 from service.models import Follow, User
+from service.services import scopes, sessions
 from service.services.security import Tokens
 
 DEFAULT_PASSWORD = "password123"
@@ -46,8 +47,10 @@ async def make_user(
     password: str = DEFAULT_PASSWORD,
     bio: str | None = None,
     image: str | None = None,
+    role: str = "user",
 ) -> TestUser:
-    """Insert a user and return it with a token signed by the app's secret."""
+    """Insert a user and return it with a token of a new sign-in session (all the scopes its
+    role allows), signed by the app's secret."""
     n = next(_sequence)
     username = username or f"user{n}"
     email = (email or f"{username}@example.com").lower()
@@ -56,15 +59,24 @@ async def make_user(
     assert state.sessionmaker is not None
     async with state.sessionmaker() as session:
         user = User(
-            username=username, email=email, password_hash=password_hash, bio=bio, image=image
+            username=username,
+            email=email,
+            password_hash=password_hash,
+            bio=bio,
+            image=image,
+            role=role,
         )
         session.add(user)
+        await session.flush()
+        granted = scopes.allowed_for(role)
+        auth_session = await sessions.start_session(
+            session=session, user=user, scopes=granted, lifetime=timedelta(hours=1)
+        )
         await session.commit()
         user_id = user.id
     tokens = Tokens(app.flask_app.config["SECRET_KEY"], timedelta(hours=1))
-    return TestUser(
-        id=user_id, username=username, email=email, password=password, token=tokens.issue(user_id)
-    )
+    token = tokens.issue(user_id=user_id, session_id=auth_session.id, scopes=granted)
+    return TestUser(id=user_id, username=username, email=email, password=password, token=token)
 
 
 async def follow(app: ConduitASGI, follower: TestUser, followee: TestUser) -> None:

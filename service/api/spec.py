@@ -31,16 +31,22 @@ from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service.api.auth import load_viewer, verify_request
 from service.schemas.common import ErrorBody
+from service.services import scopes
 from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]
 DOCUMENT_KEY = "conduit.openapi"
 SECURITY_SCHEME = "Token"
+OAUTH2_SCHEME = "OAuth2"
+TOKEN_URL = "/api/v1/oauth/token"  # noqa: S105
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed request (for example invalid JSON)",
     401: "Missing, malformed, expired or invalid token",
-    403: "Authenticated, but not allowed to do this",
+    403: (
+        "Authenticated, but not allowed to do this (role, ownership, or a token without the "
+        "required scope)"
+    ),
     404: "Not found",
     409: "Conflicts with the current state",
     413: "Request body larger than the server accepts",
@@ -162,8 +168,30 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
                 "type": "apiKey",
                 "in": "header",
                 "name": "Authorization",
-                "description": "`Token <jwt>` (RealWorld) or `Bearer <jwt>`, from login/register.",
-            }
+                "description": (
+                    "`Token <jwt>` (RealWorld) or `Bearer <jwt>`, from login/register; such "
+                    "tokens carry every scope the user's role allows."
+                ),
+            },
+            OAUTH2_SCHEME: {
+                "type": "oauth2",
+                "description": (
+                    "OAuth 2.0 (RFC 6749): the password grant for people (username is the "
+                    "email or username), client credentials for API clients; send the access "
+                    "token as `Authorization: Bearer <token>`."
+                ),
+                "flows": {
+                    "password": {"tokenUrl": TOKEN_URL, "scopes": dict(scopes.DESCRIPTIONS)},
+                    "clientCredentials": {
+                        "tokenUrl": TOKEN_URL,
+                        "scopes": {
+                            name: text
+                            for name, text in scopes.DESCRIPTIONS.items()
+                            if name not in scopes.NOT_FOR_CLIENTS
+                        },
+                    },
+                },
+            },
         }
         document["servers"] = [{"url": "/", "description": "this server"}]
         return document
@@ -184,12 +212,19 @@ def _drop_null_defaults(schema: Any) -> None:
 
 def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None:
     auth: AuthMode = meta["auth"]
-    if auth == "required":
-        operation["security"] = [{SECURITY_SCHEME: []}]
-    elif auth == "optional":
-        operation["security"] = [{SECURITY_SCHEME: []}, {}]
-    else:
+    scope: str | None = meta["scope"]
+    if auth == "none" or scope is None:
         operation["security"] = []
+    else:
+        operation["security"] = [{OAUTH2_SCHEME: [scope]}, {SECURITY_SCHEME: []}]
+        if auth == "optional":
+            operation["security"].append({})
+        operation["x-required-scope"] = scope
+        note = f"Requires the `{scope}` scope" + (
+            " when a token is sent." if auth == "optional" else "."
+        )
+        description = operation.get("description")
+        operation["description"] = f"{description}\n\n{note}" if description else note
     responses = operation.setdefault("responses", {})
     for code in [
         code for code in responses if code.startswith("4") and int(code) not in meta["errors"]
@@ -245,12 +280,21 @@ def operation(
     errors: Iterable[int] = (),
     examples: dict[int, Any] | None = None,
     body_example: Any = None,
+    scope: str | None = None,
 ) -> Callable[[View], Callable[..., Any]]:
-    """Validate, authenticate and document an async view (see the module docstring)."""
+    """Validate, authenticate and document an async view (see the module docstring).
+
+    Every view that takes a token names the `scope` the token must carry (deny by default:
+    leaving it out is an error at import time); a token without it gets 403.
+    """
+    if auth != "none" and scope is None:
+        raise ValueError("an authenticated operation must name the scope it requires")
+    if scope is not None and scope not in scopes.ALL:
+        raise ValueError(f"unknown scope {scope!r}")
     # Any request may be rate limited (429) or meet an unavailable database (503).
     codes = set(errors) | {429, 503}
     if auth != "none":
-        codes.add(401)
+        codes |= {401, 403}
     if body is not None:
         codes |= {400, 413, 415, 422}
     if query is not None:
@@ -279,6 +323,7 @@ def operation(
         )(run_sync)
         validated.conduit_meta = {  # type: ignore[attr-defined]
             "auth": auth,
+            "scope": scope,
             "errors": codes,
             "examples": examples or {},
             "body_example": body_example,
@@ -288,7 +333,7 @@ def operation(
 
         @functools.wraps(validated)
         def authenticated(*args: Any, **kwargs: Any) -> Any:
-            g.token_claims = verify_request(required=auth == "required")
+            g.token_claims = verify_request(required=auth == "required", scope=scope)
             return validated(*args, **kwargs)
 
         return authenticated

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
+from redis.asyncio import Redis
+
 from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker
 from service.mail import MailRejected
-from service.services import password_reset
+from service.services import password_reset, revocation
 from service.settings import Settings
 
 
@@ -31,8 +34,28 @@ async def password_reset_request(payload: dict[str, Any], context: JobContext) -
         raise PermanentJobError(str(exc)) from exc
 
 
+async def publish_revocations(payload: dict[str, Any], context: JobContext) -> None:
+    """Write revocation markers that could not be written when their sessions were revoked
+    (`{"sessionIds": [...], "ttlSeconds": n}`); retried until Redis answers."""
+    try:
+        session_ids = [uuid.UUID(value) for value in payload["sessionIds"]]
+        ttl = int(payload["ttlSeconds"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
+    url = context.settings.redis_url
+    if url is None:
+        raise PermanentJobError("REDIS_URL is not set")
+    timeout = context.settings.redis_socket_timeout
+    client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        await revocation.publish(redis=client, session_ids=session_ids, ttl_seconds=ttl)
+    finally:
+        await client.aclose()
+
+
 HANDLERS: dict[str, Handler] = {
     password_reset.REQUEST_JOB: password_reset_request,
+    revocation.PUBLISH_JOB: publish_revocations,
 }
 
 

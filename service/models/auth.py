@@ -34,6 +34,11 @@ class AuthSession(Base):
     user_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
     )
+    # Set for the sessions of an API client (client_credentials grant). Deleting a client
+    # revokes its sessions first; the rows stay as the revocation record.
+    client_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_clients.id", ondelete="SET NULL"), index=True
+    )
     # Space-separated OAuth scopes granted to this session.
     scope: Mapped[str] = mapped_column(Text, nullable=False)
     created_at: Mapped[datetime] = mapped_column(
@@ -58,8 +63,11 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), nullable=False
     )
-    # Set when this token was exchanged for its successor.
+    # Set when this token was exchanged for its successor (or retired unused).
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replaced_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("refresh_tokens.id", ondelete="SET NULL")
+    )
 
 
 class ApiClient(Base):

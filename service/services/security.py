@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher, Type
@@ -80,21 +83,54 @@ class TokenClaims:
     """What a verified access token says."""
 
     user_id: int
+    # The sign-in session (refresh-token family) the token belongs to; revoking it revokes
+    # the token.
+    session_id: uuid.UUID
+    scopes: frozenset[str]
+    # Set for tokens of an API client (client_credentials grant).
+    client_id: str | None
+    token_id: str
     issued_at: datetime
     expires_at: datetime
 
 
+REQUIRED_CLAIMS = ["sub", "sid", "jti", "scope", "iat", "exp"]
+
+
 class Tokens:
-    """Issue and verify HS256 JWT access tokens (`sub`, `iat`, `exp`)."""
+    """Issue and verify HS256 JWT access tokens.
+
+    Claims: `sub` (user id), `sid` (session id), `jti`, `scope` (space-separated), `cid`
+    (client id, client_credentials tokens only), `iat`, `exp`.
+    """
 
     def __init__(self, secret: str, lifetime: timedelta) -> None:
         self._secret = secret
         self.lifetime = lifetime
 
-    def issue(self, user_id: int, *, now: datetime | None = None) -> str:
-        """A signed token for `user_id`, valid for `lifetime`."""
+    def issue(
+        self,
+        *,
+        user_id: int,
+        session_id: uuid.UUID,
+        scopes: Iterable[str],
+        client_id: str | None = None,
+        lifetime: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """A signed token for `user_id` in `session_id`, valid for `lifetime` (default: the
+        configured one)."""
         issued = now or datetime.now(UTC)
-        claims = {"sub": str(user_id), "iat": issued, "exp": issued + self.lifetime}
+        claims: dict[str, Any] = {
+            "sub": str(user_id),
+            "sid": str(session_id),
+            "jti": secrets.token_urlsafe(12),
+            "scope": " ".join(sorted(scopes)),
+            "iat": issued,
+            "exp": issued + (lifetime or self.lifetime),
+        }
+        if client_id is not None:
+            claims["cid"] = client_id
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
     def verify(self, token: str) -> TokenClaims:
@@ -104,15 +140,24 @@ class Tokens:
                 token,
                 self._secret,
                 algorithms=[JWT_ALGORITHM],
-                options={"require": ["sub", "iat", "exp"]},
+                options={"require": REQUIRED_CLAIMS},
             )
             user_id = int(claims["sub"])
+            session_id = uuid.UUID(claims["sid"])
+            scope = claims["scope"]
+            client_id = claims.get("cid")
+            if not isinstance(scope, str) or not isinstance(client_id, str | None):
+                raise TypeError("malformed claims")
+            return TokenClaims(
+                user_id=user_id,
+                session_id=session_id,
+                scopes=frozenset(scope.split()),
+                client_id=client_id,
+                token_id=str(claims["jti"]),
+                issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+                expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            )
         except jwt.ExpiredSignatureError:
             raise NotAuthenticated("token has expired", field="token") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
             raise NotAuthenticated("token is invalid", field="token") from None
-        return TokenClaims(
-            user_id=user_id,
-            issued_at=datetime.fromtimestamp(claims["iat"], UTC),
-            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
-        )

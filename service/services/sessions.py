@@ -1,27 +1,185 @@
-"""Sign-in sessions (`auth_sessions`): revocation."""
+"""Sign-in sessions (`auth_sessions`) and their rotating refresh tokens.
+
+Every access token names its session (`sid`). Revoking a session stops its access tokens at
+once (see `service.services.revocation`) and its refresh token. The ids of the sessions a
+transaction revokes are noted in `session.info[REVOKED_KEY]` so that the request can publish
+them to Redis once the transaction has committed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import AuthSession
+from service.models import ApiClient, AuthSession, RefreshToken, User
+from service.services import scopes as scopes_service
+
+REVOKED_KEY = "conduit.revoked_sessions"
+REUSE_REASON = "refresh_token_reuse"
 
 
-async def revoke_all_sessions(
-    *, session: AsyncSession, user_id: int, reason: str
-) -> list[uuid.UUID]:
-    """Revoke every active sign-in session of `user_id`; return the ids of those revoked.
+def _hash(token: str) -> bytes:
+    # Refresh tokens are 256 random bits: a fast hash is enough to make a stolen table useless.
+    return hashlib.sha256(token.encode()).digest()
 
-    Runs in the caller's transaction. Sessions revoked earlier keep their original reason.
+
+def note_revoked(session: AsyncSession, session_ids: Iterable[uuid.UUID]) -> None:
+    """Remember `session_ids` as revoked by this transaction (published after commit)."""
+    noted: set[uuid.UUID] = session.info.setdefault(REVOKED_KEY, set())
+    noted.update(session_ids)
+
+
+def take_revoked(session: AsyncSession) -> set[uuid.UUID]:
+    """The session ids this transaction revoked; forgets them."""
+    noted: set[uuid.UUID] = session.info.pop(REVOKED_KEY, set())
+    return noted
+
+
+async def start_session(
+    *,
+    session: AsyncSession,
+    user: User,
+    scopes: Iterable[str],
+    lifetime: timedelta,
+    client: ApiClient | None = None,
+) -> AuthSession:
+    """Open a sign-in session for `user` with `scopes`, ending after `lifetime`."""
+    auth_session = AuthSession(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        client_id=client.id if client is not None else None,
+        scope=scopes_service.format_scope(scopes),
+        expires_at=datetime.now(UTC) + lifetime,
+    )
+    session.add(auth_session)
+    await session.flush()
+    return auth_session
+
+
+async def issue_refresh_token(*, session: AsyncSession, auth_session: AuthSession) -> str:
+    """A new refresh token of `auth_session`; only its hash is stored."""
+    token = secrets.token_urlsafe(32)
+    row = RefreshToken(session_id=auth_session.id, token_hash=_hash(token))
+    session.add(row)
+    await session.flush()
+    return token
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The result of presenting a refresh token."""
+
+    # The session and the successor token; both None when the token was refused.
+    auth_session: AuthSession | None
+    refresh_token: str | None
+    # Why it was refused (the OAuth `error_description`), None on success.
+    refused: str | None = None
+
+
+async def rotate_refresh_token(
+    *, session: AsyncSession, token: str, grace: timedelta, now: datetime | None = None
+) -> Rotation:
+    """Exchange `token` for its successor (RFC 9700 §4.14 rotation).
+
+    A token already exchanged and presented again means it leaked: the whole session (the
+    token family) is revoked, unless it comes back within `grace` of its exchange while the
+    successor is still unused, which is what a client that lost the response does; then the
+    unused successor is retired and a new one issued. The caller must commit even when the
+    token is refused, so that a revocation sticks.
     """
-    revoked = await session.scalars(
+    now = now or datetime.now(UTC)
+    row = await session.scalar(
+        select(RefreshToken).where(RefreshToken.token_hash == _hash(token)).with_for_update()
+    )
+    if row is None:
+        return Rotation(None, None, "refresh token is invalid")
+    auth_session = await session.get(AuthSession, row.session_id, with_for_update=True)
+    if auth_session is None or auth_session.revoked_at is not None:
+        return Rotation(None, None, "refresh token has been revoked")
+    if auth_session.expires_at <= now:
+        return Rotation(None, None, "refresh token has expired")
+    if row.used_at is not None:
+        successor = (
+            await session.get(RefreshToken, row.replaced_by_id, with_for_update=True)
+            if row.replaced_by_id is not None
+            else None
+        )
+        lost_response = (
+            now - row.used_at <= grace and successor is not None and successor.used_at is None
+        )
+        if not lost_response or successor is None:
+            await revoke_session(session=session, session_id=auth_session.id, reason=REUSE_REASON)
+            return Rotation(None, None, "refresh token was already used; the session is revoked")
+        row = successor
+    new_token = secrets.token_urlsafe(32)
+    new_row = RefreshToken(session_id=auth_session.id, token_hash=_hash(new_token))
+    session.add(new_row)
+    await session.flush()
+    row.used_at = now
+    row.replaced_by_id = new_row.id
+    auth_session.last_used_at = now
+    await session.flush()
+    return Rotation(auth_session, new_token)
+
+
+async def find_by_refresh_token(*, session: AsyncSession, token: str) -> AuthSession | None:
+    """The session a refresh token (used or not) belongs to."""
+    return await session.scalar(
+        select(AuthSession)
+        .join(RefreshToken, RefreshToken.session_id == AuthSession.id)
+        .where(RefreshToken.token_hash == _hash(token))
+    )
+
+
+async def revoke_session(*, session: AsyncSession, session_id: uuid.UUID, reason: str) -> bool:
+    """Revoke one session; False when it was already revoked or does not exist."""
+    revoked = await session.scalar(
         update(AuthSession)
-        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
         .values(revoked_at=func.now(), revoked_reason=reason)
         .returning(AuthSession.id)
         .execution_options(synchronize_session=False)
     )
-    return list(revoked)
+    if revoked is None:
+        return False
+    note_revoked(session, [revoked])
+    return True
+
+
+async def revoke_all_sessions(
+    *, session: AsyncSession, user_id: int, reason: str, keep: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """Revoke every active sign-in session of `user_id` (but `keep`); return their ids.
+
+    Runs in the caller's transaction. Sessions revoked earlier keep their original reason.
+    """
+    query = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
+    )
+    if keep is not None:
+        query = query.where(AuthSession.id != keep)
+    revoked = list(
+        await session.scalars(
+            query.values(revoked_at=func.now(), revoked_reason=reason)
+            .returning(AuthSession.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    note_revoked(session, revoked)
+    return revoked
+
+
+async def is_revoked(*, session: AsyncSession, session_id: uuid.UUID) -> bool:
+    """What the database says: revoked, or gone (its client was deleted)."""
+    found = await session.execute(
+        select(AuthSession.revoked_at).where(AuthSession.id == session_id)
+    )
+    row = found.first()
+    return row is None or row.revoked_at is not None

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import User
 from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
+from service.services import sessions
 from service.services.errors import (
     Conflict,
     DomainError,
@@ -27,6 +28,7 @@ from service.services.security import Passwords
 
 TAKEN = "has already been taken"
 BAD_CREDENTIALS = "email or password is invalid"
+PASSWORD_CHANGED = "password_changed"  # noqa: S105 (a revocation reason)
 
 # Constraint (or unique index) name -> the error, the field the client must change, and why.
 _CONSTRAINT_ERRORS: dict[str, tuple[type[DomainError], str, str]] = {
@@ -118,6 +120,7 @@ async def update_user(
     """Apply the fields sent in `data` (a partial update); bio/image `null` or "" clear them.
 
     A taken email or username raises `Conflict` naming it; an empty update `InvalidInput`.
+    A new password revokes every sign-in session of the user.
     """
     changes: dict[str, Any] = data.model_dump(exclude_unset=True)
     if not changes:
@@ -142,4 +145,8 @@ async def update_user(
         if error is None:
             raise
         raise error from None
+    if password is not None:
+        await sessions.revoke_all_sessions(
+            session=session, user_id=user.id, reason=PASSWORD_CHANGED
+        )
     return user

@@ -181,7 +181,7 @@ async def test_confirm_changes_the_password_and_revokes_sessions(
         tokens = (await session.scalars(select(PasswordResetToken))).all()
         assert all(t.used_at is not None for t in tokens)
         sessions = (await session.scalars(select(AuthSession))).all()
-        assert len(sessions) == 2
+        assert len(sessions) == 3  # the two above and the one of the factory's token
         assert all(s.revoked_reason == "password_reset" for s in sessions)
 
     for used in (token, other_token):
@@ -255,6 +255,10 @@ async def test_revoke_all_sessions_touches_only_active_sessions_of_the_user(
     earlier, others = uuid.uuid4(), uuid.uuid4()
     conn = await asyncpg.connect(database_url)
     try:
+        # The session of the factory's token is active too.
+        factory_sessions = await conn.fetch(
+            "SELECT id FROM auth_sessions WHERE user_id = $1", user.id
+        )
         for session_id, owner in [
             (active[0], user.id),
             (active[1], user.id),
@@ -274,6 +278,7 @@ async def test_revoke_all_sessions_touches_only_active_sessions_of_the_user(
         )
         async with sessionmaker.begin() as session:
             revoked = await revoke_all_sessions(session=session, user_id=user.id, reason="test")
+        active += [row["id"] for row in factory_sessions]
         assert sorted(revoked) == sorted(active)
         rows = {
             row["id"]: row
@@ -281,7 +286,7 @@ async def test_revoke_all_sessions_touches_only_active_sessions_of_the_user(
         }
     finally:
         await conn.close()
-    assert [rows[i]["revoked_reason"] for i in active] == ["test", "test"]
+    assert [rows[i]["revoked_reason"] for i in active] == ["test"] * 3
     assert rows[earlier]["revoked_reason"] == "logout"
     assert rows[others]["revoked_at"] is None
 

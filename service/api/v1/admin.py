@@ -22,6 +22,7 @@ from service.schemas.admin import (
 )
 from service.services import admin as admin_service
 from service.services import audit as audit_service
+from service.services import scopes
 
 bp = Blueprint("admin", __name__)
 
@@ -52,6 +53,7 @@ _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
     responses={200: AdminUsersResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.ADMIN,
     query=AdminUserListQuery,
     errors=[403],
     examples={200: {"users": [_USER], "usersCount": 1}, 403: _FORBIDDEN},
@@ -80,6 +82,7 @@ async def admin_list_users(viewer: User) -> Response:
     responses={200: AdminUserResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.ADMIN,
     body=AdminUserUpdateRequest,
     errors=[403, 404, 409],
     examples={
@@ -109,6 +112,7 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     responses={200: AuditResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.ADMIN,
     query=AuditQuery,
     errors=[403],
     examples={200: {"entries": [_ENTRY], "entriesCount": 1}, 403: _FORBIDDEN},

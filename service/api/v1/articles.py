@@ -20,6 +20,7 @@ from service.schemas.article import (
 )
 from service.schemas.common import PageQuery
 from service.services import articles as articles_service
+from service.services import scopes
 from service.services.articles import ArticlePage, ArticleView
 
 bp = Blueprint("articles", __name__)
@@ -75,6 +76,7 @@ def _article_json(view: ArticleView) -> Response:
     responses={200: MultipleArticlesResponse},
     tags=["Articles"],
     auth="optional",
+    scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
     examples={200: _LIST_EXAMPLE},
 )
@@ -98,6 +100,7 @@ async def list_articles(viewer: User | None) -> Response:
     responses={200: MultipleArticlesResponse},
     tags=["Articles"],
     auth="required",
+    scope=scopes.ARTICLES_READ,
     query=PageQuery,
     examples={200: _LIST_EXAMPLE},
 )
@@ -115,6 +118,7 @@ async def get_feed(viewer: User) -> Response:
     responses={200: ArticleResponse},
     tags=["Articles"],
     auth="optional",
+    scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: _ARTICLE_EXAMPLE},
 )
@@ -129,6 +133,7 @@ async def get_article(slug: str, viewer: User | None) -> Response:
     responses={201: ArticleResponse},
     tags=["Articles"],
     auth="required",
+    scope=scopes.ARTICLES_WRITE,
     body=ArticleCreateRequest,
     errors=[409],
     examples={201: _ARTICLE_EXAMPLE},
@@ -156,6 +161,7 @@ _UPDATE_ARTICLE: dict[str, Any] = {
     "responses": {200: ArticleResponse},
     "tags": ["Articles"],
     "auth": "required",
+    "scope": scopes.ARTICLES_WRITE,
     "body": ArticleUpdateRequest,
     "errors": [403, 404],
     "examples": {200: _ARTICLE_EXAMPLE},
@@ -182,6 +188,7 @@ async def patch_article(slug: str, viewer: User) -> Response:
     responses={204: None},
     tags=["Articles"],
     auth="required",
+    scope=scopes.ARTICLES_WRITE,
     errors=[403, 404],
 )
 async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
@@ -195,6 +202,7 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     responses={200: ArticleResponse},
     tags=["Favorites"],
     auth="required",
+    scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: _FAVORITED_EXAMPLE},
 )
@@ -209,6 +217,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     responses={200: ArticleResponse},
     tags=["Favorites"],
     auth="required",
+    scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: _ARTICLE_EXAMPLE},
 )

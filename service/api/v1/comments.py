@@ -16,6 +16,7 @@ from service.schemas.comment import (
     MultipleCommentsResponse,
 )
 from service.services import comments as comments_service
+from service.services import scopes
 
 bp = Blueprint("comments", __name__)
 
@@ -38,6 +39,7 @@ _COMMENT = {
     responses={200: MultipleCommentsResponse},
     tags=["Comments"],
     auth="optional",
+    scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: {"comments": [_COMMENT]}},
 )
@@ -54,6 +56,7 @@ async def list_comments(slug: str, viewer: User | None) -> Response:
     responses={200: CommentResponse},
     tags=["Comments"],
     auth="required",
+    scope=scopes.COMMENTS_WRITE,
     body=CommentCreateRequest,
     errors=[404],
     examples={200: {"comment": _COMMENT}},
@@ -73,6 +76,7 @@ async def create_comment(slug: str, viewer: User) -> Response:
     responses={204: None},
     tags=["Comments"],
     auth="required",
+    scope=scopes.COMMENTS_WRITE,
     errors=[403, 404],
 )
 async def delete_comment(slug: str, comment_id: int, viewer: User) -> tuple[str, int]:

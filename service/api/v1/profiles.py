@@ -11,6 +11,7 @@ from service.db import db
 from service.models import User
 from service.schemas.profile import ProfileOut, ProfileResponse
 from service.services import profiles as profiles_service
+from service.services import scopes
 
 bp = Blueprint("profiles", __name__)
 
@@ -42,6 +43,7 @@ def _profile_response(profile: ProfileOut) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="optional",
+    scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: _example(following=False), 404: NOT_FOUND_EXAMPLE},
 )
@@ -62,6 +64,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.PROFILE_WRITE,
     errors=[403, 404],
     examples={
         200: _example(following=True),
@@ -85,6 +88,7 @@ async def follow_user(username: str, viewer: User) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.PROFILE_WRITE,
     errors=[403, 404],
     examples={
         200: _example(following=False),

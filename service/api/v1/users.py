@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Response, jsonify, request
 
-from service.api.auth import auth, bearer_token
+from service.api.auth import auth, bearer_token, current_claims, sign_in
 from service.api.spec import operation
 from service.db import db
 from service.models import User
@@ -18,7 +18,7 @@ from service.schemas.user import (
     UserResponse,
     UserUpdateRequest,
 )
-from service.services import login_guard
+from service.services import login_guard, scopes
 from service.services import users as users_service
 
 bp = Blueprint("users", __name__)
@@ -64,7 +64,7 @@ async def register_user() -> tuple[Response, int]:
     user = await users_service.register(
         session=db.session, data=body.user, passwords=auth.passwords
     )
-    return _user_response(user, auth.tokens.issue(user.id), 201)
+    return _user_response(user, await sign_in(user), 201)
 
 
 @bp.post("/users/login")
@@ -89,7 +89,7 @@ async def login() -> tuple[Response, int]:
         session=db.session, data=body.user, passwords=auth.passwords
     )
     await login_guard.reset(redis=redis.client, email=body.user.email)
-    return _user_response(user, auth.tokens.issue(user.id))
+    return _user_response(user, await sign_in(user))
 
 
 @bp.get("/user")
@@ -97,6 +97,7 @@ async def login() -> tuple[Response, int]:
     responses={200: UserResponse},
     tags=TAGS,
     auth="required",
+    scope=scopes.PROFILE_READ,
     examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
 )
 async def get_current_user(viewer: User) -> tuple[Response, int]:
@@ -112,7 +113,10 @@ async def _update(viewer: User) -> tuple[Response, int]:
     user = await users_service.update_user(
         session=db.session, user=viewer, data=body.user, passwords=auth.passwords
     )
-    return _user_response(user, auth.tokens.issue(user.id))
+    if "password" in body.user.model_fields_set:
+        # Every session, this one included, was revoked: continue in a new one.
+        return _user_response(user, await sign_in(user, scopes=current_claims().scopes))
+    return _user_response(user, bearer_token() or "")
 
 
 # PUT and PATCH are one partial update; two views only because operationIds must differ.
@@ -120,6 +124,7 @@ _UPDATE_USER: dict[str, Any] = {
     "responses": {200: UserResponse},
     "tags": TAGS,
     "auth": "required",
+    "scope": scopes.PROFILE_WRITE,
     "body": UserUpdateRequest,
     "errors": [409],
     "examples": {200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
@@ -133,8 +138,10 @@ async def update_current_user(viewer: User) -> tuple[Response, int]:
     """Update the current user (a partial update, like PATCH).
 
     Only the fields sent change. Send at least one of `email`, `username`, `password`, `bio`,
-    `image`; `null` or `""` clears `bio` and `image`. The answer carries a fresh token. A taken
-    email or username answers 409 naming the field.
+    `image`; `null` or `""` clears `bio` and `image`. A taken email or username answers 409
+    naming the field. A new password signs out every session (every token and refresh token
+    stops working); the answer then carries a token of a new session, otherwise the token that
+    was presented.
     """
     return await _update(viewer)
 

@@ -40,9 +40,7 @@ async def set_user(app: ConduitASGI, user: TestUser, **values: Any) -> None:
 
 
 async def user_with_role(app: ConduitASGI, make_user: MakeUser, role: str, **kw: Any) -> TestUser:
-    user = await make_user(**kw)
-    await set_user(app, user, role=role)
-    return user
+    return await make_user(role=role, **kw)
 
 
 async def db_user(app: ConduitASGI, user: TestUser) -> User:
@@ -244,8 +242,9 @@ async def test_suspend_revokes_sessions_and_unsuspend_restores(
         rows = (
             await session.execute(select(AuthSession.user_id, AuthSession.revoked_reason))
         ).all()
+    # Each user also has the session of their factory-made token.
     assert sorted(rows) == sorted(
-        [(jake.id, "suspended"), (jake.id, "suspended"), (other.id, None)]
+        [(jake.id, "suspended")] * 3 + [(other.id, None)] * 2 + [(admin.id, None)]
     )
 
     response = await patch(client, admin, "jake", {"suspended": False})
@@ -255,7 +254,7 @@ async def test_suspend_revokes_sessions_and_unsuspend_restores(
 
     entries = await audit_rows(app)
     assert [(e.action, e.target_id, e.details) for e in entries] == [
-        ("user.suspend", "jake", '{"revokedSessions":2,"via":"api"}'),
+        ("user.suspend", "jake", '{"revokedSessions":3,"via":"api"}'),
         ("user.unsuspend", "jake", '{"via":"api"}'),
     ]
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from service.app import ConduitASGI
 from service.db import DatabaseState
-from service.models import Article, AuditEntry, Comment, User
+from service.models import Article, AuditEntry, Comment
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -24,11 +24,7 @@ def sessionmaker(app: ConduitASGI) -> Any:
 
 
 async def user_with_role(app: ConduitASGI, make_user: MakeUser, role: str, **kw: Any) -> TestUser:
-    user = await make_user(**kw)
-    async with sessionmaker(app)() as session:
-        await session.execute(update(User).where(User.id == user.id).values(role=role))
-        await session.commit()
-    return user
+    return await make_user(role=role, **kw)
 
 
 async def audit_rows(app: ConduitASGI) -> list[AuditEntry]:

@@ -191,18 +191,29 @@ async def test_confirm_sets_the_password_and_revokes_every_session(
 ) -> None:
     user = await make_user(email="jake@jake.jake", password="old-password")
     other = await make_user(email="other@jake.jake")
-    sessions = {await add_session(db, user.id), await add_session(db, user.id)}
+    await add_session(db, user.id)
+    await add_session(db, user.id)
     other_session = await add_session(db, other.id)
+    # The two above and the one of the factory's token.
+    sessions = {
+        row["id"]
+        for row in await db.fetch("SELECT id FROM auth_sessions WHERE user_id = $1", user.id)
+    }
+    assert len(sessions) == 3
     token = await reset_token_for(client, deliver, smtp_server, user.email)
 
     response = await confirm(client, token, NEW_PASSWORD)
     assert response.status_code == 204
     assert response.content == b""
 
+    old_token = await client.get("/api/v1/user", headers=user.headers)
+    assert old_token.status_code == 401
+    assert old_token.json() == {"errors": {"token": ["token has been revoked"]}}
     assert await login(client, user.email, NEW_PASSWORD) == 200
     assert await login(client, user.email, "old-password") == 401
     revoked = await db.fetch(
-        "SELECT id, revoked_at, revoked_reason FROM auth_sessions WHERE user_id = $1", user.id
+        "SELECT id, revoked_at, revoked_reason FROM auth_sessions WHERE id = ANY($1::uuid[])",
+        list(sessions),
     )
     assert {row["id"] for row in revoked} == sessions
     assert all(row["revoked_at"] is not None for row in revoked)

@@ -262,9 +262,9 @@ async def test_openapi_documents_the_profile_operations(client: httpx.AsyncClien
     unfollow_op = paths["/api/v1/profiles/{username}/follow"]["delete"]
     assert get_op["tags"] == follow_op["tags"] == unfollow_op["tags"] == ["Profile"]
     assert get_op["summary"] == "Get a profile."
-    assert get_op["security"] == [{"Token": []}, {}]
+    assert get_op["security"] == [{"OAuth2": ["articles:read"]}, {"Token": []}, {}]
     for op in (follow_op, unfollow_op):
         assert set(op["responses"]) == {"200", "401", "403", "404", "429", "503"}
         forbidden = op["responses"]["403"]["content"]["application/json"]["example"]
         assert forbidden == {"errors": {"username": ["you cannot follow or unfollow yourself"]}}
-    assert follow_op["security"] == [{"Token": []}]
+    assert follow_op["security"] == [{"OAuth2": ["profile:write"]}, {"Token": []}]

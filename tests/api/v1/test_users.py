@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,7 +62,14 @@ def signed(app: ConduitASGI, claims: dict[str, Any], key: str | None = None) -> 
 
 def claims_for(user_id: int, *, issued: datetime | None = None) -> dict[str, Any]:
     issued = issued or datetime.now(UTC)
-    return {"sub": str(user_id), "iat": issued, "exp": issued + timedelta(hours=1)}
+    return {
+        "sub": str(user_id),
+        "sid": str(uuid.uuid4()),
+        "jti": "test",
+        "scope": "profile:read",
+        "iat": issued,
+        "exp": issued + timedelta(hours=1),
+    }
 
 
 # --- registration ---------------------------------------------------------------------------
@@ -903,12 +911,24 @@ async def test_openapi_documents_the_user_operations(client: httpx.AsyncClient) 
     assert set(user_path) >= {"get", "put", "patch"}
     for method in ("put", "patch"):
         responses = user_path[method]["responses"]
-        assert set(responses) == {"200", "400", "401", "409", "413", "415", "422", "429", "503"}
+        # 403: a token without the `profile:write` scope.
+        assert set(responses) == {
+            "200",
+            "400",
+            "401",
+            "403",
+            "409",
+            "413",
+            "415",
+            "422",
+            "429",
+            "503",
+        }
         taken = responses["409"]["content"]["application/json"]["example"]
         assert taken == {"errors": {"email": ["has already been taken"]}}
     assert "partial" in user_path["put"]["summary"]
     assert "partial" in user_path["patch"]["summary"]
-    assert user_path["get"]["security"] == [{"Token": []}]
+    assert user_path["get"]["security"] == [{"OAuth2": ["profile:read"]}, {"Token": []}]
 
 
 async def test_openapi_user_schemas_state_the_validation_rules(client: httpx.AsyncClient) -> None:
