@@ -68,7 +68,23 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
     return grouped
 
 
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def oauth_error_response(exc: domain.OAuthError) -> Response:
+    """RFC 6749 §5.2: `{"error", "error_description"}`, never cached; the OAuth endpoints'
+    one exception to the envelope."""
+    response = jsonify({"error": exc.error, "error_description": exc.message})
+    response.status_code = exc.status
+    response.headers.update(NO_STORE)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="conduit", charset="UTF-8"'
+    return response
+
+
 def _domain_error(exc: domain.DomainError) -> Response:
+    if isinstance(exc, domain.OAuthError):
+        return oauth_error_response(exc)
     status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(exc, kind)), 400)
     headers = None
     if isinstance(exc, domain.TooManyRequests):

@@ -31,6 +31,7 @@ from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service.api.auth import load_viewer, verify_request
 from service.schemas.common import ErrorBody
+from service.schemas.oauth import OAuthErrorOut
 from service.services import scopes
 from service.services.security import TokenClaims
 
@@ -55,6 +56,11 @@ ERROR_DESCRIPTIONS = {
     429: "Too many requests; retry after `Retry-After` seconds",
     503: "Database or Redis unavailable; retry later",
 }
+OAUTH_ERROR_DESCRIPTIONS = {
+    400: "RFC 6749 §5.2 error: invalid_request, invalid_grant, invalid_scope, ...",
+    401: "invalid_client: client authentication failed",
+}
+SCHEMA_REF = "#/components/schemas/"
 RETRY_AFTER = {
     "description": "Seconds to wait before retrying",
     "schema": {"type": "integer", "minimum": 0},
@@ -147,6 +153,7 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
 
     def _generate_spec(self) -> dict[str, Any]:
         document: dict[str, Any] = dict(super()._generate_spec())
+        self._extra_models: set[type[BaseModel]] = set()
         for route in self.backend.find_routes(self.app):
             path, _ = self.backend.parse_path(route)
             func = self.app.view_functions[route.endpoint]
@@ -158,9 +165,15 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
                 if operation is None:
                     continue
                 _document_operation(operation, meta)
+                if meta["form"] is not None:
+                    self._extra_models.add(meta["form"])
+                if meta["oauth_errors"]:
+                    self._extra_models.add(OAuthErrorOut)
         components = document.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
         schemas["ErrorBody"] = ErrorBody.model_json_schema()
+        for model in self._extra_models:
+            schemas[model.__name__] = model.model_json_schema()
         for schema in schemas.values():
             _drop_null_defaults(schema)
         components["securitySchemes"] = {
@@ -238,6 +251,21 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
         }
         if code == 429:
             responses[str(code)]["headers"] = {"Retry-After": {**RETRY_AFTER, "required": True}}
+    for code in sorted(meta["oauth_errors"]):
+        responses[str(code)] = {
+            "description": OAUTH_ERROR_DESCRIPTIONS[code],
+            "headers": {"Cache-Control": {"schema": {"type": "string", "enum": ["no-store"]}}},
+            "content": {"application/json": {"schema": {"$ref": SCHEMA_REF + "OAuthErrorOut"}}},
+        }
+    if meta["form"] is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {"$ref": SCHEMA_REF + meta["form"].__name__}
+                }
+            },
+        }
     for code, example in meta["examples"].items():
         content = responses.get(str(code), {}).get("content", {}).get("application/json")
         if content is not None:
@@ -281,11 +309,15 @@ def operation(
     examples: dict[int, Any] | None = None,
     body_example: Any = None,
     scope: str | None = None,
+    form: type[BaseModel] | None = None,
+    oauth_errors: Iterable[int] = (),
 ) -> Callable[[View], Callable[..., Any]]:
     """Validate, authenticate and document an async view (see the module docstring).
 
     Every view that takes a token names the `scope` the token must carry (deny by default:
-    leaving it out is an error at import time); a token without it gets 403.
+    leaving it out is an error at import time); a token without it gets 403. `form` documents
+    a form-encoded body that the view parses itself; `oauth_errors` are answered in the RFC
+    6749 error format instead of the envelope.
     """
     if auth != "none" and scope is None:
         raise ValueError("an authenticated operation must name the scope it requires")
@@ -324,7 +356,9 @@ def operation(
         validated.conduit_meta = {  # type: ignore[attr-defined]
             "auth": auth,
             "scope": scope,
-            "errors": codes,
+            "errors": codes - set(oauth_errors),
+            "oauth_errors": set(oauth_errors),
+            "form": form,
             "examples": examples or {},
             "body_example": body_example,
         }

@@ -42,3 +42,20 @@ class TooManyRequests(DomainError):
 
 class ServiceUnavailable(DomainError):
     """A dependency (database, Redis) cannot be reached (503)."""
+
+
+class OAuthError(DomainError):
+    """An OAuth 2.0 error of the token or revocation endpoint (RFC 6749 §5.2): `error` is the
+    registered code (`invalid_grant`, ...), the message its `error_description`.
+
+    `commit` asks for the transaction to be committed anyway: refusing a reused refresh token
+    revokes its session, and that must stick.
+    """
+
+    def __init__(
+        self, error: str, description: str, *, status: int = 400, commit: bool = False
+    ) -> None:
+        super().__init__(description, field="error")
+        self.error = error
+        self.status = status
+        self.commit = commit

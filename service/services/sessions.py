@@ -81,6 +81,8 @@ class Rotation:
     refresh_token: str | None
     # Why it was refused (the OAuth `error_description`), None on success.
     refused: str | None = None
+    # True when refusing it revoked the session (a reused token): commit anyway.
+    revoked: bool = False
 
 
 async def rotate_refresh_token(
@@ -92,7 +94,7 @@ async def rotate_refresh_token(
     token family) is revoked, unless it comes back within `grace` of its exchange while the
     successor is still unused, which is what a client that lost the response does; then the
     unused successor is retired and a new one issued. The caller must commit even when the
-    token is refused, so that a revocation sticks.
+    token is refused when `Rotation.revoked` says so, so that the revocation sticks.
     """
     now = now or datetime.now(UTC)
     row = await session.scalar(
@@ -116,7 +118,9 @@ async def rotate_refresh_token(
         )
         if not lost_response or successor is None:
             await revoke_session(session=session, session_id=auth_session.id, reason=REUSE_REASON)
-            return Rotation(None, None, "refresh token was already used; the session is revoked")
+            return Rotation(
+                None, None, "refresh token was already used; the session is revoked", True
+            )
         row = successor
     new_token = secrets.token_urlsafe(32)
     new_row = RefreshToken(session_id=auth_session.id, token_hash=_hash(new_token))
@@ -154,17 +158,18 @@ async def revoke_session(*, session: AsyncSession, session_id: uuid.UUID, reason
 
 
 async def revoke_all_sessions(
-    *, session: AsyncSession, user_id: int, reason: str, keep: uuid.UUID | None = None
+    *, session: AsyncSession, user_id: int, reason: str, client_id: uuid.UUID | None = None
 ) -> list[uuid.UUID]:
-    """Revoke every active sign-in session of `user_id` (but `keep`); return their ids.
+    """Revoke every active sign-in session of `user_id` (only those of the API client
+    `client_id` when given); return their ids.
 
     Runs in the caller's transaction. Sessions revoked earlier keep their original reason.
     """
     query = update(AuthSession).where(
         AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
-    if keep is not None:
-        query = query.where(AuthSession.id != keep)
+    if client_id is not None:
+        query = query.where(AuthSession.client_id == client_id)
     revoked = list(
         await session.scalars(
             query.values(revoked_at=func.now(), revoked_reason=reason)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-from service.api.v1 import admin, articles, comments, password_reset, profiles, tags, users
+from service.api.v1 import (
+    admin,
+    articles,
+    clients,
+    comments,
+    oauth,
+    password_reset,
+    profiles,
+    tags,
+    users,
+)
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
-for module in (users, password_reset, profiles, articles, comments, tags, admin):
+for module in (users, password_reset, oauth, clients, profiles, articles, comments, tags, admin):
     bp.register_blueprint(module.bp)

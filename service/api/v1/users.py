@@ -18,7 +18,7 @@ from service.schemas.user import (
     UserResponse,
     UserUpdateRequest,
 )
-from service.services import login_guard, scopes
+from service.services import login_guard, oauth, scopes, sessions
 from service.services import users as users_service
 
 bp = Blueprint("users", __name__)
@@ -154,3 +154,17 @@ async def patch_current_user(viewer: User) -> tuple[Response, int]:
     Exactly the behaviour of `PUT /user`.
     """
     return await _update(viewer)
+
+
+@bp.post("/users/logout")
+@operation(responses={204: None}, tags=TAGS, auth="required", scope=scopes.PROFILE_READ)
+async def logout(viewer: User) -> tuple[str, int]:
+    """Log out: revoke the session of the presented token.
+
+    That token (and, for OAuth sessions, the refresh token) stops working at once; other
+    sessions stay signed in.
+    """
+    await sessions.revoke_session(
+        session=db.session, session_id=current_claims().session_id, reason=oauth.LOGOUT_REASON
+    )
+    return "", 204

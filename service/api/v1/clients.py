@@ -1,0 +1,88 @@
+"""API clients of the current user: create (secret shown once), list, delete."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from flask import Blueprint, Response, jsonify, request
+
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.client import (
+    ClientCreatedOut,
+    ClientCreateRequest,
+    ClientListResponse,
+    ClientOut,
+    ClientResponse,
+)
+from service.services import clients as clients_service
+from service.services import scopes
+
+bp = Blueprint("clients", __name__)
+
+TAGS = ["API clients"]
+_CLIENT = {
+    "clientId": "cl_3kTMd0mJ3o9YJz6Q2p1qXw",
+    "name": "nightly export",
+    "scopes": ["articles:read"],
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "lastUsedAt": None,
+}
+
+
+@bp.post("/clients")
+@operation(
+    responses={201: ClientResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.CLIENTS_MANAGE,
+    body=ClientCreateRequest,
+    errors=[409],
+    examples={201: {"client": {**_CLIENT, "clientSecret": "cs_Zm9vYmFy..."}}},
+    body_example={"client": {"name": "nightly export", "scopes": ["articles:read"]}},
+)
+async def create_client(viewer: User) -> tuple[Response, int]:
+    """Create an API client for an integration.
+
+    Its `client_credentials` tokens act for you with the client's `scopes` only (any scope
+    your role allows but `clients:manage`). The `clientSecret` is shown in this answer only
+    and stored as a hash: keep it. At most 25 clients per user (409 beyond).
+    """
+    body = cast(ClientCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    created = await clients_service.create_client(
+        session=db.session, owner=viewer, data=body.client
+    )
+    out = ClientCreatedOut(
+        **ClientOut.of(created.client).model_dump(), client_secret=created.secret
+    )
+    return jsonify(ClientResponse(client=out).to_json()), 201
+
+
+@bp.get("/clients")
+@operation(
+    responses={200: ClientListResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.CLIENTS_MANAGE,
+    examples={200: {"clients": [_CLIENT], "clientsCount": 1}},
+)
+async def list_clients(viewer: User) -> Response:
+    """List your API clients (never their secrets)."""
+    found = await clients_service.list_clients(session=db.session, owner=viewer)
+    out = ClientListResponse(clients=[ClientOut.of(c) for c in found], clients_count=len(found))
+    return jsonify(out.to_json())
+
+
+@bp.delete("/clients/<client_id>")
+@operation(
+    responses={204: None},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.CLIENTS_MANAGE,
+    errors=[404],
+)
+async def delete_client(client_id: str, viewer: User) -> tuple[str, int]:
+    """Delete one of your API clients; every token it was given stops working at once."""
+    await clients_service.delete_client(session=db.session, owner=viewer, client_id=client_id)
+    return "", 204
