@@ -46,9 +46,7 @@ async def publish(*, redis: Redis, session_ids: Iterable[uuid.UUID], ttl_seconds
     await pipe.execute()
 
 
-async def reload(
-    *, redis: Redis, session: AsyncSession, ttl_seconds: int
-) -> set[uuid.UUID]:
+async def reload(*, redis: Redis, session: AsyncSession, ttl_seconds: int) -> set[uuid.UUID]:
     """Write the markers of every session revoked within `ttl_seconds`, then the sentinel;
     return their ids."""
     since = datetime.now(UTC) - timedelta(seconds=ttl_seconds)

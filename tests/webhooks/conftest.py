@@ -1,0 +1,65 @@
+"""Fixtures for webhook tests: real HTTP(S) receivers on loopback and delivery clients."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from service.webhooks.http import WebhookClient
+from service.webhooks.ssrf import AddressPolicy
+from tests.webhooks.receivers import (
+    CertificateFiles,
+    Receiver,
+    make_certificates,
+    running_receiver,
+)
+
+LOOPBACK = AddressPolicy.build(allow_http=True, allowlist=["127.0.0.0/8", "::1"])
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A plain-HTTP receiver on 127.0.0.1."""
+    with running_receiver("127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture
+def receiver6() -> Iterator[Receiver]:
+    """A plain-HTTP receiver on ::1 (skipped where IPv6 loopback is missing)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with running_receiver("::1") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateFiles:
+    """A test CA and a leaf certificate for `localhost` (needs the openssl tool)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command-line tool not installed")
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture
+def tls_receiver(certificates: CertificateFiles) -> Iterator[Receiver]:
+    """An HTTPS receiver on 127.0.0.1 presenting the `localhost` certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.cert, certificates.key)
+    with running_receiver("127.0.0.1", tls=context) as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def client() -> AsyncIterator[WebhookClient]:
+    """A delivery client allowing http and the loopback addresses."""
+    async with WebhookClient(policy=LOOPBACK) as webhook_client:
+        yield webhook_client
