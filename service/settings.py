@@ -7,11 +7,14 @@ import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.webhooks.ssrf import AddressPolicy
 
 # Values that look like a secret but are copied from examples; refused outside development.
 PLACEHOLDER_SECRETS = frozenset(
@@ -34,6 +37,11 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host:port/db)")
+
+
+def split_list(value: str) -> list[str]:
+    """The items of a comma-separated setting, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def mask_url(url: str) -> str:
@@ -105,6 +113,17 @@ class Settings(BaseSettings):
     # CORS: comma-separated allowed origins ("" = no cross-origin access).
     cors_origins: str = ""
 
+    # Webhooks. Plain http targets: unset means allowed outside production only.
+    webhook_allow_http: bool | None = None
+    # Addresses/networks exempt from the SSRF guard (comma-separated IPs or CIDRs), e.g. a
+    # receiver on the same private network. Host names are not accepted.
+    webhook_allowlist: str = ""
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_max_response_bytes: int = Field(default=65_536, ge=1024)
+    webhook_response_excerpt_bytes: int = Field(default=1024, ge=0, le=65_536)
+    # Deliveries to one endpoint in flight at once per worker process.
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=64)
+
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
@@ -131,6 +150,28 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _webhook_allowlist(cls, value: str) -> str:
+        from service.webhooks.ssrf import AddressPolicy
+
+        AddressPolicy.build(allowlist=split_list(value))  # raises ValueError naming the entry
+        return value
+
+    @property
+    def webhook_policy(self) -> AddressPolicy:
+        """The SSRF guard's settings."""
+        from service.webhooks.ssrf import AddressPolicy
+
+        allow_http = (
+            self.webhook_allow_http
+            if self.webhook_allow_http is not None
+            else not self.is_production
+        )
+        return AddressPolicy.build(
+            allow_http=allow_http, allowlist=split_list(self.webhook_allowlist)
+        )
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

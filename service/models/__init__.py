@@ -11,6 +11,12 @@ from service.models.auth import (
 from service.models.base import Base, TimestampMixin
 from service.models.job import Job
 from service.models.user import ROLES, Follow, User
+from service.models.webhook import (
+    WebhookAttempt,
+    WebhookEndpoint,
+    WebhookEvent,
+    WebhookMessage,
+)
 
 __all__ = [
     "ROLES",
@@ -29,4 +35,8 @@ __all__ = [
     "Tag",
     "TimestampMixin",
     "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookEvent",
+    "WebhookMessage",
 ]

@@ -1,0 +1,116 @@
+"""The transactional outbox: events are written in the transaction of the change they report.
+
+`emit` records one event and, in the same statement, one message per enabled endpoint that
+subscribed to its type and whose owner may see it, plus one delivery job per message. If the
+transaction rolls back, nothing was emitted; once it commits, the jobs are durable and the
+workers (woken by NOTIFY, which PostgreSQL sends at commit) deliver them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.jobs.queue import CHANNEL
+
+DELIVER_JOB = "webhook.deliver"
+ALL_EVENTS = "*"
+
+ARTICLE_CREATED = "article.created"
+ARTICLE_UPDATED = "article.updated"
+ARTICLE_DELETED = "article.deleted"
+COMMENT_CREATED = "comment.created"
+COMMENT_DELETED = "comment.deleted"
+ARTICLE_FAVORITED = "article.favorited"
+ARTICLE_UNFAVORITED = "article.unfavorited"
+PROFILE_FOLLOWED = "profile.followed"
+PROFILE_UNFOLLOWED = "profile.unfollowed"
+USER_UPDATED = "user.updated"
+WEBHOOK_PING = "webhook.ping"
+
+EVENT_TYPES = (
+    ARTICLE_CREATED,
+    ARTICLE_UPDATED,
+    ARTICLE_DELETED,
+    COMMENT_CREATED,
+    COMMENT_DELETED,
+    ARTICLE_FAVORITED,
+    ARTICLE_UNFAVORITED,
+    PROFILE_FOLLOWED,
+    PROFILE_UNFOLLOWED,
+    USER_UPDATED,
+    WEBHOOK_PING,
+)
+
+# One statement: the matching endpoints, the event (only when some endpoint wants it), a
+# message per endpoint and a delivery job per message.
+_EMIT = text(
+    """
+    WITH targets AS (
+        SELECT id FROM webhook_endpoints
+        WHERE enabled
+          AND (events @> ARRAY['*']::varchar[] OR events @> ARRAY[CAST(:type AS varchar)])
+          AND (CAST(:public AS boolean) OR owner_id = ANY(CAST(:audience AS bigint[])))
+          AND (CAST(:endpoint AS uuid) IS NULL OR id = CAST(:endpoint AS uuid))
+    ), event AS (
+        INSERT INTO webhook_events (type, data)
+        SELECT :type, CAST(:data AS jsonb) WHERE EXISTS (SELECT 1 FROM targets)
+        RETURNING id
+    ), messages AS (
+        INSERT INTO webhook_messages (id, endpoint_id, event_id, status, next_attempt_at)
+        SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), targets.id, event.id,
+               'pending', now()
+        FROM targets CROSS JOIN event
+        RETURNING id
+    ), jobs AS (
+        INSERT INTO jobs (kind, payload, status, attempts, max_attempts)
+        SELECT :job, jsonb_build_object('messageId', messages.id), 'pending', 0, :max_attempts
+        FROM messages
+        RETURNING id
+    )
+    SELECT count(*) FROM jobs
+    """
+)
+# A delivery job that crashes unexpectedly (not a failed HTTP attempt, which the handler
+# schedules itself) is retried by the job worker this many times.
+DELIVERY_JOB_ATTEMPTS = 5
+
+
+async def emit(
+    *,
+    session: AsyncSession,
+    event_type: str,
+    data: Mapping[str, Any],
+    audience: Iterable[int] | None,
+    endpoint_id: Any = None,
+) -> int:
+    """Record an event for its subscribers in `session`'s transaction; return how many
+    messages were created.
+
+    `audience` is the ids of the users allowed to see the event; None means anyone can (it
+    reports public data). `endpoint_id` restricts it to one endpoint (pings).
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {event_type!r}")
+    result = await session.execute(
+        _EMIT,
+        {
+            "type": event_type,
+            "data": orjson.dumps(data).decode(),
+            "public": audience is None,
+            "audience": sorted(set(audience or ())),
+            "endpoint": str(endpoint_id) if endpoint_id is not None else None,
+            "job": DELIVER_JOB,
+            "max_attempts": DELIVERY_JOB_ATTEMPTS,
+        },
+    )
+    created = int(result.scalar_one())
+    if created:
+        await session.execute(
+            text("SELECT pg_notify(:channel, :kind)"), {"channel": CHANNEL, "kind": DELIVER_JOB}
+        )
+    return created
