@@ -1,4 +1,4 @@
-"""The `conduit` command: serve, migrate, worker."""
+"""The `conduit` command: serve, migrate, worker, users, seed."""
 
 from __future__ import annotations
 
@@ -264,6 +264,105 @@ async def _set_role(settings: Settings, name: str, role: str) -> int:
     return 0
 
 
+def seed(args: argparse.Namespace) -> int:
+    """Fill a migrated, empty database with realistic data for benchmarks and load tests
+    (bulk COPY, one transaction): users user1..userN (userN@example.com) sharing one password,
+    articles with tags, comments, follows and favorites. Refuses a database that has users
+    unless --append. Uses DATABASE_URL, or without it (not in production) the embedded
+    PostgreSQL in DATA_DIR. Hashes the password with the PASSWORD_* settings of the server."""
+    settings = _settings()
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    settings = _with_embedded_database(settings)
+    assert settings.database_url is not None
+    from service.seed import SeedError, SeedOptions
+    from service.seed import seed as seed_database
+    from service.services.security import PasswordPolicy
+
+    options = SeedOptions(
+        users=args.users,
+        articles=args.articles,
+        comments_per_article=args.comments_per_article,
+        tags=args.tags,
+        tags_per_article=args.tags_per_article,
+        follows_per_user=args.follows_per_user,
+        favorites_per_user=args.favorites_per_user,
+        password=args.password,
+        rng_seed=args.seed,
+        span_days=args.span_days,
+        append=args.append,
+    )
+    policy = PasswordPolicy(
+        time_cost=settings.password_time_cost,
+        memory_cost_kib=settings.password_memory_kib,
+        parallelism=settings.password_parallelism,
+    )
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    progress(f"seeding {mask_url(settings.database_url)}")
+    try:
+        report = asyncio.run(
+            seed_database(
+                database_url=settings.database_url,
+                options=options,
+                policy=policy,
+                progress=progress,
+            )
+        )
+    except SeedError as exc:
+        raise CommandError(str(exc)) from None
+    print(report.summary())
+    return 0
+
+
+def _count(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+# service.seed.DEFAULT_PASSWORD, written out so that building the parser imports nothing heavy;
+# tests/test_seed.py checks that the two agree.
+SEED_PASSWORD = "password123"  # noqa: S105 (documented load-test data)
+
+
+def _add_seed_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = commands.add_parser("seed", help=seed.__doc__, description=seed.__doc__)
+    cmd.add_argument("--users", type=_count, default=100, help="users to create (default 100)")
+    cmd.add_argument(
+        "--articles", type=_count, default=1000, help="articles to create (default 1000)"
+    )
+    cmd.add_argument(
+        "--comments-per-article", type=_count, default=2, help="average comments (default 2)"
+    )
+    cmd.add_argument("--tags", type=_count, default=200, help="distinct tags (default 200)")
+    cmd.add_argument("--tags-per-article", type=_count, default=3, help="average tags (default 3)")
+    cmd.add_argument(
+        "--follows-per-user", type=_count, default=10, help="average follows (default 10)"
+    )
+    cmd.add_argument(
+        "--favorites-per-user", type=_count, default=10, help="average favorites (default 10)"
+    )
+    cmd.add_argument(
+        "--password",
+        default=SEED_PASSWORD,
+        help=f"password of every seeded user (default {SEED_PASSWORD})",
+    )
+    cmd.add_argument("--seed", type=int, default=1, help="random seed (same seed, same data)")
+    cmd.add_argument(
+        "--span-days", type=_count, default=730, help="createdAt spread over this many days"
+    )
+    cmd.add_argument(
+        "--append", action="store_true", help="add to a database that already has users"
+    )
+    cmd.add_argument("--quiet", action="store_true", help="print only the summary")
+    cmd.set_defaults(func=seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `conduit`."""
     parser = argparse.ArgumentParser(prog="conduit", description=__doc__)
@@ -289,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("name", help="the username (any case)")
     promote_cmd.add_argument("--role", required=True, choices=ROLES, help="the new role")
     promote_cmd.set_defaults(func=users_promote)
+    _add_seed_parser(commands)
     return parser
 
 

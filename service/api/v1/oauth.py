@@ -88,6 +88,9 @@ def _client_credentials(
         name, colon, secret = decoded.partition(":")
         if not colon:
             raise OAuthError("invalid_client", oauth.INVALID_CLIENT, status=401)
+        if not name and not secret:
+            # Swagger UI's password flow sends `Basic :` when no client is filled in.
+            return None
         return ClientCredentials(unquote(name), unquote(secret), basic=True)
     if client_id is None and client_secret is None:
         return None
