@@ -17,7 +17,6 @@ from service.models import User
 from service.redis import redis
 from service.services import revocation, sessions
 from service.services import scopes as scopes_service
-from service.services import users as users_service
 from service.services.errors import NotAuthenticated, PermissionDenied
 from service.services.security import PasswordPolicy, Passwords, TokenClaims, Tokens
 from service.settings import Settings
@@ -94,6 +93,7 @@ async def publish_revocations(session: AsyncSession) -> None:
         await revocation.publish(redis=redis.client, session_ids=revoked, ttl_seconds=ttl)
     except (RedisError, OSError) as exc:
         logger.warning("revocations not published (%s); queued for retry", type(exc).__name__)
+        auth.state.revocations.redis_failed()
         await enqueue(
             session=session,
             kind=revocation.PUBLISH_JOB,
@@ -144,7 +144,12 @@ def verify_request(*, required: bool, scope: str | None) -> TokenClaims | None:
 
 async def load_viewer(claims: TokenClaims | None) -> User | None:
     """The user a verified token names; 401 if its session was revoked, or the account no
-    longer exists or is suspended."""
+    longer exists or is suspended.
+
+    Redis's revocation markers refuse a revoked token before any query; the user is then
+    loaded together with the token's session, so the database has the last word even when a
+    marker is missing.
+    """
     if claims is None:
         return None
     revoked = await auth.state.revocations.is_revoked(
@@ -152,7 +157,9 @@ async def load_viewer(claims: TokenClaims | None) -> User | None:
     )
     if revoked:
         raise NotAuthenticated("token has been revoked", field="token")
-    user = await users_service.get_by_id(session=db.session, user_id=claims.user_id)
+    user = await sessions.signed_in_user(
+        session=db.session, user_id=claims.user_id, session_id=claims.session_id
+    )
     if user is None:
         raise NotAuthenticated("token is invalid", field="token")
     if user.suspended:

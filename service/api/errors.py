@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Mapping, Sequence
 
@@ -71,10 +72,15 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+# RFC 6749 §5.2: error_description is limited to %x20-21 / %x23-5B / %x5D-7E.
+_OUTSIDE_OAUTH_CHARSET = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+
+
 def oauth_error_response(exc: domain.OAuthError) -> Response:
     """RFC 6749 §5.2: `{"error", "error_description"}`, never cached; the OAuth endpoints'
     one exception to the envelope."""
-    response = jsonify({"error": exc.error, "error_description": exc.message})
+    description = _OUTSIDE_OAUTH_CHARSET.sub("?", exc.message)
+    response = jsonify({"error": exc.error, "error_description": description})
     response.status_code = exc.status
     response.headers.update(NO_STORE)
     if exc.status == 401:

@@ -38,6 +38,7 @@ from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
 from service.services import admin, audit, profiles, slugs
 from service.services.errors import Conflict, NotFound, PermissionDenied
+from service.webhooks import catalogue, outbox
 
 SLUG_CONSTRAINT = "uq_articles_slug"
 
@@ -260,13 +261,25 @@ async def create_article(
     """Insert an article by `author` with a unique slug derived from its title."""
     article = await _insert_with_unique_slug(session, author, data)
     await _attach_tags(session, article.id, data.tag_list)
-    return ArticleView(
+    view = ArticleView(
         article=article,
         author=author,
         tags=sort_tags(data.tag_list),
         favorited=False,
         favorites_count=0,
         following=False,
+    )
+    await _emit(session, outbox.ARTICLE_CREATED, view)
+    return view
+
+
+async def _emit(session: AsyncSession, event_type: str, view: ArticleView) -> None:
+    # Articles are public: every subscriber may see them.
+    await outbox.emit(
+        session=session,
+        event_type=event_type,
+        data=catalogue.article_view_data(view),
+        audience=None,
     )
 
 
@@ -307,7 +320,9 @@ async def update_article(
     if tag_list is not None:
         await session.execute(delete(ArticleTag).where(ArticleTag.article_id == article.id))
         await _attach_tags(session, article.id, tag_list)
-    return await _one(session, viewer, slug)
+    view = await _one(session, viewer, slug)
+    await _emit(session, outbox.ARTICLE_UPDATED, view)
+    return view
 
 
 async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> None:
@@ -339,6 +354,8 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
             target_id=slug,
             details={"author": author_name, "title": title},
         )
+    # The event reports the article as it was.
+    await _emit(session, outbox.ARTICLE_DELETED, await _one(session, viewer, slug))
     await session.execute(
         delete(Article).where(Article.id == article_id).execution_options(synchronize_session=False)
     )
@@ -346,8 +363,9 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
 
 async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
     """Mark the article favorited by `viewer` (idempotent)."""
+    added = None
     if _storable(slug):
-        await session.execute(
+        added = await session.scalar(
             pg_insert(Favorite)
             .from_select(
                 ["user_id", "article_id"],
@@ -357,17 +375,41 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
                 .with_for_update(key_share=True),
             )
             .on_conflict_do_nothing()
+            .returning(Favorite.article_id)
         )
-    return await _one(session, viewer, slug)
+    view = await _one(session, viewer, slug)
+    if added is not None:
+        await _emit_favorite(session, outbox.ARTICLE_FAVORITED, viewer, view)
+    return view
+
+
+async def _emit_favorite(
+    session: AsyncSession, event_type: str, viewer: User, view: ArticleView
+) -> None:
+    # Who favorited is not public: only the viewer's own endpoints hear of it.
+    await outbox.emit(
+        session=session,
+        event_type=event_type,
+        data=catalogue.favorite_data(
+            article_slug=view.article.slug, favorites_count=view.favorites_count, user=viewer
+        ),
+        audience=[viewer.id],
+    )
 
 
 async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
     """Remove `viewer`'s favorite of the article (idempotent)."""
+    removed = None
     if _storable(slug):
-        await session.execute(
-            delete(Favorite).where(
+        removed = await session.scalar(
+            delete(Favorite)
+            .where(
                 Favorite.user_id == viewer.id,
                 Favorite.article_id.in_(select(Article.id).where(Article.slug == slug)),
             )
+            .returning(Favorite.article_id)
         )
-    return await _one(session, viewer, slug)
+    view = await _one(session, viewer, slug)
+    if removed is not None:
+        await _emit_favorite(session, outbox.ARTICLE_UNFAVORITED, viewer, view)
+    return view

@@ -12,6 +12,7 @@ from service.schemas.comment import CommentCreate
 from service.services import admin, audit, profiles
 from service.services.articles import find_article_id
 from service.services.errors import NotFound, PermissionDenied
+from service.webhooks import catalogue, outbox
 
 # Ids are BIGINT: a larger number in the URL names no comment (and must not reach asyncpg).
 BIGINT_MAX = 2**63 - 1
@@ -61,7 +62,22 @@ async def add_comment(
             .returning(Comment)
         )
     ).one()
+    await outbox.emit(
+        session=session,
+        event_type=outbox.COMMENT_CREATED,
+        data=catalogue.comment_data(comment, author=author, article_slug=slug),
+        audience=None,
+    )
     return CommentView(comment=comment, author=author, following=False)
+
+
+async def _emit_deleted(session: AsyncSession, comment: Comment, author: User, slug: str) -> None:
+    await outbox.emit(
+        session=session,
+        event_type=outbox.COMMENT_DELETED,
+        data=catalogue.comment_data(comment, author=author, article_slug=slug),
+        audience=None,
+    )
 
 
 async def delete_comment(
@@ -75,23 +91,25 @@ async def delete_comment(
     """
     article_id = await find_article_id(session=session, slug=slug)
     if comment_id <= BIGINT_MAX and admin.may_moderate(viewer):
-        author_id = await session.scalar(
+        removed = await session.scalar(
             delete(Comment)
             .where(Comment.id == comment_id, Comment.article_id == article_id)
-            .returning(Comment.author_id)
+            .returning(Comment)
         )
-        if author_id is None:
+        if removed is None:
             raise NotFound("comment not found", field="comment")
-        if author_id != viewer.id:
-            author = await session.scalar(select(User.username).where(User.id == author_id))
+        author = viewer
+        if removed.author_id != viewer.id:
+            author = await session.get_one(User, removed.author_id)
             await audit.record(
                 session=session,
                 actor=viewer,
                 action="comment.delete",
                 target_type="comment",
                 target_id=comment_id,
-                details={"article": slug, "author": author},
+                details={"article": slug, "author": author.username},
             )
+        await _emit_deleted(session, removed, author, slug)
         return
     if comment_id <= BIGINT_MAX:
         deleted = await session.scalar(
@@ -101,9 +119,10 @@ async def delete_comment(
                 Comment.article_id == article_id,
                 Comment.author_id == viewer.id,
             )
-            .returning(Comment.id)
+            .returning(Comment)
         )
         if deleted is not None:
+            await _emit_deleted(session, deleted, viewer, slug)
             return
         # Nothing deleted: tell "not yours" apart from "not there".
         other_author = await session.scalar(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -64,6 +65,19 @@ async def authenticate_client(
     return client
 
 
+def _login_column(username: str) -> Any:
+    return User.email if "@" in username else func.lower(User.username)
+
+
+async def login_key(*, session: AsyncSession, username: str) -> str:
+    """What the per-account failed-login backoff is keyed by: the account's email whether
+    the caller typed it or the username (else what was typed), so both share one counter."""
+    email = await session.scalar(
+        select(User.email).where(_login_column(username) == username.lower())
+    )
+    return email or username
+
+
 async def password_grant(
     *,
     session: AsyncSession,
@@ -75,8 +89,7 @@ async def password_grant(
 ) -> Grant:
     """Sign a person in with their email (or username) and password: a session with a
     refresh token, holding `requested` (default: every scope their role allows)."""
-    column = User.email if "@" in username else func.lower(User.username)
-    user = await session.scalar(select(User).where(column == username.lower()))
+    user = await session.scalar(select(User).where(_login_column(username) == username.lower()))
     # An unknown name still costs one verification: timing does not reveal accounts.
     valid = await passwords.verify(user.password_hash if user is not None else None, password)
     if user is None or not valid:

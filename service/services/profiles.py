@@ -12,6 +12,7 @@ from service.models import Follow, User
 from service.schemas.profile import ProfileOut
 from service.schemas.user import is_valid_username
 from service.services.errors import NotFound, PermissionDenied
+from service.webhooks import catalogue, outbox
 
 SELF_FOLLOW = "you cannot follow or unfollow yourself"
 
@@ -64,12 +65,25 @@ async def follow(*, session: AsyncSession, follower: User, username: str) -> Pro
     if user.id == follower.id:
         raise PermissionDenied(SELF_FOLLOW, field="username")
     # ON CONFLICT DO NOTHING: idempotent, and safe when the same follow races itself.
-    await session.execute(
+    added = await session.scalar(
         insert(Follow)
         .values(follower_id=follower.id, followee_id=user.id)
         .on_conflict_do_nothing(index_elements=[Follow.follower_id, Follow.followee_id])
+        .returning(Follow.followee_id)
     )
+    if added is not None:
+        await _emit(session, outbox.PROFILE_FOLLOWED, follower, user)
     return ProfileOut.of(user, following=True)
+
+
+async def _emit(session: AsyncSession, event_type: str, follower: User, followee: User) -> None:
+    # Only the follower can see whom they follow (`following` is per viewer).
+    await outbox.emit(
+        session=session,
+        event_type=event_type,
+        data=catalogue.follow_data(followee=followee),
+        audience=[follower.id],
+    )
 
 
 async def unfollow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
@@ -80,7 +94,11 @@ async def unfollow(*, session: AsyncSession, follower: User, username: str) -> P
     user = await _require_user(session=session, username=username)
     if user.id == follower.id:
         raise PermissionDenied(SELF_FOLLOW, field="username")
-    await session.execute(
-        delete(Follow).where(Follow.follower_id == follower.id, Follow.followee_id == user.id)
+    removed = await session.scalar(
+        delete(Follow)
+        .where(Follow.follower_id == follower.id, Follow.followee_id == user.id)
+        .returning(Follow.followee_id)
     )
+    if removed is not None:
+        await _emit(session, outbox.PROFILE_UNFOLLOWED, follower, user)
     return ProfileOut.of(user, following=False)

@@ -4,8 +4,9 @@ The database (`auth_sessions.revoked_at`) is the record; Redis holds a marker pe
 session for as long as one of its access tokens could still be unexpired, so checking a token
 costs one Redis round trip instead of a query. Redis here keeps nothing on disk, so a sentinel
 key says the markers are complete: when it is missing (Redis restarted or was flushed) the
-markers are reloaded from the database. When Redis cannot answer, checks ask the database, and
-a marker that could not be written is retried by a durable job (`PUBLISH_JOB`).
+markers are reloaded from the database. When Redis cannot answer, checks ask the database; a
+process that saw Redis fail reloads the markers once Redis answers again, and a marker that
+could not be written is also retried by a durable job (`PUBLISH_JOB`) for the other processes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class RevocationCheck:
     def __init__(self, ttl_seconds: int) -> None:
         self.ttl_seconds = ttl_seconds
         self._skip_redis_until = 0.0
+        # Set when this process saw Redis fail (a marker may be missing): the first check
+        # that reaches Redis again reloads the markers before trusting them.
+        self._reload_needed = False
+
+    def redis_failed(self) -> None:
+        """Note that Redis failed here (a check, or writing markers after a commit)."""
+        self._reload_needed = True
+        self._skip_redis_until = time.monotonic() + RETRY_REDIS_AFTER_SECONDS
 
     async def is_revoked(
         self, *, redis: Redis, session: AsyncSession, session_id: uuid.UUID
@@ -73,13 +82,14 @@ class RevocationCheck:
         if time.monotonic() >= self._skip_redis_until:
             try:
                 sentinel, marker = await redis.mget(SENTINEL, key(session_id))
-                if sentinel is not None:
+                if sentinel is not None and not self._reload_needed:
                     return marker is not None
                 revoked = await reload(redis=redis, session=session, ttl_seconds=self.ttl_seconds)
+                self._reload_needed = False
                 logger.info("revocation markers reloaded from the database: %d", len(revoked))
-                return session_id in revoked
+                return marker is not None or session_id in revoked
             except (RedisError, OSError) as exc:
-                self._skip_redis_until = time.monotonic() + RETRY_REDIS_AFTER_SECONDS
+                self.redis_failed()
                 logger.warning(
                     "revocation check: redis unavailable (%s); asking the database",
                     type(exc).__name__,

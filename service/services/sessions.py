@@ -97,16 +97,28 @@ async def rotate_refresh_token(
     token is refused when `Rotation.revoked` says so, so that the revocation sticks.
     """
     now = now or datetime.now(UTC)
+    found = await session.scalar(
+        select(RefreshToken.session_id).where(RefreshToken.token_hash == _hash(token))
+    )
+    if found is None:
+        return Rotation(None, None, "refresh token is invalid")
+    # The session row first: every rotation of a family queues on it, so the token rows
+    # locked below are only ever taken in one order (no deadlock between a retry and the
+    # successor's own rotation).
+    auth_session = await session.get(AuthSession, found, with_for_update=True)
     row = await session.scalar(
-        select(RefreshToken).where(RefreshToken.token_hash == _hash(token)).with_for_update()
+        select(RefreshToken)
+        .where(RefreshToken.token_hash == _hash(token))
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if row is None:
         return Rotation(None, None, "refresh token is invalid")
-    auth_session = await session.get(AuthSession, row.session_id, with_for_update=True)
     if auth_session is None or auth_session.revoked_at is not None:
         return Rotation(None, None, "refresh token has been revoked")
     if auth_session.expires_at <= now:
         return Rotation(None, None, "refresh token has expired")
+    retired: RefreshToken | None = None
     if row.used_at is not None:
         successor = (
             await session.get(RefreshToken, row.replaced_by_id, with_for_update=True)
@@ -121,12 +133,16 @@ async def rotate_refresh_token(
             return Rotation(
                 None, None, "refresh token was already used; the session is revoked", True
             )
-        row = successor
+        # The successor was never received: retire it unlinked, so presenting it is reuse.
+        retired = successor
     new_token = secrets.token_urlsafe(32)
     new_row = RefreshToken(session_id=auth_session.id, token_hash=_hash(new_token))
     session.add(new_row)
     await session.flush()
-    row.used_at = now
+    if retired is not None:
+        retired.used_at = now
+    else:
+        row.used_at = now
     row.replaced_by_id = new_row.id
     auth_session.last_used_at = now
     await session.flush()
@@ -179,6 +195,22 @@ async def revoke_all_sessions(
     )
     note_revoked(session, revoked)
     return revoked
+
+
+async def signed_in_user(
+    *, session: AsyncSession, user_id: int, session_id: uuid.UUID
+) -> User | None:
+    """The user of a live session `session_id` of `user_id`; None when the session does not
+    exist, is not theirs, or was revoked. One query: the user's row with its session's."""
+    return await session.scalar(
+        select(User)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(
+            User.id == user_id,
+            AuthSession.id == session_id,
+            AuthSession.revoked_at.is_(None),
+        )
+    )
 
 
 async def is_revoked(*, session: AsyncSession, session_id: uuid.UUID) -> bool:

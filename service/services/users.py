@@ -25,6 +25,7 @@ from service.services.errors import (
     PermissionDenied,
 )
 from service.services.security import Passwords
+from service.webhooks import catalogue, outbox
 
 TAKEN = "has already been taken"
 BAD_CREDENTIALS = "email or password is invalid"
@@ -149,4 +150,11 @@ async def update_user(
         await sessions.revoke_all_sessions(
             session=session, user_id=user.id, reason=PASSWORD_CHANGED
         )
+    # The user's own endpoints only: the event carries the email address.
+    await outbox.emit(
+        session=session,
+        event_type=outbox.USER_UPDATED,
+        data=catalogue.user_data(user),
+        audience=[user.id],
+    )
     return user

@@ -136,7 +136,8 @@ async def _password_grant(form: TokenRequest, client: ApiClient | None) -> oauth
     if client is not None:
         # A client acts for its owner only: it has no business with other people's passwords.
         raise OAuthError("unauthorized_client", "API clients use the client_credentials grant")
-    await login_guard.check(redis=redis.client, email=form.username)
+    key = await oauth.login_key(session=db.session, username=form.username)
+    await login_guard.check(redis=redis.client, email=key)
     grant = await oauth.password_grant(
         session=db.session,
         passwords=auth.passwords,
@@ -145,7 +146,7 @@ async def _password_grant(form: TokenRequest, client: ApiClient | None) -> oauth
         requested=scopes_service.parse(form.scope),
         lifetime=auth.state.refresh_lifetime,
     )
-    await login_guard.reset(redis=redis.client, email=form.username)
+    await login_guard.reset(redis=redis.client, email=key)
     return grant
 
 

@@ -984,3 +984,25 @@ async def test_suspended_users_tokens_are_refused(
     response = await client.get("/api/v1/user", headers=user.headers)
     assert response.status_code == 401
     assert response.json() == {"errors": {"token": ["account is suspended"]}}
+
+
+async def test_update_cannot_assign_role_suspension_or_ids(
+    client: httpx.AsyncClient, make_user: MakeUser, database_url: str
+) -> None:
+    """Mass assignment (OWASP API3): fields outside the documented ones are ignored."""
+    jake = await make_user(username="jake")
+    body = {
+        "user": {"bio": "hi", "role": "admin", "suspended": True, "id": 999, "passwordHash": "x"}
+    }
+
+    response = await update(client, jake, body)
+
+    assert response.status_code == 200, response.text
+    assert "role" not in response.json()["user"]
+    rows = await query(
+        database_url, "SELECT id, role, suspended, bio FROM users WHERE username = 'jake'"
+    )
+    assert [dict(row) for row in rows] == [
+        {"id": jake.id, "role": "user", "suspended": False, "bio": "hi"}
+    ]
+    assert (await client.get("/api/v1/admin/users", headers=jake.headers)).status_code == 403
