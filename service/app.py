@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import observability, ratelimit
+from service import http_cache, observability, ratelimit
 from service.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
 from service.api import errors, hardening
 from service.api.auth import auth
@@ -79,7 +79,9 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
         self.flask_app = flask_app
         # On the event loop, before the body is read or a thread taken: the rate limiter may
         # answer 429 without Flask; responses Flask did not make still get the security headers.
-        self._serve_http = hardening.protect(ratelimit.install(super().http, flask_app), flask_app)
+        self._serve_http = hardening.protect(
+            ratelimit.install(http_cache.install(super().http), flask_app), flask_app
+        )
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request: security headers, rate limits, then the adapter."""

@@ -68,8 +68,8 @@ async def test_json_responses_are_hardened(client: httpx.AsyncClient) -> None:
     assert response.status_code == 200
     assert_hardened(response)
     assert "Authorization" in response.headers["vary"]
-    # Anonymous reads may be cached by the client; nothing personal in them.
-    assert "cache-control" not in response.headers
+    # Anonymous reads may be stored by the client, revalidated with the ETag (service/http_cache).
+    assert response.headers["cache-control"] == "no-cache"
     assert "access-control-allow-origin" not in response.headers
 
 
