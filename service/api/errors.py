@@ -57,13 +57,17 @@ def error_response(
     return response
 
 
+# The envelopes of request bodies (`{"user": {...}}`); errors name the field inside.
+WRAPPERS = frozenset({"user", "article", "comment", "client", "webhook"})
+
+
 def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
     """Group Pydantic errors by the dotted field path, without the wrapper key."""
     grouped: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False, include_input=False):
         loc = [str(part) for part in error["loc"]]
         # Drop the RealWorld wrapper ("user", "article", "comment") so the field is named.
-        if len(loc) > 1 and loc[0] in {"user", "article", "comment"}:
+        if len(loc) > 1 and loc[0] in WRAPPERS:
             loc = loc[1:]
         grouped.setdefault(".".join(loc) or "body", []).append(error["msg"])
     return grouped

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, cast
 
-from pydantic import AfterValidator, Field, JsonValue, StringConstraints
+from pydantic import AfterValidator, Field, JsonValue, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 from service.schemas.common import NOT_BLANK_PATTERN, InModel, OutModel, Timestamp, no_nul
 from service.services import scopes as scopes_service
@@ -35,6 +36,13 @@ class ClientCreate(InModel):
         },
         examples=[["articles:read"]],
     )
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("unique_items", "each scope may be listed once")
+        return value
 
 
 class ClientCreateRequest(InModel):

@@ -36,7 +36,7 @@ from sqlalchemy.orm import defer
 
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import admin, audit, profiles, slugs
+from service.services import admin, audit, invalidation, profiles, slugs
 from service.services.errors import Conflict, NotFound, PermissionDenied
 from service.webhooks import catalogue, outbox
 
@@ -192,6 +192,25 @@ async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) 
     return await _one(session, viewer, slug)
 
 
+async def viewer_marks(
+    *, session: AsyncSession, viewer: User, article_ids: Sequence[int], author_ids: Sequence[int]
+) -> tuple[set[int], set[int]]:
+    """Which of `article_ids` `viewer` favorited and which of `author_ids` they follow (one
+    query): the viewer's part of answers whose shared part may come from the cache."""
+    favorited = (
+        select(func.array_agg(Favorite.article_id))
+        .where(Favorite.user_id == viewer.id, Favorite.article_id.in_(list(article_ids)))
+        .scalar_subquery()
+    )
+    following = (
+        select(func.array_agg(Follow.followee_id))
+        .where(Follow.follower_id == viewer.id, Follow.followee_id.in_(list(author_ids)))
+        .scalar_subquery()
+    )
+    row = (await session.execute(select(favorited, following))).one()
+    return set(row[0] or ()), set(row[1] or ())
+
+
 async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = False) -> int:
     """The id of the article with `slug`, or `NotFound`.
 
@@ -269,6 +288,7 @@ async def create_article(
         favorites_count=0,
         following=False,
     )
+    invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
     await _emit(session, outbox.ARTICLE_CREATED, view)
     return view
 
@@ -321,6 +341,7 @@ async def update_article(
         await session.execute(delete(ArticleTag).where(ArticleTag.article_id == article.id))
         await _attach_tags(session, article.id, tag_list)
     view = await _one(session, viewer, slug)
+    invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
     await _emit(session, outbox.ARTICLE_UPDATED, view)
     return view
 
@@ -356,6 +377,9 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
         )
     # The event reports the article as it was.
     await _emit(session, outbox.ARTICLE_DELETED, await _one(session, viewer, slug))
+    invalidation.note_changed(
+        session, invalidation.ARTICLES, invalidation.TAGS, invalidation.COMMENTS
+    )
     await session.execute(
         delete(Article).where(Article.id == article_id).execution_options(synchronize_session=False)
     )
@@ -379,6 +403,7 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
         )
     view = await _one(session, viewer, slug)
     if added is not None:
+        invalidation.note_changed(session, invalidation.ARTICLES)
         await _emit_favorite(session, outbox.ARTICLE_FAVORITED, viewer, view)
     return view
 
@@ -411,5 +436,6 @@ async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> Artic
         )
     view = await _one(session, viewer, slug)
     if removed is not None:
+        invalidation.note_changed(session, invalidation.ARTICLES)
         await _emit_favorite(session, outbox.ARTICLE_UNFAVORITED, viewer, view)
     return view

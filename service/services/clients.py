@@ -41,7 +41,11 @@ class CreatedClient:
 
 async def create_client(*, session: AsyncSession, owner: User, data: ClientCreate) -> CreatedClient:
     """Create a client for `owner` with `data.scopes` (each allowed for the owner's role)."""
-    scopes_service.validate(data.scopes, allowed=scopes_service.allowed_for_client(owner.role))
+    scopes_service.validate(
+        data.scopes, allowed=scopes_service.allowed_for_client(owner.role), field="scopes"
+    )
+    # The owner's row serialises concurrent creations, so the limit holds.
+    await session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     count = await session.scalar(
         select(func.count()).select_from(ApiClient).where(ApiClient.owner_id == owner.id)
     )

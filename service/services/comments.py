@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import Comment, User
 from service.schemas.comment import CommentCreate
-from service.services import admin, audit, profiles
+from service.services import admin, audit, invalidation, profiles
 from service.services.articles import find_article_id
 from service.services.errors import NotFound, PermissionDenied
 from service.webhooks import catalogue, outbox
@@ -62,6 +62,7 @@ async def add_comment(
             .returning(Comment)
         )
     ).one()
+    invalidation.note_changed(session, invalidation.COMMENTS)
     await outbox.emit(
         session=session,
         event_type=outbox.COMMENT_CREATED,
@@ -72,6 +73,7 @@ async def add_comment(
 
 
 async def _emit_deleted(session: AsyncSession, comment: Comment, author: User, slug: str) -> None:
+    invalidation.note_changed(session, invalidation.COMMENTS)
     await outbox.emit(
         session=session,
         event_type=outbox.COMMENT_DELETED,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import User
 from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
-from service.services import sessions
+from service.services import invalidation, sessions
 from service.services.errors import (
     Conflict,
     DomainError,
@@ -150,6 +150,10 @@ async def update_user(
         await sessions.revoke_all_sessions(
             session=session, user_id=user.id, reason=PASSWORD_CHANGED
         )
+    # Author fields appear in articles, comments and profiles.
+    invalidation.note_changed(
+        session, invalidation.ARTICLES, invalidation.COMMENTS, invalidation.PROFILES
+    )
     # The user's own endpoints only: the event carries the email address.
     await outbox.emit(
         session=session,

@@ -138,14 +138,20 @@ async def _password_grant(form: TokenRequest, client: ApiClient | None) -> oauth
         raise OAuthError("unauthorized_client", "API clients use the client_credentials grant")
     key = await oauth.login_key(session=db.session, username=form.username)
     await login_guard.check(redis=redis.client, email=key)
-    grant = await oauth.password_grant(
-        session=db.session,
-        passwords=auth.passwords,
-        username=form.username,
-        password=form.password,
-        requested=scopes_service.parse(form.scope),
-        lifetime=auth.state.refresh_lifetime,
-    )
+    try:
+        grant = await oauth.password_grant(
+            session=db.session,
+            passwords=auth.passwords,
+            username=form.username,
+            password=form.password,
+            requested=scopes_service.parse(form.scope),
+            lifetime=auth.state.refresh_lifetime,
+        )
+    except OAuthError as exc:
+        if exc.error == "invalid_scope":
+            # The password was right: asking for too much is no failed sign-in.
+            await login_guard.reset(redis=redis.client, email=key)
+        raise
     await login_guard.reset(redis=redis.client, email=key)
     return grant
 

@@ -20,6 +20,7 @@ from service.schemas.user import (
 )
 from service.services import login_guard, oauth, scopes, sessions
 from service.services import users as users_service
+from service.services.errors import PermissionDenied
 
 bp = Blueprint("users", __name__)
 
@@ -37,6 +38,8 @@ LOGIN_FAILED_EXAMPLE = {"errors": {"credentials": [users_service.BAD_CREDENTIALS
 UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
 UPDATE_EXAMPLE = {"user": {"bio": "I like to skateboard", "image": "https://example.com/j.jpg"}}
 TAKEN_EXAMPLE = {"errors": {"email": [users_service.TAKEN]}}
+CREDENTIALS = frozenset({"email", "password"})
+CLIENT_CREDENTIALS_CHANGE = "API client tokens cannot change the email or password"
 
 
 def _user_response(user: User, token: str, status: int = 200) -> tuple[Response, int]:
@@ -110,6 +113,9 @@ async def get_current_user(viewer: User) -> tuple[Response, int]:
 
 async def _update(viewer: User) -> tuple[Response, int]:
     body = cast(UserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    if current_claims().client_id is not None and body.user.model_fields_set & CREDENTIALS:
+        # An integration acting for its owner must not be able to take the account over.
+        raise PermissionDenied(CLIENT_CREDENTIALS_CHANGE, field="client")
     user = await users_service.update_user(
         session=db.session, user=viewer, data=body.user, passwords=auth.passwords
     )
