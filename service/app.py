@@ -16,6 +16,7 @@ from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
 from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
+from service.cache import cache
 from service.db import db
 from service.jsonprovider import OrjsonProvider
 from service.lifecycle import AppLifespan
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> ConduitFlask:
     db.init_app(app, settings, database_url)
     redis.init_app(app, settings, redis_url)
     auth.init_app(app, settings, secret_key)
+    cache.init_app(app, settings)
     observability.init_app(app, access_log=settings.access_log)
     errors.init_app(app)
     hardening.init_app(app, settings)

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # CORS: comma-separated allowed origins ("" = no cross-origin access).
     cors_origins: str = ""
 
+    # Read-through cache of shared answers in Redis (see service/cache.py).
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
+    # A cache read that takes longer falls through to the database.
+    cache_timeout_ms: int = Field(default=100, ge=1, le=5000)
+
     # Webhooks. Plain http targets: unset means allowed outside production only.
     webhook_allow_http: bool | None = None
     # Addresses/networks exempt from the SSRF guard (comma-separated IPs or CIDRs), e.g. a

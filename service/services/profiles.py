@@ -42,7 +42,7 @@ async def get_by_username(*, session: AsyncSession, username: str) -> User | Non
     )
 
 
-async def _require_user(*, session: AsyncSession, username: str) -> User:
+async def require_user(*, session: AsyncSession, username: str) -> User:
     user = await get_by_username(session=session, username=username)
     if user is None:
         raise NotFound("not found", field="profile")
@@ -51,7 +51,7 @@ async def _require_user(*, session: AsyncSession, username: str) -> User:
 
 async def get_profile(*, session: AsyncSession, viewer: User | None, username: str) -> ProfileOut:
     """The profile of `username` as `viewer` sees it; `NotFound` if there is no such user."""
-    user = await _require_user(session=session, username=username)
+    user = await require_user(session=session, username=username)
     followed = await following_ids(session=session, viewer=viewer, user_ids=[user.id])
     return ProfileOut.of(user, following=user.id in followed)
 
@@ -61,7 +61,7 @@ async def follow(*, session: AsyncSession, follower: User, username: str) -> Pro
 
     `NotFound` for no such user; `PermissionDenied` for following oneself.
     """
-    user = await _require_user(session=session, username=username)
+    user = await require_user(session=session, username=username)
     if user.id == follower.id:
         raise PermissionDenied(SELF_FOLLOW, field="username")
     # ON CONFLICT DO NOTHING: idempotent, and safe when the same follow races itself.
@@ -91,7 +91,7 @@ async def unfollow(*, session: AsyncSession, follower: User, username: str) -> P
 
     `NotFound` for no such user; `PermissionDenied` for unfollowing oneself.
     """
-    user = await _require_user(session=session, username=username)
+    user = await require_user(session=session, username=username)
     if user.id == follower.id:
         raise PermissionDenied(SELF_FOLLOW, field="username")
     removed = await session.scalar(

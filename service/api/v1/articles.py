@@ -7,6 +7,7 @@ from typing import Any, cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
+from service.api.v1 import shared
 from service.db import db
 from service.models import User
 from service.schemas.article import (
@@ -83,16 +84,20 @@ def _article_json(view: ArticleView) -> Response:
 async def list_articles(viewer: User | None) -> Response:
     """List articles, newest first, optionally filtered by tag, author or favoriting user."""
     query = cast(ArticleListQuery, request.context.query)  # type: ignore[attr-defined]
-    page = await articles_service.list_articles(
-        session=db.session,
-        viewer=viewer,
-        limit=query.limit,
-        offset=query.offset,
-        tag=query.tag,
-        author=query.author,
-        favorited=query.favorited,
-    )
-    return _page_json(page)
+
+    async def load() -> ArticlePage:
+        return await articles_service.list_articles(
+            session=db.session,
+            viewer=None,
+            limit=query.limit,
+            offset=query.offset,
+            tag=query.tag,
+            author=query.author,
+            favorited=query.favorited,
+        )
+
+    key = (query.tag, query.author, query.favorited, query.limit, query.offset)
+    return jsonify(await shared.article_page(viewer, key, load))
 
 
 @bp.get("/articles/feed")
@@ -124,8 +129,7 @@ async def get_feed(viewer: User) -> Response:
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""
-    view = await articles_service.get_article(session=db.session, viewer=viewer, slug=slug)
-    return _article_json(view)
+    return jsonify(await shared.article(viewer, slug))
 
 
 @bp.post("/articles")

@@ -7,6 +7,7 @@ from typing import cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
+from service.api.v1 import shared
 from service.db import db
 from service.models import User
 from service.schemas.comment import (
@@ -45,10 +46,7 @@ _COMMENT = {
 )
 async def list_comments(slug: str, viewer: User | None) -> Response:
     """List the comments on an article, oldest first."""
-    views = await comments_service.list_comments(session=db.session, viewer=viewer, slug=slug)
-    return jsonify(
-        MultipleCommentsResponse(comments=[CommentOut.of(view) for view in views]).to_json()
-    )
+    return jsonify(await shared.comments(viewer, slug))
 
 
 @bp.post("/articles/<slug:slug>/comments")

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
+from service.api.v1 import shared
 from service.db import db
 from service.models import User
 from service.schemas.profile import ProfileOut, ProfileResponse
@@ -53,10 +54,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     Usernames match regardless of case. Authentication is optional; `following` is false for
     anonymous callers.
     """
-    profile = await profiles_service.get_profile(
-        session=db.session, viewer=viewer, username=username
-    )
-    return _profile_response(profile)
+    return jsonify(await shared.profile(viewer, username))
 
 
 @bp.post("/profiles/<username>/follow")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.db import db
+from service.api.v1 import shared
 from service.schemas.article import TagsResponse
-from service.services import tags as tags_service
 
 bp = Blueprint("tags", __name__)
 
@@ -20,5 +19,4 @@ bp = Blueprint("tags", __name__)
 )
 async def get_tags() -> Response:
     """List the tags used by at least one article."""
-    names = await tags_service.list_tags(session=db.session)
-    return jsonify(TagsResponse(tags=names).to_json())
+    return jsonify(await shared.tags())

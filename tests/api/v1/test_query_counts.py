@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest_asyncio
 from sqlalchemy import event
 
-from service.app import ConduitASGI
+from service.app import ConduitASGI, create_asgi
 from service.db import DatabaseState
 from service.models import Article, ArticleTag, Comment, Favorite, Follow, Tag
+from service.settings import Settings
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 _numbers = itertools.count(1)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
+    """These counts are about the database path (what a cache miss costs): no cache here.
+    The data is also written straight to the database, which a cache would not notice."""
+    asgi = create_asgi(settings.model_copy(update={"cache_enabled": False, "threads": 8}))
+    await asgi.startup()
+    yield asgi
+    await asgi.shutdown()
+    asgi.executor.shutdown(wait=True)
 
 
 @contextmanager
