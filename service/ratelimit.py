@@ -70,7 +70,7 @@ KEY_PREFIX = "rl:"
 WINDOW_SECONDS = 60
 DEFAULT_POLICY = "default"
 AUTH_POLICY = "auth"
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 AUTH_PATHS = frozenset(
     {
         "/api/v1/users",

@@ -1,4 +1,4 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, and process metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from service.api.errors import error_response
+from service.cache import cache
 from service.db import db, describe_error
 from service.redis import redis
 
@@ -54,3 +55,15 @@ async def readyz() -> Response:
         errors = {name: [f"unreachable ({type(error).__name__})"] for name, error in failed.items()}
         return error_response(503, errors, {"Retry-After": "1"})
     return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Process counters in the Prometheus text format (no I/O): the cache's hits and misses."""
+    lines = [
+        "# HELP conduit_cache_operations_total Cache reads by outcome, since the process started.",
+        "# TYPE conduit_cache_operations_total counter",
+    ]
+    for outcome, value in cache.stats().items():
+        lines.append(f'conduit_cache_operations_total{{outcome="{outcome}"}} {value}')
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
