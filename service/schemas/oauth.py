@@ -19,7 +19,9 @@ class FormModel(BaseModel):
 class TokenRequest(FormModel):
     """`application/x-www-form-urlencoded` parameters of `POST /oauth/token`."""
 
-    grant_type: str = Field(description="`password`, `refresh_token` or `client_credentials`")
+    grant_type: str = Field(
+        min_length=1, description="`password`, `refresh_token` or `client_credentials`"
+    )
     username: str | None = Field(default=None, description="password grant: email or username")
     password: str | None = Field(default=None, description="password grant")
     refresh_token: str | None = Field(default=None, description="refresh_token grant")
@@ -35,7 +37,7 @@ class TokenRequest(FormModel):
 class RevokeRequest(FormModel):
     """Parameters of `POST /oauth/revoke` (RFC 7009 §2.1)."""
 
-    token: str = Field(description="an access token or a refresh token")
+    token: str = Field(min_length=1, description="an access token or a refresh token")
     token_type_hint: str | None = Field(
         default=None, description="`access_token` or `refresh_token`; only a hint"
     )
