@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,13 +39,12 @@ from service.db import db
 from service.jobs.queue import enqueue
 from service.redis import redis
 from service.services import invalidation
+from service.services.invalidation import BUMP_JOB, bump, generation_key
 from service.settings import Settings
 
 logger = logging.getLogger("conduit.cache")
 
 EXTENSION_KEY = "conduit.cache"
-BUMP_JOB = "cache.bump"
-GENERATION_PREFIX = "c:g:"
 # After a Redis failure, reads go straight to the database for this long.
 RETRY_REDIS_AFTER_SECONDS = 1.0
 # How long a miss waits for another process that is loading the same entry.
@@ -62,11 +61,6 @@ Json = Any
 Loader = Callable[[], Awaitable[Json]]
 
 
-def generation_key(kind: str) -> str:
-    """The Redis key of `kind`'s generation counter."""
-    return f"{GENERATION_PREFIX}{kind}"
-
-
 def entry_key(kind: str, generation: str, key: str) -> str:
     """The Redis key of one entry."""
     return f"c:{kind}:{generation}:{key}"
@@ -75,14 +69,6 @@ def entry_key(kind: str, generation: str, key: str) -> str:
 def digest(*parts: Any) -> str:
     """A short stable key for a tuple of parameters."""
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
-
-
-async def bump(*, client: Redis, kinds: Iterable[str]) -> None:
-    """Increment the generation of each kind: their cached entries are no longer read."""
-    pipe = client.pipeline(transaction=False)
-    for kind in sorted(set(kinds)):
-        pipe.incr(generation_key(kind))
-    await pipe.execute()
 
 
 @dataclass

@@ -14,7 +14,9 @@ Guarantees and how they are kept:
   (capped at `backoff_max`, randomised between half and all of it so that failures do not
   retry in lockstep), until `max_attempts`; then the job is `failed` and the error logged.
   A handler raises `PermanentJobError` when retrying cannot help.
-- Bounded: at most `concurrency` jobs run at once; each is limited to `job_timeout`.
+- Bounded: at most `concurrency` jobs run at once; each is limited to `job_timeout`. A kind
+  given its own slots (`kind_concurrency`, e.g. webhook deliveries, which wait on remote
+  servers) runs up to that many jobs besides them: neither starves the other.
 - Graceful: `stop()` claims nothing more and waits up to `shutdown_grace` seconds for running
   jobs; those still running are cancelled and handed back (`pending`, attempt not counted).
 """
@@ -31,6 +33,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,8 +41,9 @@ from types import TracebackType
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Row, Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from service.db import build_engine
 from service.jobs.queue import CHANNEL
@@ -117,6 +121,7 @@ class Worker:
         mailer: Mailer | None = None,
         name: str | None = None,
         concurrency: int | None = None,
+        kind_concurrency: Mapping[str, int] | None = None,
         poll_interval: float = 5.0,
         lease_seconds: float = 60.0,
         job_timeout: float = 300.0,
@@ -133,6 +138,10 @@ class Worker:
         self.mailer = mailer or Mailer(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.concurrency = concurrency or settings.worker_concurrency
+        # Kinds with slots of their own, not counted against `concurrency`.
+        self.kind_concurrency = dict(kind_concurrency or {})
+        if any(limit < 1 for limit in self.kind_concurrency.values()):
+            raise ValueError("kind_concurrency limits must be at least 1")
         self.poll_interval = poll_interval
         self.lease = timedelta(seconds=lease_seconds)
         self.job_timeout = job_timeout
@@ -168,6 +177,25 @@ class Worker:
         return sorted(self._handlers)
 
     @property
+    def total_concurrency(self) -> int:
+        """How many jobs may run at once, over every slot pool."""
+        own = [limit for kind, limit in self.kind_concurrency.items() if kind in self._handlers]
+        return self.concurrency + sum(own)
+
+    def _lanes(self) -> list[tuple[list[str], int]]:
+        """Each slot pool's kinds with its free slots: the shared pool, then one per kind
+        with its own slots."""
+        running = Counter(job.kind for job in self._in_flight.values())
+        shared = [kind for kind in self.kinds if kind not in self.kind_concurrency]
+        lanes = [(shared, self.concurrency - sum(running[kind] for kind in shared))]
+        lanes += [
+            ([kind], limit - running[kind])
+            for kind, limit in sorted(self.kind_concurrency.items())
+            if kind in self._handlers
+        ]
+        return [(kinds, free) for kinds, free in lanes if kinds and free > 0]
+
+    @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
         """Sessions on the worker's engine; only valid between `start()` and `close()`."""
         if self._sessionmaker is None:
@@ -181,9 +209,12 @@ class Worker:
         if self._engine is not None:
             return
         assert self.settings.database_url is not None
-        # Running jobs, the claim loop, the heartbeat, and one spare.
+        # Running jobs, the claim loop, the heartbeat, and one spare. Kinds with their own
+        # slots add at most 8: their handlers (webhook deliveries) hold no connection while
+        # they wait on the network, and many workers must fit in the server's connections.
+        own = min(self.total_concurrency - self.concurrency, 8)
         pool = self.settings.model_copy(
-            update={"db_pool_size": self.concurrency + 3, "db_max_overflow": 2}
+            update={"db_pool_size": self.concurrency + own + 3, "db_max_overflow": 2}
         )
         self._engine = build_engine(pool, self.settings.database_url)
         self._sessionmaker = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -228,7 +259,12 @@ class Worker:
         listener = asyncio.create_task(self._listen(), name="jobs-listen")
         logger.info(
             "worker started",
-            extra={"worker": self.name, "kinds": self.kinds, "concurrency": self.concurrency},
+            extra={
+                "worker": self.name,
+                "kinds": self.kinds,
+                "concurrency": self.concurrency,
+                "kind_concurrency": self.kind_concurrency,
+            },
         )
         if not self.mailer.configured:
             logger.error("SMTP_URL is not set: jobs that send mail will fail until it is")
@@ -257,9 +293,9 @@ class Worker:
         await self.start()
         started = 0
         while True:
-            free = self.concurrency - len(self._in_flight)
-            if free > 0:
-                jobs, _ = await self._claim(free)
+            lanes = self._lanes()
+            if lanes:
+                jobs, _ = await self._claim(lanes)
                 for job in jobs:
                     self._spawn(job)
                 started += len(jobs)
@@ -275,10 +311,10 @@ class Worker:
         while not self._stopping:
             self._wake.clear()
             delay = self.poll_interval
-            free = self.concurrency - len(self._in_flight)
-            if free > 0:
+            lanes = self._lanes()
+            if lanes:
                 try:
-                    jobs, next_due = await self._claim(free)
+                    jobs, next_due = await self._claim(lanes)
                     failures = 0
                 except Exception as exc:
                     # The database is away: keep trying, without flooding the log.
@@ -287,7 +323,8 @@ class Worker:
                     jobs, next_due = [], min(self.poll_interval, 0.5 * 2.0 ** min(failures, 5))
                 for job in jobs:
                     self._spawn(job)
-                if len(jobs) == free:
+                claimed = Counter(job.kind for job in jobs)
+                if any(sum(claimed[kind] for kind in kinds) == free for kinds, free in lanes):
                     continue  # maybe more are due; a finishing job wakes us to claim them
                 if next_due is not None:
                     # A floor: an overdue job may be in another worker's claim right now.
@@ -295,11 +332,36 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
-    async def _claim(self, limit: int) -> tuple[list[ClaimedJob], float | None]:
-        """Mark up to `limit` due jobs as ours; also return seconds until the next is due."""
-        kinds = self.kinds
-        if not kinds:
+    async def _claim(
+        self, lanes: list[tuple[list[str], int]]
+    ) -> tuple[list[ClaimedJob], float | None]:
+        """Mark due jobs as ours, up to each lane's free slots; also return seconds until the
+        next job of these lanes is due."""
+        lanes = [(kinds, free) for kinds, free in lanes if kinds and free > 0]
+        if not lanes:
             return [], None
+        async with self.sessionmaker.begin() as session:
+            if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
+                await self._maintain(session)
+            rows: list[Row[Any]] = []
+            for kinds, free in lanes:
+                rows += (await session.execute(self._claim_statement(kinds, free))).all()
+            every_kind = [kind for kinds, _ in lanes for kind in kinds]
+            seconds = await session.scalar(_next_due_query(every_kind))
+        jobs = [
+            ClaimedJob(
+                id=row.id,
+                kind=row.kind,
+                payload=row.payload,
+                attempts=row.attempts,
+                max_attempts=row.max_attempts,
+            )
+            for row in rows
+        ]
+        return jobs, float(seconds) if seconds is not None else None
+
+    def _claim_statement(self, kinds: list[str], limit: int) -> ReturningUpdate[Any]:
+        """UPDATE ... RETURNING that marks up to `limit` due jobs of `kinds` as ours."""
         now = func.now()
         due = (
             select(Job.id)
@@ -318,7 +380,7 @@ class Worker:
             .cte("due")
             .prefix_with("MATERIALIZED")
         )
-        claim = (
+        return (
             update(Job)
             .where(Job.id == due.c.id)
             .values(
@@ -330,22 +392,6 @@ class Worker:
             )
             .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
         )
-        async with self.sessionmaker.begin() as session:
-            if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
-                await self._maintain(session)
-            rows = (await session.execute(claim)).all()
-            seconds = await session.scalar(_next_due_query(kinds))
-        jobs = [
-            ClaimedJob(
-                id=row.id,
-                kind=row.kind,
-                payload=row.payload,
-                attempts=row.attempts,
-                max_attempts=row.max_attempts,
-            )
-            for row in rows
-        ]
-        return jobs, float(seconds) if seconds is not None else None
 
     async def _maintain(self, session: AsyncSession) -> None:
         self._last_maintenance = time.monotonic()

@@ -3,6 +3,9 @@ the cache generations of those kinds after the commit (`service.cache`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Cached kinds; each has a generation counter that every change of that kind increments.
@@ -13,6 +16,9 @@ PROFILES = "profiles"
 KINDS = (ARTICLES, TAGS, COMMENTS, PROFILES)
 
 CHANGED_KEY = "conduit.cache_changed"
+GENERATION_PREFIX = "c:g:"
+# The durable retry of a bump that failed after a commit.
+BUMP_JOB = "cache.bump"
 
 
 def note_changed(session: AsyncSession, *kinds: str) -> None:
@@ -25,3 +31,16 @@ def take_changed(session: AsyncSession) -> set[str]:
     """The kinds this transaction changed; forgets them."""
     noted: set[str] = session.info.pop(CHANGED_KEY, set())
     return noted
+
+
+def generation_key(kind: str) -> str:
+    """The Redis key of `kind`'s generation counter."""
+    return f"{GENERATION_PREFIX}{kind}"
+
+
+async def bump(*, client: Redis, kinds: Iterable[str]) -> None:
+    """Increment the generation of each kind: their cached entries are no longer read."""
+    pipe = client.pipeline(transaction=False)
+    for kind in sorted(set(kinds)):
+        pipe.incr(generation_key(kind))
+    await pipe.execute()

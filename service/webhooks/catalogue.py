@@ -355,8 +355,8 @@ EVENT_TYPES: tuple[EventType, ...] = (
     ),
     EventType(
         outbox.USER_UPDATED,
-        "The endpoint's owner changed their account (username, email, bio, image or password; "
-        "never the password itself). Sent only to that user's endpoints.",
+        "The endpoint's owner changed their account; `data` is the account after the change. "
+        "Sent only to that user's endpoints.",
         UserEventData,
         {"user": {**_AUTHOR, "email": "jake@jake.jake"}},
     ),

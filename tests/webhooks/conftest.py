@@ -1,4 +1,5 @@
-"""Fixtures for webhook tests: real HTTP(S) receivers on loopback and delivery clients."""
+"""Fixtures for webhook tests: real HTTP(S) receivers on loopback, delivery clients, and for
+the delivery tests a session factory, settings that allow loopback receivers, and SMTP."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from service.settings import Settings
 from service.webhooks.http import WebhookClient
 from service.webhooks.ssrf import AddressPolicy
+from tests.jobs.support import SmtpServer, running_smtp_server
 from tests.webhooks.receivers import (
     CertificateFiles,
     Receiver,
@@ -63,3 +67,25 @@ async def client() -> AsyncIterator[WebhookClient]:
     """A delivery client allowing http and the loopback addresses."""
     async with WebhookClient(policy=LOOPBACK) as webhook_client:
         yield webhook_client
+
+
+@pytest.fixture
+def delivery_settings(settings: Settings) -> Settings:
+    """The test settings with loopback receivers allowed (plain http is allowed in tests)."""
+    return settings.model_copy(update={"webhook_allowlist": "127.0.0.0/8,::1"})
+
+
+@pytest_asyncio.fixture
+async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the test database, independent of the app's engine."""
+    assert settings.database_url is not None
+    engine = create_async_engine(settings.database_url, pool_size=5)
+    yield async_sessionmaker(engine, expire_on_commit=False)
+    await engine.dispose()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 capturing every message."""
+    with running_smtp_server() as server:
+        yield server

@@ -9,6 +9,10 @@ Routes (POST; query string ignored unless noted):
 - `/huge`: 200 with a 64 MiB Content-Length, streamed until the client hangs up
 - `/hangup`: closes the connection without answering
 - `/binary`: 200 with NUL and invalid UTF-8 bytes
+- `/flaky/<n>`: 500 for the first n requests to that path, then 200
+- `/verify`: 204 when the official `standardwebhooks` library verifies the request with any
+  of `state.secrets`, 400 otherwise
+- `/hold`: answers 200 once `state.release` is set (or the server stops)
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 HUGE_BYTES = 64 * 1024 * 1024
 
@@ -36,6 +44,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     client_port: int
+    received_at: float = 0.0  # time.time() when the request had arrived
+    verified: bool | None = None  # `/verify` only: whether the signature checked out
 
 
 @dataclass
@@ -46,6 +56,9 @@ class ReceiverState:
     slow_seconds: float = 5.0
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    secrets: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -68,16 +81,22 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
         url = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        verified = _verify(state.secrets, body, headers) if url.path == "/verify" else None
         with state.lock:
             state.requests.append(
                 Received(
                     method=self.command,
                     path=url.path,
-                    headers={k.lower(): v for k, v in self.headers.items()},
+                    headers=headers,
                     body=body,
                     client_port=self.client_address[1],
+                    received_at=time.time(),
+                    verified=verified,
                 )
             )
+            state.counts[url.path] += 1
+            seen = state.counts[url.path]
         query = parse_qs(url.query)
         if url.path == "/ok":
             self._send(200, b"ok")
@@ -107,6 +126,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no response at all
         elif url.path == "/binary":
             self._send(200, b"a\x00b\xff\xfec")
+        elif url.path.startswith("/flaky/"):
+            failures = int(url.path.rsplit("/", 1)[1])
+            self._send(500 if seen <= failures else 200, b"flaky")
+        elif url.path == "/verify":
+            self._send(204 if verified else 400, b"" if verified else b"bad signature")
+        elif url.path == "/hold":
+            while not (state.release.is_set() or state.stopping.is_set()):
+                state.release.wait(0.05)
+            self._send(200, b"released")
         else:
             self._send(404, b"no such route")
 
@@ -121,6 +149,16 @@ class _Handler(BaseHTTPRequestHandler):
                 with self.server.state.lock:
                     self.server.state.huge_bytes_sent += len(chunk)
         self.close_connection = True
+
+
+def _verify(secrets: list[str], body: bytes, headers: dict[str, str]) -> bool:
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(body, headers)
+        except WebhookVerificationError:
+            continue
+        return True
+    return False
 
 
 class _Server(ThreadingHTTPServer):

@@ -14,8 +14,20 @@ from service.api.v1 import (
     profiles,
     tags,
     users,
+    webhooks,
 )
 
 bp = Blueprint("v1", __name__, url_prefix="/api/v1")
-for module in (users, password_reset, oauth, clients, profiles, articles, comments, tags, admin):
+for module in (
+    users,
+    password_reset,
+    oauth,
+    clients,
+    profiles,
+    articles,
+    comments,
+    tags,
+    admin,
+    webhooks,
+):
     bp.register_blueprint(module.bp)

@@ -1,0 +1,415 @@
+"""Outbound webhooks: endpoints (secret shown once), the event catalogue, the delivery log."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar, cast
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import UUIDConverter
+
+from service.api.spec import operation
+from service.db import db
+from service.models import User
+from service.schemas.common import PageQuery
+from service.schemas.webhook import (
+    WebhookCreateRequest,
+    WebhookEventTypeOut,
+    WebhookEventTypesResponse,
+    WebhookListResponse,
+    WebhookMessageDetailOut,
+    WebhookMessageDetailResponse,
+    WebhookMessageListResponse,
+    WebhookMessageOut,
+    WebhookMessageQuery,
+    WebhookMessageResponse,
+    WebhookOut,
+    WebhookRecoverRequest,
+    WebhookRecoverResponse,
+    WebhookResponse,
+    WebhookSecretOut,
+    WebhookSecretResponse,
+    WebhookUpdateRequest,
+)
+from service.services import scopes
+from service.services import webhooks as webhooks_service
+from service.settings import Settings
+from service.webhooks.ssrf import AddressPolicy
+
+bp = Blueprint("webhooks", __name__)
+
+TAGS = ["Webhooks"]
+CONVERTER = "webhook_id"
+
+
+class WebhookIdConverter(UUIDConverter):
+    """A webhook id: a UUID in its canonical hyphenated form (any case)."""
+
+    openapi_schema: ClassVar[dict[str, Any]] = {
+        "type": "string",
+        "format": "uuid",
+        "pattern": (
+            "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+        ),
+        "description": "The webhook's id",
+        "example": "0b7e8e04-5c4e-4a0c-9d57-3c8f4e1c2a10",
+    }
+
+
+def _register_converter(state: BlueprintSetupState) -> None:
+    # Before this blueprint's rules (deferred functions run in order): they look it up.
+    state.app.url_map.converters.setdefault(CONVERTER, WebhookIdConverter)
+
+
+bp.record(_register_converter)
+
+
+def _policy() -> AddressPolicy:
+    settings: Settings = current_app.config["CONDUIT_SETTINGS"]
+    return settings.webhook_policy
+
+
+_WEBHOOK: dict[str, Any] = {
+    "id": "0b7e8e04-5c4e-4a0c-9d57-3c8f4e1c2a10",
+    "url": "https://example.com/hooks/conduit",
+    "description": "search indexer",
+    "events": ["article.created", "article.updated", "article.deleted"],
+    "enabled": True,
+    "disabledReason": None,
+    "rateLimit": None,
+    "failingSince": None,
+    "previousSecretExpiresAt": None,
+    "owner": "jake",
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+}
+_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="  # noqa: S105 (an example)
+_MESSAGE: dict[str, Any] = {
+    "id": "msg_0f6c1f0e8bd34a8e9d0b5c7a4e2f1d3c",
+    "eventType": "article.created",
+    "status": "delivered",
+    "attemptCount": 1,
+    "nextAttemptAt": None,
+    "lastAttemptAt": "2026-01-02T03:04:05.912Z",
+    "deliveredAt": "2026-01-02T03:04:05.996Z",
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+_PENDING = {
+    **_MESSAGE,
+    "status": "pending",
+    "attemptCount": 0,
+    "nextAttemptAt": "2026-01-02T03:04:05.678Z",
+    "lastAttemptAt": None,
+    "deliveredAt": None,
+}
+_NOT_FOUND = {"errors": {"webhook": ["webhook not found"]}}
+_DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
+
+
+@bp.post("/webhooks")
+@operation(
+    responses={201: WebhookSecretResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    body=WebhookCreateRequest,
+    errors=[409],
+    examples={
+        201: {"webhook": {**_WEBHOOK, "secret": _SECRET}},
+        409: {"errors": {"webhook": ["at most 20 webhooks per user"]}},
+        422: {
+            "errors": {
+                "url": ["169.254.169.254, a cloud metadata address, may not receive webhooks"]
+            }
+        },
+    },
+    body_example={
+        "webhook": {
+            "url": "https://example.com/hooks/conduit",
+            "events": ["article.created", "article.updated", "article.deleted"],
+            "description": "search indexer",
+        }
+    },
+)
+async def create_webhook(viewer: User) -> tuple[Response, int]:
+    """Subscribe a URL to event types.
+
+    The `secret` signs every delivery (Standard Webhooks); it is shown in this answer only:
+    keep it. URLs that lead to private, loopback, link-local or metadata addresses are
+    refused (422). At most 20 webhooks per user (409 beyond).
+    """
+    body = cast(WebhookCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    view = await webhooks_service.create_endpoint(
+        session=db.session, owner=viewer, data=body.webhook, policy=_policy()
+    )
+    out = WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view))
+    return jsonify(out.to_json()), 201
+
+
+@bp.get("/webhooks")
+@operation(
+    responses={200: WebhookListResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    query=PageQuery,
+    examples={200: {"webhooks": [_WEBHOOK], "webhooksCount": 1}},
+)
+async def list_webhooks(viewer: User) -> Response:
+    """List your webhooks, newest first (admins: everyone's); never their secrets."""
+    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await webhooks_service.list_endpoints(
+        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+    )
+    out = WebhookListResponse(
+        webhooks=[WebhookOut.of(view) for view in page.endpoints], webhooks_count=page.total
+    )
+    return jsonify(out.to_json())
+
+
+@bp.get("/webhooks/event-types")
+@operation(responses={200: WebhookEventTypesResponse}, tags=TAGS)
+async def list_webhook_event_types() -> Response:
+    """List the event types with the JSON schema and an example of each one's `data`.
+
+    Every delivery's body is `{"type", "timestamp", "data"}`; `type` is one of these.
+    """
+    out = WebhookEventTypesResponse(
+        event_types=[WebhookEventTypeOut.of(entry) for entry in webhooks_service.event_types()]
+    )
+    return jsonify(out.to_json())
+
+
+@bp.get(f"/webhooks/<{CONVERTER}:webhook_id>")
+@operation(
+    responses={200: WebhookResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404],
+    examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
+)
+async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
+    """Get one of your webhooks (admins: anyone's)."""
+    view = await webhooks_service.get_endpoint(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id
+    )
+    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+
+
+@bp.patch(f"/webhooks/<{CONVERTER}:webhook_id>")
+@operation(
+    responses={200: WebhookResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    body=WebhookUpdateRequest,
+    errors=[404],
+    examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
+    body_example={"webhook": {"enabled": True}},
+)
+async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
+    """Change a webhook's URL, event types, description, rate limit, or enable/disable it.
+
+    Re-enabling a disabled webhook clears `disabledReason` and `failingSince`.
+    """
+    body = cast(WebhookUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    view = await webhooks_service.update_endpoint(
+        session=db.session,
+        viewer=viewer,
+        endpoint_id=webhook_id,
+        data=body.webhook,
+        policy=_policy(),
+    )
+    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+
+
+@bp.delete(f"/webhooks/<{CONVERTER}:webhook_id>")
+@operation(
+    responses={204: None},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404],
+    examples={404: _NOT_FOUND},
+)
+async def delete_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[str, int]:
+    """Delete a webhook with its delivery log; nothing more is sent to it."""
+    await webhooks_service.delete_endpoint(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id
+    )
+    return "", 204
+
+
+@bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/rotate-secret")
+@operation(
+    responses={200: WebhookSecretResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404],
+    examples={
+        200: {
+            "webhook": {
+                **_WEBHOOK,
+                "previousSecretExpiresAt": "2026-01-03T03:04:05.678Z",
+                "secret": _SECRET,
+            }
+        },
+        403: {"errors": {"webhook": ["only the owner may rotate the secret"]}},
+        404: _NOT_FOUND,
+    },
+)
+async def rotate_webhook_secret(webhook_id: uuid.UUID, viewer: User) -> Response:
+    """Issue a new signing secret, shown in this answer only (owner only: 403 for admins).
+
+    For 24 hours the old secret keeps signing too: each delivery's `webhook-signature`
+    carries both signatures, so receivers can switch to the new secret at their own pace.
+    """
+    view = await webhooks_service.rotate_secret(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id
+    )
+    return jsonify(WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view)).to_json())
+
+
+@bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/ping")
+@operation(
+    responses={202: WebhookMessageResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404, 409],
+    examples={
+        202: {"message": {**_PENDING, "eventType": "webhook.ping"}},
+        404: _NOT_FOUND,
+        409: _DISABLED,
+    },
+)
+async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, int]:
+    """Send a `webhook.ping` test event to this webhook (whatever types it subscribed to).
+
+    The answer names the queued message; follow it in the delivery log.
+    """
+    view = await webhooks_service.ping(session=db.session, viewer=viewer, endpoint_id=webhook_id)
+    return jsonify(WebhookMessageResponse(message=WebhookMessageOut.of(view)).to_json()), 202
+
+
+@bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages")
+@operation(
+    responses={200: WebhookMessageListResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    query=WebhookMessageQuery,
+    errors=[404],
+    examples={200: {"messages": [_MESSAGE], "messagesCount": 1}, 404: _NOT_FOUND},
+)
+async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response:
+    """The delivery log: the webhook's messages, newest first, optionally by status."""
+    query = cast(WebhookMessageQuery, request.context.query)  # type: ignore[attr-defined]
+    page = await webhooks_service.list_messages(
+        session=db.session,
+        viewer=viewer,
+        endpoint_id=webhook_id,
+        status=query.status,
+        limit=query.limit,
+        offset=query.offset,
+    )
+    out = WebhookMessageListResponse(
+        messages=[WebhookMessageOut.of(view) for view in page.messages],
+        messages_count=page.total,
+    )
+    return jsonify(out.to_json())
+
+
+@bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>")
+@operation(
+    responses={200: WebhookMessageDetailResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404],
+    examples={
+        200: {
+            "message": {
+                **_MESSAGE,
+                "payload": {
+                    "type": "article.created",
+                    "timestamp": "2026-01-02T03:04:05.678000Z",
+                    "data": {"article": {"slug": "how-to-train-your-dragon"}},
+                },
+                "attempts": [
+                    {
+                        "attempt": 1,
+                        "startedAt": "2026-01-02T03:04:05.912Z",
+                        "statusCode": 200,
+                        "durationMs": 84,
+                        "responseExcerpt": "ok",
+                        "error": None,
+                    }
+                ],
+            }
+        },
+        404: {"errors": {"message": ["message not found"]}},
+    },
+)
+async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: User) -> Response:
+    """One message of the delivery log with its payload and every attempt, oldest first."""
+    detail = await webhooks_service.get_message(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id, message_id=message_id
+    )
+    out = WebhookMessageDetailResponse(message=WebhookMessageDetailOut.of_detail(detail))
+    return jsonify(out.to_json())
+
+
+@bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>/redeliver")
+@operation(
+    responses={202: WebhookMessageResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    errors=[404, 409],
+    examples={
+        202: {"message": {**_PENDING, "attemptCount": 1}},
+        404: {"errors": {"message": ["message not found"]}},
+        409: _DISABLED,
+    },
+)
+async def redeliver_webhook_message(
+    webhook_id: uuid.UUID, message_id: str, viewer: User
+) -> tuple[Response, int]:
+    """Send a message again now, with the same `webhook-id` (409 while the webhook is disabled).
+
+    One more attempt is made at once; if it fails, the message's retry schedule goes on
+    where it was (a message whose retries were used up fails again, without disabling the
+    webhook). For a pending message, this brings its next retry forward.
+    """
+    view = await webhooks_service.redeliver(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id, message_id=message_id
+    )
+    return jsonify(WebhookMessageResponse(message=WebhookMessageOut.of(view)).to_json()), 202
+
+
+@bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/recover")
+@operation(
+    responses={202: WebhookRecoverResponse},
+    tags=TAGS,
+    auth="required",
+    scope=scopes.WEBHOOKS_MANAGE,
+    body=WebhookRecoverRequest,
+    errors=[404, 409],
+    examples={202: {"recovered": 3}, 404: _NOT_FOUND, 409: _DISABLED},
+    body_example={"since": "2026-01-02T00:00:00Z"},
+)
+async def recover_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, int]:
+    """Send again every failed message created since a moment (after an outage, say).
+
+    Each gets one more attempt at once, as with redelivery; the answer says how many were
+    queued (409 while the webhook is disabled: enable it first).
+    """
+    body = cast(WebhookRecoverRequest, request.context.body)  # type: ignore[attr-defined]
+    count = await webhooks_service.recover(
+        session=db.session, viewer=viewer, endpoint_id=webhook_id, since=body.since
+    )
+    return jsonify(WebhookRecoverResponse(recovered=count).to_json()), 202
