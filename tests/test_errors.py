@@ -26,6 +26,7 @@ from service.app import ConduitASGI, create_app
 from service.db import build_engine, db
 from service.services import errors as domain
 from service.settings import Settings
+from tests.apps import serving
 from tests.logs import JsonLines
 
 
@@ -128,15 +129,8 @@ async def errors_client(
     """A client of an app that also serves the test-only routes."""
     flask_app = create_app(settings)
     flask_app.register_blueprint(_test_blueprint(settings, database_url))
-    asgi = ConduitASGI(flask_app, settings)
-    await asgi.startup()
-    try:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
+    async with serving(ConduitASGI(flask_app, settings)) as http:
+        yield http
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest_asyncio
 from service.app import ConduitASGI, create_asgi
 from service.observability import JsonFormatter, request_id_var
 from service.settings import Settings
+from tests.apps import serving
 from tests.logs import JsonLines
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -36,15 +37,8 @@ def access_lines() -> Iterator[JsonLines]:
 @pytest_asyncio.fixture(scope="module")
 async def logged_client(settings: Settings, app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app with the access log on (the session's app has it off)."""
-    asgi = create_asgi(settings.model_copy(update={"access_log": True}))
-    await asgi.startup()
-    try:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
+    async with serving(create_asgi(settings.model_copy(update={"access_log": True}))) as http:
+        yield http
 
 
 async def raw_get(asgi: Any, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

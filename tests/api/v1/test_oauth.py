@@ -27,6 +27,7 @@ from service.app import ConduitASGI, create_asgi
 from service.services import scopes
 from service.services.revocation import SENTINEL, key
 from service.settings import Settings
+from tests.apps import serving
 from tests.factories import DEFAULT_PASSWORD, TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -170,14 +171,8 @@ async def status_of(client: httpx.AsyncClient, access_token: str) -> int:
 async def no_grace_client(settings: Settings, app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of an app with REFRESH_REUSE_GRACE_SECONDS=0 (same database and Redis)."""
     asgi = create_asgi(settings.model_copy(update={"refresh_reuse_grace_seconds": 0, "threads": 4}))
-    await asgi.startup()
-    try:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
+    async with serving(asgi) as http:
+        yield http
 
 
 # --- password grant ----------------------------------------------------------------------------

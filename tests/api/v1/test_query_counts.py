@@ -15,6 +15,7 @@ from service.app import ConduitASGI, create_asgi
 from service.db import DatabaseState
 from service.models import Article, ArticleTag, Comment, Favorite, Follow, Tag
 from service.settings import Settings
+from tests.apps import running
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -25,11 +26,10 @@ _numbers = itertools.count(1)
 async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
     """These counts are about the database path (what a cache miss costs): no cache here.
     The data is also written straight to the database, which a cache would not notice."""
-    asgi = create_asgi(settings.model_copy(update={"cache_enabled": False, "threads": 8}))
-    await asgi.startup()
-    yield asgi
-    await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
+    async with running(
+        create_asgi(settings.model_copy(update={"cache_enabled": False, "threads": 8}))
+    ) as asgi:
+        yield asgi
 
 
 @contextmanager
