@@ -40,6 +40,8 @@ from service.webhooks.ssrf import AddressPolicy
 bp = Blueprint("webhooks", __name__)
 
 TAGS = ["Webhooks"]
+# What every webhook management operation shares.
+_MANAGED: dict[str, Any] = {"tags": TAGS, "auth": "required", "scope": scopes.WEBHOOKS_MANAGE}
 CONVERTER = "webhook_id"
 
 
@@ -110,9 +112,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
 @bp.post("/webhooks")
 @operation(
     responses={201: WebhookSecretResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     body=WebhookCreateRequest,
     errors=[409],
     examples={
@@ -150,9 +150,7 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
 @bp.get("/webhooks")
 @operation(
     responses={200: WebhookListResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     query=PageQuery,
     examples={200: {"webhooks": [_WEBHOOK], "webhooksCount": 1}},
 )
@@ -184,9 +182,7 @@ async def list_webhook_event_types() -> Response:
 @bp.get(f"/webhooks/<{CONVERTER}:webhook_id>")
 @operation(
     responses={200: WebhookResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404],
     examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
 )
@@ -201,9 +197,7 @@ async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
 @bp.patch(f"/webhooks/<{CONVERTER}:webhook_id>")
 @operation(
     responses={200: WebhookResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     body=WebhookUpdateRequest,
     errors=[404],
     examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
@@ -228,9 +222,7 @@ async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
 @bp.delete(f"/webhooks/<{CONVERTER}:webhook_id>")
 @operation(
     responses={204: None},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404],
     examples={404: _NOT_FOUND},
 )
@@ -245,9 +237,7 @@ async def delete_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[str, int]
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/rotate-secret")
 @operation(
     responses={200: WebhookSecretResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404],
     examples={
         200: {
@@ -276,9 +266,7 @@ async def rotate_webhook_secret(webhook_id: uuid.UUID, viewer: User) -> Response
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/ping")
 @operation(
     responses={202: WebhookMessageResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404, 409],
     examples={
         202: {"message": {**_PENDING, "eventType": "webhook.ping"}},
@@ -298,9 +286,7 @@ async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, i
 @bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages")
 @operation(
     responses={200: WebhookMessageListResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     query=WebhookMessageQuery,
     errors=[404],
     examples={200: {"messages": [_MESSAGE], "messagesCount": 1}, 404: _NOT_FOUND},
@@ -326,9 +312,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
 @bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>")
 @operation(
     responses={200: WebhookMessageDetailResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404],
     examples={
         200: {
@@ -366,9 +350,7 @@ async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: Us
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>/redeliver")
 @operation(
     responses={202: WebhookMessageResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     errors=[404, 409],
     examples={
         202: {"message": {**_PENDING, "attemptCount": 1}},
@@ -394,9 +376,7 @@ async def redeliver_webhook_message(
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/recover")
 @operation(
     responses={202: WebhookRecoverResponse},
-    tags=TAGS,
-    auth="required",
-    scope=scopes.WEBHOOKS_MANAGE,
+    **_MANAGED,
     body=WebhookRecoverRequest,
     errors=[404, 409],
     examples={202: {"recovered": 3}, 404: _NOT_FOUND, 409: _DISABLED},
