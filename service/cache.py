@@ -10,10 +10,15 @@ Design:
 - Only shared data is cached. Viewer-specific fields (`favorited`, `following`) are looked up
   per request and merged by the caller, so one viewer's answer never reaches another.
 - A read costs one round trip: a Lua script reads the generation and the entry together.
+  A counter that does not exist starts from Redis's clock in microseconds, never from 0, so a
+  counter lost with Redis's data (or evicted) cannot bring back entries of its earlier life.
+  Redis must not evict keys without a TTL (`maxmemory-policy` `noeviction` or `volatile-*`).
 - Stampedes: concurrent misses of one key in a process share one load; across processes the
   first takes a short lock and the others wait for its value briefly, then load themselves.
 - Redis down or slow (no answer within `CACHE_TIMEOUT_MS`): the read falls through to the
-  database, never an error; Redis is left alone for a second. A generation bump that fails is
+  database, never an error; after a connection error or three timeouts in a row Redis is left
+  alone for a second. Waiting for another request's load is bounded the same way (a waiter may
+  hold the database connection that load needs). A generation bump that fails is
   kept and retried before this process trusts the cache again, and a durable job
   (`BUMP_JOB`) retries it for the other processes.
 - Counters (`stats()`): hits, misses, loads, errors, bypassed reads.
@@ -22,6 +27,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -39,7 +45,12 @@ from service.db import db
 from service.jobs.queue import enqueue
 from service.redis import redis
 from service.services import invalidation
-from service.services.invalidation import BUMP_JOB, bump, generation_key
+from service.services.invalidation import (
+    BUMP_JOB,
+    START_GENERATION_LUA,
+    bump,
+    generation_key,
+)
 from service.settings import Settings
 
 logger = logging.getLogger("conduit.cache")
@@ -52,10 +63,16 @@ LOCK_WAIT_SECONDS = 0.05
 LOCK_POLLS = 3
 
 # KEYS[1]: the generation counter; ARGV[1]: the entry key prefix; ARGV[2]: the entry key.
-_READ_SCRIPT = """
-local generation = redis.call('GET', KEYS[1]) or '0'
-return {generation, redis.call('GET', ARGV[1] .. generation .. ':' .. ARGV[2])}
+_READ_SCRIPT = (
+    START_GENERATION_LUA
+    + """
+local current = generation(KEYS[1])
+return {current, redis.call('GET', ARGV[1] .. current .. ':' .. ARGV[2])}
 """
+)
+# Timeouts in a row before reads stop asking Redis for a while (a lone slow answer, e.g. a
+# congested event loop, is no reason to send every read to the database).
+TIMEOUTS_BEFORE_BACKOFF = 3
 
 Json = Any
 Loader = Callable[[], Awaitable[Json]]
@@ -95,6 +112,7 @@ class CacheState:
     timeout: float
     stats: CacheStats = field(default_factory=CacheStats)
     skip_until: float = 0.0
+    timeouts_in_a_row: int = 0
     pending_bumps: set[str] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[Json]] = field(default_factory=dict)
 
@@ -142,6 +160,7 @@ class Cache:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(state, exc)
             return await load()
+        state.timeouts_in_a_row = 0
         if raw is not None:
             state.stats.hits += 1
             return orjson.loads(raw)
@@ -149,7 +168,11 @@ class Cache:
         full_key = entry_key(kind, generation.decode(), key)
         running = state.inflight.get(full_key)
         if running is not None:
-            return await asyncio.shield(running)
+            # Bounded: a waiter may hold a database connection that the load needs.
+            try:
+                return await asyncio.wait_for(asyncio.shield(running), state.timeout)
+            except TimeoutError:
+                return await load()
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         state.inflight[full_key] = future
         try:
@@ -182,7 +205,14 @@ class Cache:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(state, exc)
             return await load()
-        value = await load()
+        try:
+            value = await load()
+        except BaseException:
+            # Nothing to wait for: let the next reader load at once.
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(state.timeout):
+                    await client.delete(lock)
+            raise
         state.stats.loads += 1
         try:
             async with asyncio.timeout(state.timeout):
@@ -199,17 +229,24 @@ class Cache:
             return False
         if state.pending_bumps:
             # A change this process made is not yet visible to the cache: bump first.
+            kinds = set(state.pending_bumps)
             try:
                 async with asyncio.timeout(state.timeout):
-                    await bump(client=redis.client, kinds=state.pending_bumps)
+                    await bump(client=redis.client, kinds=kinds)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failed(state, exc)
                 return False
-            state.pending_bumps.clear()
+            # Only what was bumped: another request may have added kinds meanwhile.
+            state.pending_bumps -= kinds
         return True
 
     def _failed(self, state: CacheState, exc: BaseException) -> None:
         state.stats.errors += 1
+        if isinstance(exc, TimeoutError):
+            state.timeouts_in_a_row += 1
+            if state.timeouts_in_a_row < TIMEOUTS_BEFORE_BACKOFF:
+                return
+        state.timeouts_in_a_row = 0
         now = time.monotonic()
         if now >= state.skip_until:
             logger.warning(

@@ -310,6 +310,7 @@ def seed(args: argparse.Namespace) -> int:
                 options=options,
                 policy=policy,
                 progress=progress,
+                redis_url=settings.redis_url,
             )
         )
     except SeedError as exc:

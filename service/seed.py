@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from service.services import slugs
+from service.services import invalidation, slugs
 from service.services.security import PasswordPolicy, Passwords
 
 DEFAULT_PASSWORD = "password123"  # noqa: S105 (documented test data)
@@ -180,8 +182,13 @@ async def seed(
     options: SeedOptions,
     policy: PasswordPolicy | None = None,
     progress: Callable[[str], None] | None = None,
+    redis_url: str | None = None,
 ) -> SeedReport:
-    """Fill the database at `database_url`; refuse one that has users unless `append`."""
+    """Fill the database at `database_url`; refuse one that has users unless `append`.
+
+    With `redis_url`, the cache generations are bumped afterwards: the rows went in behind the
+    API's back, and servers must not keep answering from cached entries.
+    """
     options.check()
     started = time.perf_counter()
     say = progress or (lambda _message: None)
@@ -205,6 +212,8 @@ async def seed(
         raise SeedError("the database has no schema: run `conduit migrate` first") from None
     finally:
         await conn.close()
+    if redis_url:
+        await _invalidate_cache(redis_url)
     return SeedReport(
         counts=counts,
         first_user=first_user,
@@ -546,3 +555,16 @@ async def _refresh_counters(conn: asyncpg.Connection) -> list[str]:
         )
         refreshed.append(f"{table}.{column}")
     return refreshed
+
+
+async def _invalidate_cache(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await invalidation.bump(client=client, kinds=invalidation.KINDS)
+    except (RedisError, OSError) as exc:
+        raise SeedError(
+            f"seeded, but the cache could not be invalidated ({type(exc).__name__}): "
+            "flush the Redis database of the servers"
+        ) from None
+    finally:
+        await client.aclose()

@@ -38,9 +38,32 @@ def generation_key(kind: str) -> str:
     return f"{GENERATION_PREFIX}{kind}"
 
 
+# A counter that does not exist (never set, evicted, lost with Redis's data) starts from the
+# server's clock in microseconds, never from 0: entries of an earlier life of the counter are
+# never read again.
+START_GENERATION_LUA = """
+local function generation(key)
+  local value = redis.call('GET', key)
+  if value then return value end
+  local now = redis.call('TIME')
+  redis.call('SET', key, now[1] .. string.format('%06d', now[2]), 'NX')
+  return redis.call('GET', key)
+end
+"""
+_BUMP_SCRIPT = (
+    START_GENERATION_LUA
+    + """
+for _, key in ipairs(KEYS) do
+  generation(key)
+  redis.call('INCR', key)
+end
+return #KEYS
+"""
+)
+
+
 async def bump(*, client: Redis, kinds: Iterable[str]) -> None:
     """Increment the generation of each kind: their cached entries are no longer read."""
-    pipe = client.pipeline(transaction=False)
-    for kind in sorted(set(kinds)):
-        pipe.incr(generation_key(kind))
-    await pipe.execute()
+    keys = [generation_key(kind) for kind in sorted(set(kinds))]
+    if keys:
+        await client.eval(_BUMP_SCRIPT, len(keys), *keys)

@@ -11,6 +11,7 @@ could not be written is also retried by a durable job (`PUBLISH_JOB`) for the ot
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -32,6 +33,8 @@ SENTINEL = "auth:revoked"
 PUBLISH_JOB = "auth.publish_revocations"
 # After a Redis failure, go straight to the database for this long before trying Redis again.
 RETRY_REDIS_AFTER_SECONDS = 5.0
+# A slower answer counts as a failure: the database answers instead.
+REDIS_DEADLINE_SECONDS = 0.25
 
 
 def key(session_id: uuid.UUID) -> str:
@@ -81,14 +84,15 @@ class RevocationCheck:
         """True when `session_id` has been revoked (or no longer exists)."""
         if time.monotonic() >= self._skip_redis_until:
             try:
-                sentinel, marker = await redis.mget(SENTINEL, key(session_id))
+                async with asyncio.timeout(REDIS_DEADLINE_SECONDS):
+                    sentinel, marker = await redis.mget(SENTINEL, key(session_id))
                 if sentinel is not None and not self._reload_needed:
                     return marker is not None
                 revoked = await reload(redis=redis, session=session, ttl_seconds=self.ttl_seconds)
                 self._reload_needed = False
                 logger.info("revocation markers reloaded from the database: %d", len(revoked))
                 return marker is not None or session_id in revoked
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self.redis_failed()
                 logger.warning(
                     "revocation check: redis unavailable (%s); asking the database",
