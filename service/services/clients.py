@@ -14,7 +14,7 @@ from service.models import ApiClient, User
 from service.schemas.client import ClientCreate
 from service.services import scopes as scopes_service
 from service.services import sessions
-from service.services.errors import Conflict, NotFound
+from service.services.errors import Conflict, NotFound, PermissionDenied
 
 CLIENT_ID_PREFIX = "cl_"
 SECRET_PREFIX = "cs_"  # noqa: S105 (a prefix, not a secret)
@@ -41,9 +41,12 @@ class CreatedClient:
 
 async def create_client(*, session: AsyncSession, owner: User, data: ClientCreate) -> CreatedClient:
     """Create a client for `owner` with `data.scopes` (each allowed for the owner's role)."""
-    scopes_service.validate(
-        data.scopes, allowed=scopes_service.allowed_for_client(owner.role), field="scopes"
-    )
+    # Unknown scopes (and `clients:manage`) are never valid for a client: 422. A valid scope
+    # the owner's role cannot hold (`admin`) is a permission matter: 403.
+    scopes_service.validate(data.scopes, allowed=scopes_service.FOR_CLIENTS, field="scopes")
+    forbidden = sorted(set(data.scopes) - scopes_service.allowed_for_client(owner.role))
+    if forbidden:
+        raise PermissionDenied(f"your role cannot grant: {', '.join(forbidden)}", field="scopes")
     # The owner's row serialises concurrent creations, so the limit holds.
     await session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     count = await session.scalar(

@@ -54,14 +54,15 @@ async def _user(session: AsyncSession, user_id: int) -> User:
 
 
 async def authenticate_client(
-    *, session: AsyncSession, client_id: str, client_secret: str, status: int = 401
+    *, session: AsyncSession, client_id: str, client_secret: str
 ) -> ApiClient:
     """The client these credentials name, or `invalid_client`."""
     client = await clients_service.find_client(
         session=session, client_id=client_id, secret=client_secret
     )
     if client is None:
-        raise OAuthError("invalid_client", INVALID_CLIENT, status=status)
+        # 401 however the client authenticated (RFC 6749 §5.2 allows it for body credentials).
+        raise OAuthError("invalid_client", INVALID_CLIENT, status=401)
     return client
 
 

@@ -28,6 +28,7 @@ DESCRIPTIONS: dict[str, str] = {
 ALL = frozenset(DESCRIPTIONS)
 # An integration's credentials cannot mint further credentials.
 NOT_FOR_CLIENTS = frozenset({CLIENTS_MANAGE})
+FOR_CLIENTS = ALL - NOT_FOR_CLIENTS
 
 
 def allowed_for(role: str) -> frozenset[str]:

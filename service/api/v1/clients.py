@@ -38,16 +38,20 @@ _CLIENT = {
     auth="required",
     scope=scopes.CLIENTS_MANAGE,
     body=ClientCreateRequest,
-    errors=[409],
-    examples={201: {"client": {**_CLIENT, "clientSecret": "cs_Zm9vYmFy..."}}},
+    errors=[403, 409],
+    examples={
+        201: {"client": {**_CLIENT, "clientSecret": "cs_Zm9vYmFy..."}},
+        403: {"errors": {"scopes": ["your role cannot grant: admin"]}},
+    },
     body_example={"client": {"name": "nightly export", "scopes": ["articles:read"]}},
 )
 async def create_client(viewer: User) -> tuple[Response, int]:
     """Create an API client for an integration.
 
     Its `client_credentials` tokens act for you with the client's `scopes` only (any scope
-    your role allows but `clients:manage`). The `clientSecret` is shown in this answer only
-    and stored as a hash: keep it. At most 25 clients per user (409 beyond).
+    your role allows but `clients:manage`; `admin` for admins only, else 403). The
+    `clientSecret` is shown in this answer only and stored as a hash: keep it. At most 25
+    clients per user (409 beyond).
     """
     body = cast(ClientCreateRequest, request.context.body)  # type: ignore[attr-defined]
     created = await clients_service.create_client(

@@ -65,11 +65,10 @@ def _read_form(model: type[Form]) -> Form:
 
 @dataclass(frozen=True)
 class ClientCredentials:
-    """What the caller presented to authenticate as a client, and how."""
+    """What the caller presented to authenticate as a client."""
 
     client_id: str
     client_secret: str
-    basic: bool
 
 
 def _client_credentials(
@@ -91,12 +90,12 @@ def _client_credentials(
         if not name and not secret:
             # Swagger UI's password flow sends `Basic :` when no client is filled in.
             return None
-        return ClientCredentials(unquote(name), unquote(secret), basic=True)
+        return ClientCredentials(unquote(name), unquote(secret))
     if client_id is None and client_secret is None:
         return None
     if client_id is None or client_secret is None:
         raise _invalid_request("client_id and client_secret go together")
-    return ClientCredentials(client_id, client_secret, basic=False)
+    return ClientCredentials(client_id, client_secret)
 
 
 async def _client(credentials: ClientCredentials | None) -> ApiClient | None:
@@ -106,7 +105,6 @@ async def _client(credentials: ClientCredentials | None) -> ApiClient | None:
         session=db.session,
         client_id=credentials.client_id,
         client_secret=credentials.client_secret,
-        status=401 if credentials.basic else 400,
     )
 
 

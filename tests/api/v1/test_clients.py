@@ -154,7 +154,6 @@ async def test_invalid_scopes_or_names_are_422_naming_the_field(
     jake = await make_user(username="jake")
     cases: list[tuple[dict[str, Any], str]] = [
         ({"name": "x", "scopes": ["articles:delete"]}, "scopes"),
-        ({"name": "x", "scopes": ["articles:read", "admin"]}, "scopes"),
         # An integration's credentials cannot mint further credentials.
         ({"name": "x", "scopes": ["clients:manage"]}, "scopes"),
         ({"name": "x", "scopes": []}, "scopes"),
@@ -191,7 +190,21 @@ async def test_scope_errors_name_the_refused_scopes(
     )
 
     assert response.status_code == 422
-    assert response.json() == {"errors": {"scopes": ["not allowed: admin, clients:manage"]}}
+    assert response.json() == {"errors": {"scopes": ["not allowed: clients:manage"]}}
+
+
+async def test_a_scope_the_owners_role_cannot_hold_is_403(
+    client: httpx.AsyncClient, make_user: MakeUser, database_url: str
+) -> None:
+    jake = await make_user(username="jake")
+
+    response = await create(
+        client, jake, {"client": {"name": "x", "scopes": ["articles:read", "admin"]}}
+    )
+
+    assert response.status_code == 403
+    assert response.json() == {"errors": {"scopes": ["your role cannot grant: admin"]}}
+    assert (await query(database_url, "SELECT count(*) AS n FROM api_clients"))[0]["n"] == 0
 
 
 async def test_validation_errors_name_the_field_without_the_wrapper(

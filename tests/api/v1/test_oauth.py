@@ -692,7 +692,7 @@ async def test_basic_auth_of_an_unknown_client_is_the_same_401(
     )
 
 
-async def test_body_client_auth_with_wrong_credentials_is_400_invalid_client(
+async def test_body_client_auth_with_wrong_credentials_is_401_invalid_client(
     client: httpx.AsyncClient, reader: dict[str, Any]
 ) -> None:
     for client_id, secret in [
@@ -705,7 +705,7 @@ async def test_body_client_auth_with_wrong_credentials_is_400_invalid_client(
         )
 
         assert_oauth_error(
-            response, "invalid_client", status=400, description="client authentication failed"
+            response, "invalid_client", status=401, description="client authentication failed"
         )
 
 
@@ -1243,7 +1243,7 @@ async def test_revocation_with_wrong_client_credentials_is_invalid_client(
     )
 
     assert_oauth_error(with_basic, "invalid_client", status=401)
-    assert_oauth_error(in_body, "invalid_client", status=400)
+    assert_oauth_error(in_body, "invalid_client", status=401)
     assert await status_of(client, tokens["access_token"]) == 200
 
 
