@@ -94,7 +94,8 @@ def _client_credentials(
     if client_id is None and client_secret is None:
         return None
     if client_id is None or client_secret is None:
-        raise _invalid_request("client_id and client_secret go together")
+        # A client that names itself without its secret (or the reverse) is not authenticated.
+        raise OAuthError("invalid_client", "client_id and client_secret go together", status=401)
     return ClientCredentials(client_id, client_secret)
 
 

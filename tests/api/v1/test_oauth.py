@@ -709,7 +709,7 @@ async def test_body_client_auth_with_wrong_credentials_is_401_invalid_client(
         )
 
 
-async def test_body_client_id_or_secret_alone_is_invalid_request(
+async def test_body_client_id_or_secret_alone_is_invalid_client(
     client: httpx.AsyncClient, reader: dict[str, Any]
 ) -> None:
     for form in [
@@ -721,7 +721,10 @@ async def test_body_client_id_or_secret_alone_is_invalid_request(
         response = await token(client, grant_type="client_credentials", **form)
 
         assert_oauth_error(
-            response, "invalid_request", description="client_id and client_secret go together"
+            response,
+            "invalid_client",
+            status=401,
+            description="client_id and client_secret go together",
         )
 
 
