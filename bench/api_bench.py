@@ -1,0 +1,1042 @@
+"""Benchmark the Conduit API on a seeded database: wrk on the hot endpoints, a Locust mix, RSS.
+
+Creates a scratch database (`perf_bench_<hex>`) on the PostgreSQL server of `--database-url`,
+migrates and seeds it (`conduit seed`; 20 articles with tags by default, the issue's reference
+setup, or `--big` for 10,000 users and 100,000 articles), then for each cache mode
+(`CACHE_ENABLED=false` and `true`) starts `hypercorn --config hypercorn.toml service.asgi:app`
+on a free loopback port (`--workers` processes, access log off, rate limits raised) and:
+
+- runs wrk (2 threads, 64 connections, 10 s, `--latency`, `--rounds` rounds) on
+  `GET /api/v1/articles?limit=20`, `/api/v1/tags`, `/api/v1/articles/{slug}` (anonymous) and
+  the article list with an `Authorization` header;
+- runs the shipped Locust scenarios (`tests/load/locustfile.py`) headless;
+
+and prints req/s, p50/p95/p99, non-2xx and socket errors and the server's RSS (sum over its
+worker processes) per row, then each cache mode against the issue's targets.
+
+    python -m bench.api_bench [--big] [--rounds 2] [--workers 1] [--cache off,on]
+    python -m bench.api_bench --soak 10        # steady Locust mix, RSS every minute
+
+The Redis database of `--redis-url` is flushed before every server start. The scratch database
+is dropped at the end (`--keep-db` keeps it). Exit status: 0 once the table is printed (targets
+met or not), 1 when a step fails, 2 when wrk or Locust is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import http.client
+import importlib.util
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = REPO_ROOT / "tests" / "load" / "locustfile.py"
+HOST = "127.0.0.1"
+API = "/api/v1"
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+# Extra time a wrk or Locust run may take beyond its duration before it is killed.
+RUN_SLACK = 60.0
+STEP_TIMEOUT = 900.0
+WARMUP_REQUESTS = 20
+SEED_PASSWORD = "password123"  # noqa: S105 (the seeded users' documented password)
+SMALL_SEED = ("--users", "100", "--articles", "20")
+BIG_SEED = ("--users", "10000", "--articles", "100000")
+# Far above what one load generator can send: the limiter's cost stays in, its 429s do not.
+RAISED_LIMITS = {
+    "RATE_LIMIT_ANONYMOUS_PER_MINUTE": "100000000",
+    "RATE_LIMIT_AUTHENTICATED_PER_MINUTE": "100000000",
+    "RATE_LIMIT_AUTH_PER_MINUTE": "100000000",
+}
+
+# Issue 6 targets (one worker, wrk -t2 -c64 -d10s, anonymous): the best peer figures.
+BEST_LIST_RPS = 238.0
+TARGET_LIST_RPS = 2 * BEST_LIST_RPS
+TARGET_LIST_P99_MS = 150.0
+TARGET_TAGS_RPS = 1642.0
+TARGET_SINGLE_RPS = 870.0
+
+# wrk's `done` hook prints one JSON line: wrk's own text report has no p95.
+WRK_REPORT_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"p50":%d,"p95":%d,"p99":%d,'
+    .. '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\\n',
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+class BenchError(RuntimeError):
+    """A step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One wrk target."""
+
+    name: str
+    path: str
+    authenticated: bool = False
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    """What one wrk run reported."""
+
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+
+@dataclass(frozen=True)
+class LocustRun:
+    """The aggregated line of a headless Locust run."""
+
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    top_failures: list[str]
+    slowest: list[str]
+
+
+@dataclass
+class Row:
+    """One line of the result table: a cache mode and a load (rounds combined)."""
+
+    cache: str
+    name: str
+    runs: list[WrkRun] = field(default_factory=list)
+    locust: LocustRun | None = None
+    rss_mb: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        """Median req/s over the rounds."""
+        if self.locust is not None:
+            return self.locust.rps
+        return statistics.median(r.rps for r in self.runs)
+
+    def pct(self, attr: str) -> float:
+        """Median of a latency percentile over the rounds (ms)."""
+        if self.locust is not None:
+            value: float = getattr(self.locust, attr)
+            return value
+        values: list[float] = [getattr(r, attr) for r in self.runs]
+        return statistics.median(values)
+
+    @property
+    def non_2xx(self) -> int:
+        """Non-2xx answers (Locust: failures) summed over the rounds."""
+        if self.locust is not None:
+            return self.locust.failures
+        return sum(r.non_2xx for r in self.runs)
+
+    @property
+    def socket_errors(self) -> int:
+        """Connect, read, write errors and timeouts summed over the rounds."""
+        return sum(r.socket_errors for r in self.runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    """A TCP port on the loopback address that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment without settings that would leak into the child, plus extra."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("LOAD_", "RATE_LIMIT_", "DATABASE_", "REDIS_", "CACHE_"))
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def run_step(what: str, cmd: Sequence[str], env: dict[str, str], timeout: float) -> str:
+    """Run a command to completion; BenchError with its output when it fails."""
+    try:
+        done = subprocess.run(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{what}: no answer after {timeout:.0f} s") from exc
+    if done.returncode != 0:
+        raise BenchError(
+            f"{what} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}"
+        )
+    return done.stdout
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Processes of the process group `pgid` (the server and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def vm_rss_kib(pid: int) -> int:
+    """VmRSS of a process in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def server_rss_mb(pgid: int) -> float:
+    """RSS of the server's worker processes together (MB); the master's when it has none.
+
+    Hypercorn's master only supervises: the workers (multiprocessing `spawn_main`) serve.
+    """
+    workers, others = 0, 0
+    for pid in group_pids(pgid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers += vm_rss_kib(pid)
+        elif b"resource_tracker" not in cmdline:
+            others += vm_rss_kib(pid)
+    return (workers or others) / 1024
+
+
+@dataclass
+class Server:
+    """A running Hypercorn server."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        """Its base URL."""
+        return f"http://{HOST}:{self.port}"
+
+    def rss_mb(self) -> float:
+        """RSS of its workers (MB)."""
+        return server_rss_mb(self.proc.pid)
+
+    def tail(self, limit: int = 3000) -> str:
+        """The end of its log."""
+        try:
+            return self.log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+def print_server_problems(server: Server, limit: int = 8) -> None:
+    """The server's warnings and errors, grouped: what the non-2xx answers were about."""
+    counts: dict[str, int] = {}
+    for line in server.tail(5_000_000).splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if "Traceback" in line:
+                key = "Traceback (see the server log)"
+                counts[key] = counts.get(key, 0) + 1
+            continue
+        if isinstance(record, dict) and record.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+            text = f"{record['level']} {record.get('logger', '')}: {record.get('message', '')}"
+            counts[text[:240]] = counts.get(text[:240], 0) + 1
+    if counts:
+        print(f"server warnings/errors ({sum(counts.values())}), most frequent first:")
+        for text, count in sorted(counts.items(), key=lambda item: -item[1])[:limit]:
+            print(f"  {count}x {text}")
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes | None = None, token: str | None = None
+) -> tuple[int, bytes]:
+    """One HTTP request to the local server; status and body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Token {token}"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_until_ready(server: Server) -> None:
+    """Poll /readyz until it answers 200, the server dies, or STARTUP_TIMEOUT passes."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise BenchError(f"server exited with {server.proc.returncode}:\n{server.tail()}")
+        with suppress(OSError):
+            if http_request(server.port, "GET", "/readyz")[0] == 200:
+                return
+        time.sleep(0.2)
+    raise BenchError(f"server not ready after {STARTUP_TIMEOUT:.0f} s:\n{server.tail()}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (Hypercorn's graceful shutdown), then SIGTERM, then SIGKILL the process group."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if proc.poll() is not None:
+            break
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"  server pid {proc.pid} ignored {sig.name}", file=sys.stderr)
+    # The group belongs to this server alone (start_new_session): its workers must not
+    # outlive the run.
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_TIMEOUT)
+
+
+@contextmanager
+def hypercorn_server(
+    env: dict[str, str], workers: int, workdir: Path, label: str
+) -> Iterator[Server]:
+    """`hypercorn --config hypercorn.toml service.asgi:app` on a free loopback port."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "hypercorn",
+        "--config", str(REPO_ROOT / "hypercorn.toml"),
+        "--bind", f"{HOST}:{port}",
+        "--workers", str(workers),
+        "service.asgi:app",
+    ]  # fmt: skip
+    log = workdir / f"server-{label}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(proc=proc, port=port, log=log)
+    try:
+        wait_until_ready(server)
+        yield server
+    finally:
+        stop_server(proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Database and Redis
+
+
+def admin_and_scratch_urls(admin_url: str, name: str) -> tuple[str, str]:
+    """The plain `postgresql://` admin URL and the same server's URL of database `name`."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if admin_url.startswith(prefix):
+            admin_url = "postgresql://" + admin_url[len(prefix) :]
+    parts = urlsplit(admin_url)
+    return admin_url, urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _admin(admin_url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """CREATE DATABASE `name` (a fresh name: nothing is overwritten)."""
+    try:
+        asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        raise BenchError(f"cannot create database {name}: {exc}") from exc
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """DROP DATABASE `name`, disconnecting whoever is still on it."""
+    try:
+        asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except Exception as exc:
+        print(f"could not drop database {name}: {exc}", file=sys.stderr)
+
+
+def vacuum_analyze(url: str) -> None:
+    """VACUUM (ANALYZE) the seeded database.
+
+    `conduit seed` only ANALYZEs: until a vacuum sets the visibility map no index-only scan
+    pays off (the count of the article list is then a sequential scan), and autovacuum may be
+    off or not have run yet.
+    """
+    asyncio.run(_admin(url, "VACUUM (ANALYZE)"))
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's Redis database (cache entries, rate-limit counters)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        client.flushdb()
+        client.close()
+    except redis.RedisError as exc:
+        raise BenchError(f"Redis at {url}: {exc}") from exc
+
+
+def prepare_database(args: argparse.Namespace, url: str) -> None:
+    """Migrate and seed the scratch database, then vacuum it."""
+    env = child_env(DATABASE_URL=url, LOG_LEVEL="WARNING")
+    started = time.monotonic()
+    run_step("conduit migrate", [sys.executable, "-m", "service.cli", "migrate"], env, 300)
+    seed_args = BIG_SEED if args.big else SMALL_SEED
+    if args.seed_args:
+        seed_args = tuple(args.seed_args.split())
+    summary = run_step(
+        "conduit seed",
+        [sys.executable, "-m", "service.cli", "seed", *seed_args, "--quiet"],
+        env,
+        STEP_TIMEOUT,
+    )
+    vacuum_analyze(url)
+    first = summary.strip().splitlines()[0] if summary.strip() else ""
+    print(
+        f"database: conduit seed {' '.join(seed_args)} ({first}); "
+        f"migrated, seeded and vacuumed in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
+
+
+def seeded_users(seed_args: Sequence[str]) -> int:
+    """The --users figure of a seed command line (conduit seed's default otherwise)."""
+    for flag, value in itertools.pairwise(seed_args):
+        if flag == "--users":
+            return int(value.replace("_", ""))
+    return 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def login_token(port: int, email: str) -> str:
+    """Log a seeded user in; their token."""
+    body = json.dumps({"user": {"email": email, "password": SEED_PASSWORD}}).encode()
+    status, answer = http_request(port, "POST", f"{API}/users/login", body=body)
+    if status != 200:
+        raise BenchError(f"login as {email}: HTTP {status} {answer[:300]!r}")
+    token: str = json.loads(answer)["user"]["token"]
+    return token
+
+
+def first_slug(port: int) -> str:
+    """The slug of the newest article."""
+    status, answer = http_request(port, "GET", f"{API}/articles?limit=1")
+    articles = json.loads(answer).get("articles") if status == 200 else None
+    if not articles:
+        raise BenchError(f"GET {API}/articles?limit=1: HTTP {status}, no article to open")
+    slug: str = articles[0]["slug"]
+    return slug
+
+
+def endpoints(slug: str) -> list[Endpoint]:
+    """The wrk targets."""
+    return [
+        Endpoint("list", f"{API}/articles?limit=20"),
+        Endpoint("tags", f"{API}/tags"),
+        Endpoint("single", f"{API}/articles/{slug}"),
+        Endpoint("list auth", f"{API}/articles?limit=20", authenticated=True),
+    ]
+
+
+def write_lua(workdir: Path, token: str | None) -> Path:
+    """The wrk script: the report hook, and the Authorization header when `token` is set."""
+    name = "wrk-auth.lua" if token else "wrk-anon.lua"
+    path = workdir / name
+    header = f'wrk.headers["Authorization"] = "Token {token}"\n' if token else ""
+    path.write_text(header + WRK_REPORT_LUA)
+    return path
+
+
+def parse_wrk(output: str) -> WrkRun:
+    """The JSON line of the report hook."""
+    for line in output.splitlines():
+        if line.startswith("BENCH "):
+            data = json.loads(line[len("BENCH ") :])
+            seconds = data["duration_us"] / 1e6
+            return WrkRun(
+                rps=data["requests"] / seconds if seconds > 0 else 0.0,
+                p50_ms=data["p50"] / 1000,
+                p95_ms=data["p95"] / 1000,
+                p99_ms=data["p99"] / 1000,
+                requests=data["requests"],
+                non_2xx=data["status"],
+                socket_errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+            )
+    raise BenchError(f"no report line in wrk output:\n{output[-2000:]}")
+
+
+def run_wrk(args: argparse.Namespace, server: Server, path: str, lua: Path) -> WrkRun:
+    """wrk -t2 -c<connections> -d<duration>s --latency against the server."""
+    cmd = [
+        "wrk", "-t2", f"-c{args.connections}", f"-d{args.duration}s",
+        f"--timeout={args.wrk_timeout:g}s", "--latency", "-s", str(lua),
+        f"{server.base}{path}",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.duration + RUN_SLACK, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk on {path} did not finish") from exc
+    if done.returncode != 0:
+        raise BenchError(f"wrk on {path} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return parse_wrk(done.stdout)
+
+
+def warm_up(server: Server, path: str, token: str | None) -> None:
+    """A few requests first: connections pooled, statements prepared, caches filled."""
+    for _ in range(WARMUP_REQUESTS):
+        status, body = http_request(server.port, "GET", path, token=token)
+        if status != 200:
+            raise BenchError(f"warm-up GET {path}: HTTP {status} {body[:300]!r}")
+
+
+def visitor_kinds(server: Server) -> str:
+    """Every Locust visitor kind, integrations only when the server has OAuth and clients."""
+    status, body = http_request(server.port, "GET", f"{API}/openapi.json")
+    paths = json.loads(body).get("paths", {}) if status == 200 else {}
+    kinds = ["reader", "member", "author"]
+    if f"{API}/oauth/token" in paths and f"{API}/clients" in paths:
+        kinds.append("integration")
+    return ",".join(kinds)
+
+
+def _ms(value: str) -> float:
+    return float(value) if value not in ("", "N/A") else 0.0
+
+
+def run_locust(
+    args: argparse.Namespace,
+    server: Server,
+    workdir: Path,
+    label: str,
+    minutes: float | None = None,
+    on_minute: Callable[[int], None] | None = None,
+) -> LocustRun:
+    """The shipped scenarios, headless; the Aggregated line of their statistics.
+
+    Runs `minutes` (else --locust-time seconds), calling `on_minute(n)` after each full minute.
+    """
+    prefix = workdir / f"locust-{label}"
+    seconds = round(minutes * 60) if minutes is not None else args.locust_time
+    cmd = [
+        sys.executable, "-m", "locust",
+        "-f", str(LOCUSTFILE),
+        "--headless", "-u", str(args.locust_users), "-r", str(args.locust_rate),
+        "-t", f"{seconds}s", "--stop-timeout", "10",
+        "--host", server.base, "--only-summary", "--csv", str(prefix),
+    ]  # fmt: skip
+    env = child_env(
+        LOAD_USERS=str(min(args.users, args.locust_max_login)),
+        LOAD_CLASSES=visitor_kinds(server),
+        LOAD_THINK_SCALE=f"{args.locust_think_scale:g}",
+    )
+    log = workdir / f"locust-{label}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        started = time.monotonic()
+        deadline = started + seconds + RUN_SLACK
+        minute = 1
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now > deadline:
+                raise BenchError(f"locust did not stop:\n{log.read_text(errors='replace')[-2000:]}")
+            if on_minute is not None and now - started >= 60 * minute and minute * 60 < seconds:
+                on_minute(minute)
+                minute += 1
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+    stats = Path(f"{prefix}_stats.csv")
+    if not stats.exists():
+        raise BenchError(f"locust wrote no statistics:\n{log.read_text(errors='replace')[-2000:]}")
+    with stats.open() as file:
+        rows = [row for row in csv.DictReader(file) if row["Name"] == "Aggregated"]
+    if not rows:
+        raise BenchError(f"no Aggregated line in {stats.name}")
+    total = rows[0]
+    with stats.open() as file:
+        routes = [row for row in csv.DictReader(file) if row["Name"] != "Aggregated"]
+    routes.sort(key=lambda r: -_ms(r["95%"]))
+    slowest = [
+        f"{r['Type']} {r['Name']}: {r['Request Count']} requests, p50 {_ms(r['50%']):.0f} "
+        f"p95 {_ms(r['95%']):.0f} p99 {_ms(r['99%']):.0f} ms, {r['Failure Count']} failures"
+        for r in routes[:5]
+    ]
+    failures_csv = Path(f"{prefix}_failures.csv")
+    top: list[str] = []
+    if failures_csv.exists():
+        with failures_csv.open() as file:
+            for row in sorted(csv.DictReader(file), key=lambda r: -int(r["Occurrences"]))[:5]:
+                top.append(f"{row['Occurrences']}x {row['Method']} {row['Name']}: {row['Error']}")
+    return LocustRun(
+        requests=int(total["Request Count"]),
+        failures=int(total["Failure Count"]),
+        rps=float(total["Requests/s"]),
+        p50_ms=_ms(total["50%"]),
+        p95_ms=_ms(total["95%"]),
+        p99_ms=_ms(total["99%"]),
+        top_failures=top,
+        slowest=slowest,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_table(rows: Sequence[Row], args: argparse.Namespace) -> None:
+    """The result table: one line per cache mode and load."""
+    header = (
+        f"{'cache':<5} {'load':<12} {'req/s':>8} {'rounds req/s':>17} {'p50 ms':>8} "
+        f"{'p95 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} {'RSS MB':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        rounds = "/".join(f"{r.rps:.0f}" for r in row.runs) if row.runs else "locust"
+        print(
+            f"{row.cache:<5} {row.name:<12} {row.rps:>8.1f} {rounds:>17} {row.pct('p50_ms'):>8.1f} "
+            f"{row.pct('p95_ms'):>8.1f} {row.pct('p99_ms'):>8.1f} {row.non_2xx:>8} "
+            f"{row.socket_errors:>8} {row.rss_mb:>7.1f}"
+        )
+    print(
+        f"(req/s and latencies: median over {args.rounds} wrk rounds; non-2xx and socket errors: "
+        "summed; locust rows: non-2xx = failures; RSS: server workers after the row)"
+    )
+    for row in rows:
+        if row.locust is None:
+            continue
+        print(f"locust, cache {row.cache}, slowest routes by p95:")
+        for line in row.locust.slowest:
+            print(f"  {line}")
+        if row.locust.top_failures:
+            print(f"locust failures (cache {row.cache}):")
+            for line in row.locust.top_failures:
+                print(f"  {line}")
+
+
+def print_targets(rows: Sequence[Row], args: argparse.Namespace) -> None:
+    """Each cache mode against the issue's targets."""
+    if args.workers != 1:
+        print(f"targets are for one worker process; this run used {args.workers}")
+    for cache in dict.fromkeys(r.cache for r in rows):
+        by = {r.name: r for r in rows if r.cache == cache and r.runs}
+        if not {"list", "tags", "single"} <= by.keys():
+            continue
+        lst, tags, single = by["list"], by["tags"], by["single"]
+        errors = sum(r.non_2xx + r.socket_errors for r in rows if r.cache == cache)
+        checks = [
+            (
+                f"list {lst.rps:.0f} req/s >= {TARGET_LIST_RPS:.0f} (2x{BEST_LIST_RPS:.0f})",
+                lst.rps >= TARGET_LIST_RPS,
+            ),
+            (
+                f"list p99 {lst.pct('p99_ms'):.0f} ms < {TARGET_LIST_P99_MS:.0f}",
+                lst.pct("p99_ms") < TARGET_LIST_P99_MS,
+            ),
+            (f"tags {tags.rps:.0f} >= {TARGET_TAGS_RPS:.0f}", tags.rps >= TARGET_TAGS_RPS),
+            (
+                f"single {single.rps:.0f} >= {TARGET_SINGLE_RPS:.0f}",
+                single.rps >= TARGET_SINGLE_RPS,
+            ),
+            (f"non-2xx/errors {errors} == 0", errors == 0),
+        ]
+        verdict = "MET" if all(ok for _, ok in checks) else "MISSED"
+        parts = "; ".join(f"{text}: {'ok' if ok else 'MISSED'}" for text, ok in checks)
+        print(f"targets, cache {cache}: {verdict} — {parts}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def server_env(args: argparse.Namespace, db_url: str, workdir: Path, cache: str) -> dict[str, str]:
+    """The server's environment for one cache mode."""
+    env = child_env(
+        DATABASE_URL=db_url,
+        REDIS_URL=args.redis_url,
+        SECRET_KEY=secrets.token_urlsafe(48),
+        DATA_DIR=str(workdir / "data"),
+        ACCESS_LOG="false",
+        LOG_LEVEL="WARNING",
+        WORKER_IN_PROCESS="false",
+        CACHE_ENABLED="true" if cache == "on" else "false",
+    )
+    if args.no_rate_limit:
+        env["RATE_LIMIT_ENABLED"] = "false"
+    else:
+        env |= RAISED_LIMITS
+    for item in args.server_env:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+def cache_setting_known() -> bool:
+    """Whether this build's settings have CACHE_ENABLED (the cache may not have landed)."""
+    try:
+        from service.settings import Settings
+    except ImportError:
+        return False
+    return "cache_enabled" in Settings.model_fields
+
+
+def bench_cache_mode(args: argparse.Namespace, db_url: str, workdir: Path, cache: str) -> list[Row]:
+    """Start a server with the cache on or off; wrk rounds on each endpoint, then Locust."""
+    flush_redis(args.redis_url)
+    env = server_env(args, db_url, workdir, cache)
+    rows: list[Row] = []
+    with hypercorn_server(env, args.workers, workdir, f"cache-{cache}") as server:
+        token = login_token(server.port, "user1@example.com")
+        slug = first_slug(server.port)
+        lua = {False: write_lua(workdir, None), True: write_lua(workdir, token)}
+        print(f"cache {cache}: server on {server.base}, RSS {server.rss_mb():.1f} MB", flush=True)
+        targets = endpoints(slug) if not args.no_wrk else []
+        by_name = {e.name: Row(cache=cache, name=e.name) for e in targets}
+        for rnd in range(1, args.rounds + 1):
+            for target in targets:
+                auth = token if target.authenticated else None
+                warm_up(server, target.path, auth)
+                result = run_wrk(args, server, target.path, lua[target.authenticated])
+                row = by_name[target.name]
+                row.runs.append(result)
+                row.rss_mb = server.rss_mb()
+                print(
+                    f"  round {rnd} cache {cache} {target.name:<10} {result.rps:8.1f} req/s "
+                    f"p50 {result.p50_ms:.1f} p95 {result.p95_ms:.1f} p99 {result.p99_ms:.1f} ms "
+                    f"non-2xx {result.non_2xx} errors {result.socket_errors} "
+                    f"RSS {row.rss_mb:.1f} MB",
+                    flush=True,
+                )
+                time.sleep(1)
+        rows.extend(by_name.values())
+        if not args.no_locust:
+            print(
+                f"  locust: {args.locust_users} users, {args.locust_time} s, "
+                f"think scale {args.locust_think_scale:g}",
+                flush=True,
+            )
+            result_l = run_locust(args, server, workdir, f"cache-{cache}")
+            rows.append(
+                Row(cache=cache, name="locust mix", locust=result_l, rss_mb=server.rss_mb())
+            )
+            print(
+                f"  locust cache {cache}: {result_l.requests} requests, {result_l.rps:.1f} req/s, "
+                f"{result_l.failures} failures",
+                flush=True,
+            )
+        if any(r.non_2xx or r.socket_errors for r in rows):
+            print_server_problems(server)
+    return rows
+
+
+def soak(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
+    """A steady Locust mix for --soak minutes; RSS at the start, every minute and the end."""
+    # As in production, unless asked otherwise with --cache off.
+    cache = "on" if "on" in args.cache else "off"
+    flush_redis(args.redis_url)
+    env = server_env(args, db_url, workdir, cache)
+    with hypercorn_server(env, args.workers, workdir, "soak") as server:
+        start = server.rss_mb()
+        print(
+            f"soak: cache {cache}, {args.locust_users} users, think scale "
+            f"{args.locust_think_scale:g}, {args.soak:g} min; RSS at start {start:.1f} MB",
+            flush=True,
+        )
+        samples: dict[int, float] = {}
+
+        def sample(minute: int) -> None:
+            samples[minute] = server.rss_mb()
+            print(f"  soak minute {minute:3d}: RSS {samples[minute]:7.1f} MB", flush=True)
+
+        result = run_locust(args, server, workdir, "soak", args.soak, on_minute=sample)
+        end = server.rss_mb()
+        if result.failures:
+            print_server_problems(server)
+    print()
+    print(
+        f"soak {args.soak:g} min: {result.requests} requests, {result.rps:.1f} req/s, "
+        f"p50 {result.p50_ms:.0f} p95 {result.p95_ms:.0f} p99 {result.p99_ms:.0f} ms, "
+        f"failures {result.failures}"
+    )
+    print(f"RSS at start {start:.1f} MB (idle), at the end {end:.1f} MB")
+    if 1 in samples:
+        # The first minute fills pools, caches and interned objects: growth after it is leakage.
+        warm = samples[1]
+        print(
+            f"RSS growth after the first minute: {end - warm:+.1f} MB "
+            f"({(end - warm) / warm:+.1%}) from {warm:.1f} MB"
+        )
+    print("slowest routes by p95:")
+    for line in result.slowest:
+        print(f"  {line}")
+    for line in result.top_failures:
+        print(f"  {line}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"),
+        help="a PostgreSQL server where a scratch database may be created and dropped "
+        "(env BENCH_DATABASE_URL, default postgresql://postgres@127.0.0.1/postgres)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
+        help="a Redis database the benchmark may FLUSH (env BENCH_REDIS_URL, "
+        "default redis://127.0.0.1:6379/13)",
+    )
+    parser.add_argument(
+        "--big", action="store_true", help="seed 10,000 users and 100,000 articles (else 20)"
+    )
+    parser.add_argument("--seed-args", help="other `conduit seed` arguments, e.g. '--users 500'")
+    parser.add_argument("--keep-db", action="store_true", help="keep the scratch database")
+    parser.add_argument("--workers", type=int, default=1, help="Hypercorn worker processes (1)")
+    parser.add_argument(
+        "--cache",
+        default="off,on",
+        help="cache modes to run, in order: off, on or off,on (default off,on)",
+    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--rounds", type=int, default=2, help="wrk rounds per endpoint (2)")
+    parser.add_argument(
+        "--wrk-timeout",
+        type=float,
+        default=10.0,
+        help="wrk per-request timeout in s (10: wrk's 2 s default would count slow answers "
+        "as errors instead of measuring them)",
+    )
+    parser.add_argument("--no-wrk", action="store_true", help="skip the wrk runs")
+    parser.add_argument("--no-locust", action="store_true", help="skip the Locust mix")
+    parser.add_argument("--locust-users", type=int, default=200, help="Locust users (200)")
+    parser.add_argument("--locust-rate", type=float, default=20, help="users started per s (20)")
+    parser.add_argument("--locust-time", type=int, default=60, help="Locust run in s (60)")
+    parser.add_argument(
+        "--locust-think-scale",
+        type=float,
+        default=1.0,
+        help="LOAD_THINK_SCALE: multiplies the think times (1; 0.1 is a dense load)",
+    )
+    parser.add_argument(
+        "--locust-max-login",
+        type=int,
+        default=10_000,
+        help="LOAD_USERS cap: seeded users the simulated members sign in as",
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="soak mode: only a steady Locust mix for MINUTES (cache on unless --cache off), "
+        "RSS at the start, every minute and the end",
+    )
+    parser.add_argument(
+        "--no-rate-limit",
+        action="store_true",
+        help="RATE_LIMIT_ENABLED=false (default: limits on, raised out of reach)",
+    )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra server environment, e.g. DB_POOL_SIZE=64 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    args.cache = [c.strip() for c in args.cache.split(",") if c.strip()]
+    if not args.cache or any(c not in ("on", "off") for c in args.cache):
+        parser.error("--cache takes off, on or off,on")
+    for name in ("duration", "connections", "rounds", "workers", "locust_users", "locust_time"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.connections < 2:
+        parser.error("--connections must be >= 2 (wrk runs 2 threads)")
+    if args.soak is not None and args.soak <= 0:
+        parser.error("--soak must be > 0 minutes")
+    for item in args.server_env:
+        if "=" not in item:
+            parser.error(f"--server-env takes NAME=VALUE, not {item!r}")
+    seed_args = tuple(args.seed_args.split()) if args.seed_args else None
+    args.users = seeded_users(seed_args or (BIG_SEED if args.big else SMALL_SEED))
+    return args
+
+
+def load_average(*, judge: bool = True) -> str:
+    """The machine's load: wrk, the server and PostgreSQL share its cores, so must nothing else.
+
+    Judged before the run only: the benchmark itself keeps both cores busy.
+    """
+    one, five, _ = os.getloadavg()
+    busy = judge and one > 1.0
+    note = " (busy: other work competes for the cores, figures are low)" if busy else ""
+    return f"load average {one:.2f}/{five:.2f} (1/5 min){note}"
+
+
+def check_tools(args: argparse.Namespace) -> str | None:
+    """What is missing for the requested runs, or None."""
+    soak_only = args.soak is not None
+    if not soak_only and not args.no_wrk and shutil.which("wrk") is None:
+        return "wrk not found on PATH (Debian/Ubuntu: apt-get install wrk), or pass --no-wrk"
+    needs_locust = soak_only or not args.no_locust
+    if needs_locust and importlib.util.find_spec("locust") is None:
+        return (
+            "locust is not installed in this Python (it is in the dev dependencies: "
+            "uv pip sync requirements.lock), or pass --no-locust"
+        )
+    if importlib.util.find_spec("hypercorn") is None:
+        return "hypercorn is not installed in this Python"
+    return None
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    args = parse_args(argv)
+    missing = check_tools(args)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    name = f"perf_bench_{secrets.token_hex(5)}"
+    admin_url, db_url = admin_and_scratch_urls(args.database_url, name)
+    if not cache_setting_known():
+        print(
+            "note: this build has no CACHE_ENABLED setting: the cache on/off rows run the same "
+            "code",
+            flush=True,
+        )
+    wrk = (
+        "wrk skipped"
+        if args.no_wrk or args.soak is not None
+        else f"wrk -t2 -c{args.connections} -d{args.duration}s --latency x{args.rounds} rounds"
+    )
+    print(
+        f"{wrk}; hypercorn.toml, {args.workers} worker(s); rate limits "
+        f"{'off' if args.no_rate_limit else 'raised'}; cpus={os.cpu_count()}; "
+        f"scratch database {name}; Redis {args.redis_url} (flushed); {load_average()}",
+        flush=True,
+    )
+    # SIGTERM unwinds like Ctrl-C: the server is stopped and the scratch database dropped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with tempfile.TemporaryDirectory(prefix="api_bench_") as tmp:
+        workdir = Path(tmp)
+        create_database(admin_url, name)
+        try:
+            prepare_database(args, db_url)
+            if args.soak is not None:
+                soak(args, db_url, workdir)
+                return 0
+            rows: list[Row] = []
+            for cache in args.cache:
+                rows.extend(bench_cache_mode(args, db_url, workdir, cache))
+            print()
+            print_table(rows, args)
+            print_targets(rows, args)
+            print(f"at the end: {load_average(judge=False)} (the benchmark's own load included)")
+            return 0
+        except BenchError as exc:
+            print(f"api_bench: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+            print(f"api_bench: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("api_bench: interrupted", file=sys.stderr)
+            return 1
+        finally:
+            if args.keep_db:
+                print(f"kept database {name}: {db_url}")
+            else:
+                drop_database(admin_url, name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
