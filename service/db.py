@@ -52,6 +52,8 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout,
+            # The API runs ~180 distinct statements; the default cache of 100 keeps evicting.
+            "prepared_statement_cache_size": 256,
             "server_settings": {
                 "statement_timeout": str(settings.db_statement_timeout_ms),
                 "application_name": "conduit",
