@@ -46,11 +46,13 @@ def _invalid_request(description: str) -> OAuthError:
 
 
 def _read_form(model: type[Form]) -> Form:
-    """The form parameters, each at most once (RFC 6749 §3.2), validated by `model`."""
+    """The form parameters `model` knows, each at most once (RFC 6749 §3.1), validated."""
     if request.mimetype != FORM:
         raise _invalid_request(f"send the parameters as {FORM}")
     values: dict[str, str] = {}
     for name, items in request.form.lists():
+        if name not in model.model_fields:
+            continue  # unknown parameters are ignored (RFC 6749 §3.1), repeated or not
         if len(items) > 1:
             raise _invalid_request(f"parameter '{name}' is repeated")
         if items[0] != "":

@@ -455,6 +455,17 @@ async def test_a_repeated_parameter_is_invalid_request(
         )
 
 
+async def test_unknown_parameters_are_ignored_even_when_repeated(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    await make_user(username="jake")
+    body = "grant_type=password&username=jake&password=password123&x=1&x=2&=&%C2%BC=a&%C2%BC="
+
+    response = await raw_token(client, body)
+
+    assert response.status_code == 200, response.text
+
+
 async def test_a_body_that_is_not_form_encoded_is_invalid_request(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
