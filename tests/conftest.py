@@ -19,13 +19,16 @@ import httpx
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from service.app import ConduitASGI, create_asgi
+from service.db import DatabaseState
 from service.migrate import upgrade_async
 from service.models import Base
 from service.settings import Environment, Settings
 from tests import factories
 from tests.factories import TestUser
+from tests.jobs.support import SmtpServer, running_smtp_server
 
 TEST_SECRET = "test-secret-key-" + "x" * 32
 
@@ -133,3 +136,27 @@ def make_user(app: ConduitASGI) -> Callable[..., Awaitable[TestUser]]:
         return await factories.make_user(app, **kwargs)
 
     return create
+
+
+@pytest_asyncio.fixture
+async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on the test database, independent of the app's engine."""
+    assert settings.database_url is not None
+    engine = create_async_engine(settings.database_url, pool_size=5)
+    yield async_sessionmaker(engine, expire_on_commit=False)
+    await engine.dispose()
+
+
+@pytest.fixture
+def maker(app: ConduitASGI) -> async_sessionmaker[AsyncSession]:
+    """The app's own session factory (its engine and pool)."""
+    state: DatabaseState = app.flask_app.extensions["conduit.db"]
+    assert state.sessionmaker is not None
+    return state.sessionmaker
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 capturing every message."""
+    with running_smtp_server() as server:
+        yield server

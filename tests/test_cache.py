@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,7 +22,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from service.app import ConduitASGI, create_asgi
 from service.cache import EXTENSION_KEY, CacheState, digest, entry_key
@@ -34,6 +33,7 @@ from service.seed import SeedOptions, seed
 from service.services import password_reset
 from service.services.invalidation import ARTICLES, BUMP_JOB, KINDS, TAGS, bump, generation_key
 from service.settings import Settings
+from tests.apps import count_statements
 from tests.factories import TestUser
 from tests.tcp_proxy import TcpProxy
 
@@ -146,24 +146,6 @@ def sessionmaker(app: ConduitASGI) -> Any:
     state: DatabaseState = app.flask_app.extensions["conduit.db"]
     assert state.sessionmaker is not None
     return state.sessionmaker
-
-
-@contextmanager
-def count_statements(app: ConduitASGI) -> Iterator[list[str]]:
-    """Every SQL statement the app's engine sends while the block runs."""
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.engine is not None
-    engine = state.engine.sync_engine
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 async def generation_of(rds: Redis, kind: str) -> str:

@@ -11,8 +11,6 @@ import pytest_asyncio
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.app import ConduitASGI
-from service.db import DatabaseState
 from service.models import AuditEntry, User
 from service.schemas.admin import AdminUserUpdate
 from service.services import admin
@@ -20,13 +18,6 @@ from service.services.errors import Conflict, InvalidInput, NotFound, Permission
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest.fixture
-def maker(app: ConduitASGI) -> async_sessionmaker[AsyncSession]:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    return state.sessionmaker
 
 
 @pytest_asyncio.fixture

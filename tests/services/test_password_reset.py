@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.mail import Mailer, MailNotConfigured
 from service.models import AuthSession, PasswordResetToken, User
@@ -27,14 +26,6 @@ from tests.factories import TestUser
 MakeUser = Callable[..., Awaitable[TestUser]]
 HOUR = timedelta(hours=1)
 RESET_URL = "https://conduit.example/reset?token={token}&lang={lang}"
-
-
-@pytest_asyncio.fixture
-async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    assert settings.database_url is not None
-    engine = create_async_engine(settings.database_url, pool_size=5)
-    yield async_sessionmaker(engine, expire_on_commit=False)
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.app import ConduitASGI, create_asgi
-from service.db import DatabaseState
 from service.jobs.handlers import publish_revocations
 from service.jobs.worker import JobContext, PermanentJobError
 from service.mail import Mailer
@@ -45,13 +44,6 @@ from tests.tcp_proxy import TcpProxy
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TTL = 600
-
-
-@pytest.fixture
-def maker(app: ConduitASGI) -> async_sessionmaker[AsyncSession]:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    return state.sessionmaker
 
 
 @pytest_asyncio.fixture

@@ -7,13 +7,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.app import ConduitASGI
-from service.db import DatabaseState
 from service.models import ApiClient, AuthSession, RefreshToken, User
 from service.services import sessions
 from tests.factories import TestUser
@@ -21,13 +18,6 @@ from tests.factories import TestUser
 MakeUser = Callable[..., Awaitable[TestUser]]
 GRACE = timedelta(seconds=30)
 REUSED = "refresh token was already used; the session is revoked"
-
-
-@pytest.fixture
-def maker(app: ConduitASGI) -> async_sessionmaker[AsyncSession]:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    return state.sessionmaker
 
 
 @pytest_asyncio.fixture

@@ -10,12 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from service.settings import Settings
 from service.webhooks.http import WebhookClient
 from service.webhooks.ssrf import AddressPolicy
-from tests.jobs.support import SmtpServer, running_smtp_server
 from tests.webhooks.receivers import (
     CertificateFiles,
     Receiver,
@@ -73,19 +71,3 @@ async def client() -> AsyncIterator[WebhookClient]:
 def delivery_settings(settings: Settings) -> Settings:
     """The test settings with loopback receivers allowed (plain http is allowed in tests)."""
     return settings.model_copy(update={"webhook_allowlist": "127.0.0.0/8,::1"})
-
-
-@pytest_asyncio.fixture
-async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the test database, independent of the app's engine."""
-    assert settings.database_url is not None
-    engine = create_async_engine(settings.database_url, pool_size=5)
-    yield async_sessionmaker(engine, expire_on_commit=False)
-    await engine.dispose()
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 capturing every message."""
-    with running_smtp_server() as server:
-        yield server

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -18,7 +18,7 @@ from service.mail import Mailer
 from service.services.password_reset import hash_token
 from service.settings import Settings
 from tests.factories import TestUser
-from tests.jobs.support import SmtpServer, running_smtp_server
+from tests.jobs.support import SmtpServer
 
 REQUEST = "/api/v1/users/password-reset"
 CONFIRM = "/api/v1/users/password-reset/confirm"
@@ -27,12 +27,6 @@ INVALID_TOKEN = {"errors": {"token": ["is invalid or has expired"]}}
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 Deliver = Callable[[], Awaitable[int]]
-
-
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    with running_smtp_server() as server:
-        yield server
 
 
 @pytest_asyncio.fixture

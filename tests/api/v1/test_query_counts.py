@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest_asyncio
-from sqlalchemy import event
 
 from service.app import ConduitASGI, create_asgi
 from service.db import DatabaseState
 from service.models import Article, ArticleTag, Comment, Favorite, Follow, Tag
 from service.settings import Settings
-from tests.apps import running
+from tests.apps import count_statements, running
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -30,24 +27,6 @@ async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
         create_asgi(settings.model_copy(update={"cache_enabled": False, "threads": 8}))
     ) as asgi:
         yield asgi
-
-
-@contextmanager
-def count_statements(app: ConduitASGI) -> Iterator[list[str]]:
-    """Record every statement the app's engine sends while the block runs."""
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.engine is not None
-    engine = state.engine.sync_engine
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 async def statements_for(
