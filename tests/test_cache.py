@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -623,8 +623,8 @@ async def test_a_signed_in_hit_costs_only_the_viewers_queries(
 class SlowProxy(TcpProxy):
     """A TcpProxy whose answers from the server arrive `delay` seconds late."""
 
-    def __init__(self, *, host: str, port: int) -> None:
-        super().__init__(host=host, port=port)
+    def __init__(self, **target: Any) -> None:
+        super().__init__(**target)
         self.delay = 0.0
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -679,13 +679,17 @@ SLOW_REPLY = 0.3
 async def via_proxy(settings: Settings, app: ConduitASGI) -> AsyncIterator[ViaProxy]:
     assert settings.redis_url is not None
     parts = urlsplit(settings.redis_url)
-    assert parts.scheme == "redis", "these tests need a TCP Redis (TEST_REDIS_URL)"
-    proxy = SlowProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
+    if parts.scheme == "unix":  # the embedded Redis
+        proxy = SlowProxy(unix=parts.path)
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        proxy = SlowProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
+        db = parts.path.lstrip("/") or "0"
     await proxy.start()
     asgi = create_asgi(
         settings.model_copy(
             update={
-                "redis_url": f"redis://127.0.0.1:{proxy.port}{parts.path}",
+                "redis_url": f"redis://127.0.0.1:{proxy.port}/{db}",
                 "redis_socket_timeout": 0.5,
                 "cache_timeout_ms": int(CACHE_TIMEOUT * 1000),
                 "threads": 8,
