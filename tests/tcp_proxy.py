@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 
 class TcpProxy:
@@ -91,3 +92,16 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 def postgres_socket(socket_dir: str) -> str:
     """The PostgreSQL unix socket file in `socket_dir` (embedded server)."""
     return str(next(Path(socket_dir).glob(".s.PGSQL.*")))
+
+
+def redis_proxy(url: str, factory: type[TcpProxy] = TcpProxy) -> tuple[TcpProxy, str]:
+    """A proxy to the Redis of `url` (TCP or the embedded server's unix socket) and the URL
+    that goes through it, with `{port}` to fill in once the proxy has started."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        proxy = factory(unix=parts.path)
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        proxy = factory(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
+        db = parts.path.lstrip("/") or "0"
+    return proxy, f"redis://127.0.0.1:{{port}}/{db}"

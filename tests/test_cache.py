@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -35,7 +34,7 @@ from service.services.invalidation import ARTICLES, BUMP_JOB, KINDS, TAGS, bump,
 from service.settings import Settings
 from tests.apps import count_statements
 from tests.factories import TestUser
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, redis_proxy
 
 API = "/api/v1"
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -678,18 +677,13 @@ SLOW_REPLY = 0.3
 @pytest_asyncio.fixture
 async def via_proxy(settings: Settings, app: ConduitASGI) -> AsyncIterator[ViaProxy]:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    if parts.scheme == "unix":  # the embedded Redis
-        proxy = SlowProxy(unix=parts.path)
-        db = parse_qs(parts.query).get("db", ["0"])[0]
-    else:
-        proxy = SlowProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
-        db = parts.path.lstrip("/") or "0"
+    proxy, proxied_url = redis_proxy(settings.redis_url, SlowProxy)
+    assert isinstance(proxy, SlowProxy)
     await proxy.start()
     asgi = create_asgi(
         settings.model_copy(
             update={
-                "redis_url": f"redis://127.0.0.1:{proxy.port}/{db}",
+                "redis_url": proxied_url.format(port=proxy.port),
                 "redis_socket_timeout": 0.5,
                 "cache_timeout_ms": int(CACHE_TIMEOUT * 1000),
                 "threads": 8,

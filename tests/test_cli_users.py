@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,33 +15,17 @@ from service.app import ConduitASGI
 from service.db import DatabaseState
 from service.models import ROLES, AuditEntry, User
 from service.settings import Settings
+from tests.cli import cli_environment, run
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
 
 
 @pytest.fixture(autouse=True)
 def _environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Settings
 ) -> Iterator[None]:
-    """The test database as DATABASE_URL, nothing else; the CLI's logging setup undone after."""
-    for name in ENV_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    assert settings.database_url is not None
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    loggers = [logging.getLogger(name) for name in ("", "conduit.cli")]
-    saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
-    yield
-    for lg, handlers, level in saved:
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-
-
-async def run(*argv: str) -> int:
-    # main() runs its own event loop (asyncio.run): give it a thread of its own.
-    return await asyncio.to_thread(cli.main, list(argv))
+    yield from cli_environment(monkeypatch, tmp_path, settings)
 
 
 def maker(app: ConduitASGI) -> async_sessionmaker[AsyncSession]:

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 from service.app import ConduitASGI, create_asgi
 from service.settings import Settings, normalise_database_url
-from tests.tcp_proxy import TcpProxy, postgres_socket
+from tests.tcp_proxy import TcpProxy, postgres_socket, redis_proxy
 
 
 def _database_proxy(url: str) -> tuple[TcpProxy, str]:
@@ -24,18 +24,6 @@ def _database_proxy(url: str) -> tuple[TcpProxy, str]:
         proxy = TcpProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 5432)
     userinfo = parts.netloc.rpartition("@")[0]
     return proxy, f"postgresql://{userinfo}@127.0.0.1:{{port}}{parts.path}"
-
-
-def _redis_proxy(url: str) -> tuple[TcpProxy, str]:
-    """A proxy to the Redis of `url` and the URL that goes through it."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        proxy = TcpProxy(unix=parts.path)
-        db = parse_qs(parts.query).get("db", ["0"])[0]
-    else:
-        proxy = TcpProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
-        db = parts.path.lstrip("/") or "0"
-    return proxy, f"redis://127.0.0.1:{{port}}/{db}"
 
 
 @dataclass
@@ -53,7 +41,7 @@ async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[Proxied
     assert settings.database_url is not None
     assert settings.redis_url is not None
     database, database_url = _database_proxy(settings.database_url)
-    redis, redis_url = _redis_proxy(settings.redis_url)
+    redis, redis_url = redis_proxy(settings.redis_url)
     await database.start()
     await redis.start()
     asgi = create_asgi(

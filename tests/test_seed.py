@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +19,7 @@ from service.migrate import upgrade_async
 from service.seed import DEFAULT_PASSWORD, SeedError, SeedOptions, seed
 from service.services import slugs
 from service.settings import Settings
+from tests.cli import cli_environment, run
 
 SMALL = SeedOptions(
     users=25,
@@ -31,7 +30,6 @@ SMALL = SeedOptions(
     favorites_per_user=6,
 )
 TABLES = ("users", "follows", "tags", "articles", "article_tags", "favorites", "comments")
-ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
 
 
 async def fetch(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
@@ -279,23 +277,7 @@ async def test_impossible_options(database_url: str, options: SeedOptions, messa
 def _cli_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, settings: Settings
 ) -> Iterator[None]:
-    """The test database as DATABASE_URL; the CLI's logging setup undone afterwards."""
-    for name in ENV_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
-    assert settings.database_url is not None
-    monkeypatch.setenv("DATABASE_URL", settings.database_url)
-    loggers = [logging.getLogger(name) for name in ("", "conduit.cli")]
-    saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
-    yield
-    for lg, handlers, level in saved:
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-
-
-async def run(*argv: str) -> int:
-    # main() runs its own event loop (asyncio.run): give it a thread of its own.
-    return await asyncio.to_thread(cli.main, list(argv))
+    yield from cli_environment(monkeypatch, tmp_path, settings)
 
 
 @pytest.mark.usefixtures("_cli_environment")

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -40,7 +39,7 @@ from tests.api.v1.test_oauth import (
     status_of,
 )
 from tests.factories import TestUser
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, redis_proxy
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TTL = 600
@@ -289,18 +288,12 @@ class ProxiedRedis:
 @pytest_asyncio.fixture
 async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[ProxiedRedis]:
     assert settings.redis_url is not None
-    parts = urlsplit(settings.redis_url)
-    if parts.scheme == "unix":
-        proxy = TcpProxy(unix=parts.path)
-        db = parse_qs(parts.query).get("db", ["0"])[0]
-    else:
-        proxy = TcpProxy(host=parts.hostname or "127.0.0.1", port=parts.port or 6379)
-        db = parts.path.lstrip("/") or "0"
+    proxy, proxied_url = redis_proxy(settings.redis_url)
     await proxy.start()
     asgi = create_asgi(
         settings.model_copy(
             update={
-                "redis_url": f"redis://127.0.0.1:{proxy.port}/{db}",
+                "redis_url": proxied_url.format(port=proxy.port),
                 "redis_socket_timeout": 0.5,
                 "threads": 4,
             }
