@@ -35,7 +35,7 @@ from service.services import login_guard
 from service.services.security import Tokens
 from service.settings import Settings
 from tests import factories
-from tests.test_faults import _redis_proxy
+from tests.tcp_proxy import redis_proxy
 
 PEER = ("127.0.0.1", 50000)
 LOGIN = "/api/v1/users/login"
@@ -391,7 +391,7 @@ async def test_redis_down_fails_open_but_keeps_auth_limit(
     serve: Serve, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert settings.redis_url is not None
-    proxy, url = _redis_proxy(settings.redis_url)
+    proxy, url = redis_proxy(settings.redis_url)
     await proxy.start()
     overrides = {
         "redis_url": url.format(port=proxy.port),
