@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from service import http_cache, observability, ratelimit
+from service import http_cache, observability, ratelimit, response_cache
 from service.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
 from service.api import errors, hardening
 from service.api.auth import auth
@@ -80,9 +80,13 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
         )
         self.flask_app = flask_app
         # On the event loop, before the body is read or a thread taken: the rate limiter may
-        # answer 429 without Flask; responses Flask did not make still get the security headers.
+        # answer 429 and the response cache a repeated anonymous read, both without Flask;
+        # responses Flask did not make still get the security headers.
         self._serve_http = hardening.protect(
-            ratelimit.install(http_cache.install(super().http), flask_app), flask_app
+            ratelimit.install(
+                response_cache.install(http_cache.install(super().http), flask_app), flask_app
+            ),
+            flask_app,
         )
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:

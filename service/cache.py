@@ -63,7 +63,7 @@ LOCK_WAIT_SECONDS = 0.05
 LOCK_POLLS = 3
 
 # KEYS[1]: the generation counter; ARGV[1]: the entry key prefix; ARGV[2]: the entry key.
-_READ_SCRIPT = (
+READ_SCRIPT = (
     START_GENERATION_LUA
     + """
 local current = generation(KEYS[1])
@@ -155,10 +155,10 @@ class Cache:
         try:
             async with asyncio.timeout(state.timeout):
                 generation, raw = await client.eval(
-                    _READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
+                    READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
                 )
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(state, exc)
+            self.note_failure(state, exc)
             return await load()
         state.timeouts_in_a_row = 0
         if raw is not None:
@@ -203,7 +203,7 @@ class Cache:
                         state.stats.hits += 1
                         return orjson.loads(raw)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(state, exc)
+            self.note_failure(state, exc)
             return await load()
         try:
             value = await load()
@@ -221,7 +221,7 @@ class Cache:
                 pipe.delete(lock)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(state, exc)
+            self.note_failure(state, exc)
         return value
 
     async def _usable(self, state: CacheState) -> bool:
@@ -234,13 +234,14 @@ class Cache:
                 async with asyncio.timeout(state.timeout):
                     await bump(client=redis.client, kinds=kinds)
             except (RedisError, OSError, TimeoutError) as exc:
-                self._failed(state, exc)
+                self.note_failure(state, exc)
                 return False
             # Only what was bumped: another request may have added kinds meanwhile.
             state.pending_bumps -= kinds
         return True
 
-    def _failed(self, state: CacheState, exc: BaseException) -> None:
+    def note_failure(self, state: CacheState, exc: BaseException) -> None:
+        """Count a Redis failure; after a few, leave Redis alone for a while."""
         state.stats.errors += 1
         if isinstance(exc, TimeoutError):
             state.timeouts_in_a_row += 1
@@ -269,7 +270,7 @@ async def bump_changed(session: AsyncSession) -> None:
             await bump(client=redis.client, kinds=changed)
     except (RedisError, OSError, TimeoutError) as exc:
         state.pending_bumps |= changed
-        cache._failed(state, exc)
+        cache.note_failure(state, exc)
         # For the other processes: a durable retry, committed now.
         await enqueue(session=session, kind=BUMP_JOB, payload={"kinds": sorted(changed)})
         await session.commit()

@@ -80,20 +80,36 @@ def _finish_request(response: Response) -> Response:
     return response
 
 
+def log_access(
+    *,
+    method: str,
+    path: str,
+    status: int,
+    duration_ms: float | None,
+    remote: str | None,
+    request_id: str | None = None,
+) -> None:
+    """Write one access-log line (also for answers made outside Flask)."""
+    extra: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration_ms, 2) if duration_ms is not None else None,
+        "remote": remote,
+    }
+    if request_id is not None and request_id_var.get() is None:
+        extra["request_id"] = request_id
+    access_logger.info("%s %s %d", method, path, status, extra=extra)
+
+
 def _log_access(response: Response) -> Response:
     started = g.get("started")
-    access_logger.info(
-        "%s %s %d",
-        request.method,
-        request.path,
-        response.status_code,
-        extra={
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
-            "remote": request.remote_addr,
-        },
+    log_access(
+        method=request.method,
+        path=request.path,
+        status=response.status_code,
+        duration_ms=(time.perf_counter() - started) * 1000 if started else None,
+        remote=request.remote_addr,
     )
     return response
 

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
     # A cache read that takes longer falls through to the database.
     cache_timeout_ms: int = Field(default=100, ge=1, le=5000)
+    # Whole answers to anonymous reads, served before Flask (service/response_cache.py); only
+    # with the cache on.
+    response_cache_enabled: bool = True
 
     # Webhooks. Plain http targets: unset means allowed outside production only.
     webhook_allow_http: bool | None = None

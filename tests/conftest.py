@@ -128,6 +128,14 @@ async def _clean_state(request: pytest.FixtureRequest) -> AsyncIterator[None]:
         await redis.aclose()
 
 
+@pytest_asyncio.fixture
+async def rds(server_urls: tuple[str, str]) -> AsyncIterator[Redis]:
+    """A direct client of the test Redis database (to inspect keys)."""
+    client = Redis.from_url(server_urls[1])
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture
 def make_user(app: ConduitASGI) -> Callable[..., Awaitable[TestUser]]:
     """Factory fixture: `await make_user(username=...)` inserts a user and returns a token."""

@@ -81,14 +81,6 @@ async def oracle(oracle_app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest_asyncio.fixture
-async def rds(server_urls: tuple[str, str]) -> AsyncIterator[Redis]:
-    """A direct client of the test Redis database (to inspect keys)."""
-    client = Redis.from_url(server_urls[1])
-    yield client
-    await client.aclose()
-
-
 def headers(user: Viewer) -> dict[str, str]:
     return user.headers if user is not None else {}
 
@@ -129,11 +121,18 @@ async def post_comment(client: httpx.AsyncClient, user: TestUser, slug: str, tex
 
 
 async def cache_stats(client: httpx.AsyncClient) -> dict[str, int]:
-    """The counters of GET /metrics."""
+    """The counters of GET /metrics: the read cache's by outcome, the response cache's (in
+    front of it, for anonymous reads) as `response_<outcome>`, and `served`: the reads either
+    answered from a cached entry."""
     response = await client.get("/metrics")
     assert response.status_code == 200
     pattern = r'conduit_cache_operations_total\{outcome="(\w+)"\} (\d+)'
-    return {name: int(value) for name, value in re.findall(pattern, response.text)}
+    stats = {name: int(value) for name, value in re.findall(pattern, response.text)}
+    pattern = r'conduit_response_cache_total\{outcome="(\w+)"\} (\d+)'
+    for name, value in re.findall(pattern, response.text):
+        stats[f"response_{name}"] = int(value)
+    stats["served"] = stats["hits"] + stats.get("response_hits", 0)
+    return stats
 
 
 def cache_state(app: ConduitASGI) -> CacheState:
@@ -154,9 +153,14 @@ async def generation_of(rds: Redis, kind: str) -> str:
 
 
 async def entry_keys(rds: Redis) -> list[bytes]:
-    """The cache's entries (not its generation counters)."""
+    """The read cache's entries (not its generation counters, not whole responses)."""
     keys = [key async for key in rds.scan_iter(match="c:*")]
-    return [key for key in keys if not key.startswith(b"c:g:")]
+    return [key for key in keys if not key.startswith(b"c:g:") and b":http:" not in key]
+
+
+async def response_keys(rds: Redis) -> list[bytes]:
+    """The response cache's entries (whole anonymous answers)."""
+    return [key async for key in rds.scan_iter(match="c:*:http:*")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +428,10 @@ async def test_a_write_is_seen_by_every_cached_read_after_it(
     world = await build_world(client, make_user)
     world.extra["app"] = app
     before = await snapshot(client, world)
-    # Every answer is cached now (one shared entry per read, whoever asked).
+    # Every answer is cached now (one shared entry per read, whoever asked), and the
+    # anonymous answer whole.
     assert len(await entry_keys(rds)) == len(reads(world))
+    assert len(await response_keys(rds)) == len(reads(world))
 
     await write.run(client, world)
 
@@ -568,24 +574,48 @@ async def test_concurrent_viewers_of_one_cold_entry_get_their_own_marks(
 # Hits really skip the database
 
 
+@pytest_asyncio.fixture(scope="module")
+async def read_cache_only(settings: Settings) -> AsyncIterator[ConduitASGI]:
+    """The cached app without the response cache in front: anonymous reads reach Flask."""
+    asgi = create_asgi(settings.model_copy(update={"response_cache_enabled": False, "threads": 8}))
+    await asgi.startup()
+    yield asgi
+    await asgi.shutdown()
+    asgi.executor.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("layers", ["read cache", "response cache in front"])
 async def test_an_anonymous_hit_runs_no_sql_and_counts_as_a_hit(
-    app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
+    layers: str,
+    app: ConduitASGI,
+    read_cache_only: ConduitASGI,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     alice = await make_user(username="alice")
     await post_article(client, alice, "Dragons", ["alpha"])
+    served = read_cache_only if layers == "read cache" else app
+    transport = httpx.ASGITransport(app=served)
+    reader = httpx.AsyncClient(transport=transport, base_url="http://testserver")
     paths = ["/articles?tag=alpha", "/articles/dragons", "/articles/dragons/comments", "/tags"]
     paths.append("/profiles/alice")
-    for path in paths:
-        with count_statements(app) as miss:
-            cold = await get(client, path)
-        assert miss, path
-        stats = await cache_stats(client)
-        with count_statements(app) as hit:
-            warm = await get(client, path)
-        assert (warm.status_code, warm.json()) == (cold.status_code, cold.json())
-        assert hit == [], path
-        now = await cache_stats(client)
-        assert (now["hits"] - stats["hits"], now["misses"] - stats["misses"]) == (1, 0)
+    async with reader:
+        for path in paths:
+            with count_statements(served) as miss:
+                cold = await get(reader, path)
+            assert miss, path
+            stats = await cache_stats(reader)
+            with count_statements(served) as hit:
+                warm = await get(reader, path)
+            assert (warm.status_code, warm.json()) == (cold.status_code, cold.json())
+            assert hit == [], path
+            now = await cache_stats(reader)
+            assert now["served"] - stats["served"] == 1, path
+            assert now["misses"] == stats["misses"], path
+            assert now.get("response_misses") == stats.get("response_misses"), path
+            if layers == "read cache":
+                assert now["hits"] - stats["hits"] == 1, path
+                assert "response_hits" not in now
 
 
 async def test_a_signed_in_hit_costs_only_the_viewers_queries(
@@ -766,7 +796,7 @@ async def test_redis_cut_reads_and_writes_work_and_writes_are_seen_after_it_retu
     for path in OUTAGE_READS:
         assert await answer(http, path) == await answer(oracle, path), path
     now = await cache_stats(http)
-    assert now["hits"] - stats["hits"] == len(OUTAGE_READS)
+    assert now["served"] - stats["served"] == len(OUTAGE_READS)
     assert now["errors"] == stats["errors"]
 
 
@@ -1009,7 +1039,9 @@ async def test_entries_expire_and_generations_do_not(
 
     keys = await entry_keys(rds)
     assert len(keys) == len(paths)  # one shared entry per answer, whoever asked
-    for key in keys:
+    whole = await response_keys(rds)
+    assert len(whole) == len(paths)  # and one whole anonymous answer
+    for key in keys + whole:
         assert 0 < await rds.ttl(key) <= ttl, key
         assert not key.endswith(b":lock")
     generations = [key async for key in rds.scan_iter(match="c:g:*")]
@@ -1017,18 +1049,20 @@ async def test_entries_expire_and_generations_do_not(
     for key in generations:
         assert await rds.ttl(key) == -1
     # Nothing outside the cache's prefix came from the reads.
-    assert all(key.startswith(b"c:") for key in keys)
+    assert all(key.startswith(b"c:") for key in keys + whole)
 
     # An expired entry is loaded again, with what the database says now.
     stats = await cache_stats(client)
-    for key in keys:
+    for key in keys + whole:
         await rds.pexpire(key, 1)
     await asyncio.sleep(0.01)
     for path in paths:
         assert (await get(client, path)).status_code == 200
     now = await cache_stats(client)
     assert now["misses"] - stats["misses"] == len(paths)
+    assert now["response_misses"] - stats["response_misses"] == len(paths)
     assert len(await entry_keys(rds)) == len(paths)
+    assert len(await response_keys(rds)) == len(paths)
 
 
 async def test_keys_per_generation_are_bounded_by_the_distinct_reads(
@@ -1039,13 +1073,14 @@ async def test_keys_per_generation_are_bounded_by_the_distinct_reads(
     for offset in range(12):
         await get(client, f"/articles?limit=1&offset={offset}")
     assert len(await entry_keys(rds)) == 12
+    assert len(await response_keys(rds)) == 12
     # A bump makes them unreadable; they only wait for their TTL.
     await post_article(client, alice, "More", [])
     await get(client, "/articles?limit=1&offset=0")
-    keys = await entry_keys(rds)
-    assert len(keys) == 13
     current = await generation_of(rds, ARTICLES)
-    assert sum(f":{current}:".encode() in key for key in keys) == 1
+    for keys in (await entry_keys(rds), await response_keys(rds)):
+        assert len(keys) == 13
+        assert sum(f":{current}:".encode() in key for key in keys) == 1
 
 
 async def test_a_lost_generation_counter_does_not_bring_back_old_entries(

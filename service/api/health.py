@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
 from service.api.errors import error_response
 from service.cache import cache
 from service.db import db, describe_error
 from service.redis import redis
+from service.response_cache import EXTENSION_KEY as RESPONSE_CACHE_KEY
 
 logger = logging.getLogger("conduit.health")
 
@@ -59,11 +60,19 @@ async def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Process counters in the Prometheus text format (no I/O): the cache's hits and misses."""
+    """Process counters in the Prometheus text format (no I/O): the caches' hits and misses."""
     lines = [
         "# HELP conduit_cache_operations_total Cache reads by outcome, since the process started.",
         "# TYPE conduit_cache_operations_total counter",
     ]
     for outcome, value in cache.stats().items():
         lines.append(f'conduit_cache_operations_total{{outcome="{outcome}"}} {value}')
+    layer = current_app.extensions.get(RESPONSE_CACHE_KEY)
+    if layer is not None:
+        lines += [
+            "# HELP conduit_response_cache_total Anonymous reads by outcome at the response cache.",
+            "# TYPE conduit_response_cache_total counter",
+        ]
+        for outcome, value in layer.stats.as_dict().items():
+            lines.append(f'conduit_response_cache_total{{outcome="{outcome}"}} {value}')
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

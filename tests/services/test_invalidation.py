@@ -3,20 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest_asyncio
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.services import invalidation
-
-
-@pytest_asyncio.fixture
-async def rds(server_urls: tuple[str, str]) -> AsyncIterator[Redis]:
-    client = Redis.from_url(server_urls[1])
-    yield client
-    await client.aclose()
 
 
 def test_notes_accumulate_until_taken_and_are_then_forgotten() -> None:

@@ -1,0 +1,347 @@
+"""Whole-response cache for anonymous reads, on the event loop in front of Flask (ASGI).
+
+`service.cache` caches the shared part of an answer, but every request still crosses to a
+worker thread, runs Flask's routing, validation and serialisation and comes back: that
+round trip is most of what an anonymous read costs once its data is cached. This layer keeps
+the finished answer (compressed body, `ETag` and the other representation headers) in Redis
+and serves a repeat of the same anonymous `GET`/`HEAD` without a thread or Flask.
+
+Exactness is `service.cache`'s: each route reads under the generation counter of the kind of
+data it shows (`ROUTES`), one Lua call reads the counter and the entry together, and an entry
+is stored under the generation read *before* the answer was computed, so a write that commits
+meanwhile (and bumps the counter before its own response is sent) makes it unreachable. The
+invalidation state is shared with `service.cache` too: after a Redis failure, or while a bump
+of this process is pending, requests go to Flask.
+
+What is cached, and what is not:
+- Only requests without `Authorization` (anything personal needs a token), only `200`
+  answers, only the routes in `ROUTES` (the RealWorld reads). `HEAD` shares the `GET` entry.
+- The key is the path, the raw query string and the content coding the client would get
+  (`service.http_cache` negotiates it the same way), so every variant is stored separately.
+- Per-request headers are not stored: `X-Request-ID`, the security and CORS headers (they
+  depend on `Origin` and the scheme) are made afresh for each answer from the same code
+  Flask uses (`Hardening.base_headers`); the RateLimit headers are added outside this layer.
+- `If-None-Match` is answered here too: a `304` from the stored `ETag`.
+- Concurrent misses of one entry in a process share one trip through Flask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from flask import Flask
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service import cache as cache_module
+from service.adapter import Message, Receive, Scope, Send
+from service.api.hardening import EXTENSION_KEY as HARDENING_KEY
+from service.api.hardening import ASGIApp, Hardening
+from service.cache import CacheState, cache, digest
+from service.http_cache import (
+    ENCODERS,
+    REPRESENTATION_HEADERS,
+    choose_coding,
+    identity_refused,
+    none_match,
+    parse_accept_encoding,
+)
+from service.observability import log_access, request_id_from
+from service.redis import EXTENSION_KEY as REDIS_KEY
+from service.redis import RedisState
+from service.services.invalidation import ARTICLES, COMMENTS, PROFILES, TAGS, generation_key
+from service.settings import Settings
+
+logger = logging.getLogger("conduit.response_cache")
+
+EXTENSION_KEY = "conduit.response_cache"
+METHODS = frozenset({"GET", "HEAD"})
+# Path (as routed, percent-decoded) to the kind of data the answer shows. `feed` needs a
+# token (an anonymous request gets a 401, which is never stored), but is kept out anyway.
+ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"/api/v1/articles"), ARTICLES),
+    (re.compile(r"/api/v1/articles/(?!feed$)[^/]+"), ARTICLES),
+    (re.compile(r"/api/v1/articles/[^/]+/comments"), COMMENTS),
+    (re.compile(r"/api/v1/tags"), TAGS),
+    (re.compile(r"/api/v1/profiles/[^/]+"), PROFILES),
+)
+# The headers kept with the body; the others are made per request.
+STORED_HEADERS = frozenset(
+    {b"content-type", b"content-encoding", b"etag", b"cache-control", b"vary"}
+)
+# Answers larger than this are not stored (a page of 100 long articles stays far below).
+MAX_ENTRY_BYTES = 512 * 1024
+
+
+def route_kind(path: str) -> str | None:
+    """The cached kind the answer of `path` is made of, or None when it is not cached."""
+    for pattern, kind in ROUTES:
+        if pattern.fullmatch(path):
+            return kind
+    return None
+
+
+@dataclass
+class ResponseStats:
+    """Counters since the process started."""
+
+    hits: int = 0
+    not_modified: int = 0
+    misses: int = 0
+    stored: int = 0
+    bypassed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored answer: its representation headers and its (possibly compressed) body."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def dump(self) -> bytes:
+        """The bytes stored in Redis: a JSON header line, then the body."""
+        names = [[name.decode("latin-1"), value.decode("latin-1")] for name, value in self.headers]
+        return orjson.dumps(names) + b"\n" + self.body
+
+    @classmethod
+    def load(cls, raw: bytes) -> Entry:
+        """The entry `dump` wrote."""
+        line, _, body = raw.partition(b"\n")
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in orjson.loads(line)
+        ]
+        return cls(headers, body)
+
+    @property
+    def etag(self) -> bytes | None:
+        """The stored `ETag`."""
+        return next((value for name, value in self.headers if name == b"etag"), None)
+
+
+class _Request:
+    """What this layer reads of the request headers, found in one pass."""
+
+    __slots__ = (
+        "accept_encoding",
+        "authorized",
+        "forwarded_proto",
+        "if_none_match",
+        "origin",
+        "request_id",
+    )
+
+    def __init__(self, scope: Scope) -> None:
+        self.authorized = False
+        self.accept_encoding: list[bytes] = []
+        self.if_none_match: list[bytes] = []
+        self.origin: str | None = None
+        self.forwarded_proto: str | None = None
+        self.request_id: str | None = None
+        for name, value in scope.get("headers", ()):
+            name = name.lower()
+            if name == b"authorization":
+                self.authorized = True
+            elif name == b"accept-encoding":
+                self.accept_encoding.append(value)
+            elif name == b"if-none-match":
+                self.if_none_match.append(value)
+            elif name == b"origin" and self.origin is None:
+                self.origin = value.decode("latin-1")
+            elif name == b"x-forwarded-proto" and self.forwarded_proto is None:
+                self.forwarded_proto = value.decode("latin-1")
+            elif name == b"x-request-id" and self.request_id is None:
+                self.request_id = value.decode("latin-1")
+
+    def variant(self) -> str:
+        """The content coding this client gets (`service.http_cache` decides the same way)."""
+        if not self.accept_encoding:
+            return "none"
+        accepted = parse_accept_encoding(self.accept_encoding)
+        coding = choose_coding(accepted, ENCODERS) or "identity"
+        return f"{coding}:{int(identity_refused(accepted))}"
+
+
+@dataclass
+class ResponseCache:
+    """ASGI middleware serving anonymous reads from Redis (see the module docstring)."""
+
+    app: ASGIApp
+    state: CacheState
+    hardening: Hardening
+    redis_state: RedisState
+    access_log: bool
+    stats: ResponseStats = field(default_factory=ResponseStats)
+    inflight: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer from the cache, or pass the request on and keep its answer."""
+        kind = None
+        if scope["type"] == "http" and scope.get("method") in METHODS:
+            kind = route_kind(scope.get("path", ""))
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        request = _Request(scope)
+        client = self.redis_state.client
+        if request.authorized or client is None or not self._usable():
+            if not request.authorized:
+                self.stats.bypassed += 1
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        key = "http:" + digest(
+            scope["path"], scope.get("query_string", b"").decode("latin-1"), request.variant()
+        )
+        try:
+            async with asyncio.timeout(self.state.timeout):
+                generation, raw = await client.eval(
+                    cache_module.READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            cache.note_failure(self.state, exc)
+            await self.app(scope, receive, send)
+            return
+        self.state.timeouts_in_a_row = 0
+        if raw is not None:
+            await self._answer(scope, request, Entry.load(raw), send, started)
+            return
+        self.stats.misses += 1
+        full_key = cache_module.entry_key(kind, generation.decode(), key)
+        running = self.inflight.get(full_key)
+        if running is not None:
+            entry = await asyncio.shield(running)
+            if entry is not None:
+                await self._answer(scope, request, entry, send, started)
+                return
+            await self.app(scope, receive, send)
+            return
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self.inflight[full_key] = future
+        entry = None
+        try:
+            entry = await self._pass_and_capture(scope, receive, send)
+        finally:
+            del self.inflight[full_key]
+            future.set_result(entry)
+        if entry is not None:
+            await self._store(client, full_key, entry)
+
+    def _usable(self) -> bool:
+        # A bump this process owes is made by the next cached read in Flask; until then the
+        # entries of those kinds may be stale for everyone, so do not serve any.
+        return (
+            self.state.enabled
+            and not self.state.pending_bumps
+            and time.monotonic() >= self.state.skip_until
+        )
+
+    async def _pass_and_capture(self, scope: Scope, receive: Receive, send: Send) -> Entry | None:
+        """Run the request through the app; the entry to store when its answer may be kept."""
+        start: Message | None = None
+        chunks: list[bytes] = []
+        keep = False
+
+        async def capture(message: Message) -> None:
+            nonlocal start, keep
+            if message["type"] == "http.response.start":
+                start = message
+                keep = message["status"] == 200 and all(
+                    name.lower() != b"set-cookie" for name, _ in message.get("headers", ())
+                )
+            elif message["type"] == "http.response.body" and keep:
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        if start is None or not keep or scope["method"] != "GET":
+            # A HEAD's body is dropped on the way out: nothing to store.
+            return None
+        body = b"".join(chunks)
+        if len(body) > MAX_ENTRY_BYTES:
+            return None
+        headers = [
+            (name.lower(), value)
+            for name, value in start.get("headers", ())
+            if name.lower() in STORED_HEADERS
+        ]
+        return Entry(headers, body)
+
+    async def _store(self, client: Redis, full_key: str, entry: Entry) -> None:
+        try:
+            async with asyncio.timeout(self.state.timeout):
+                await client.set(full_key, entry.dump(), ex=self.state.ttl_seconds)
+        except (RedisError, OSError, TimeoutError) as exc:
+            cache.note_failure(self.state, exc)
+            return
+        self.stats.stored += 1
+
+    async def _answer(
+        self, scope: Scope, request: _Request, entry: Entry, send: Send, started: float
+    ) -> None:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        extra = self.hardening.base_headers(
+            method="GET",
+            origin=request.origin,
+            authorized=False,
+            https=self.hardening.proxies.is_https(
+                scope.get("scheme", "http"), peer, request.forwarded_proto
+            ),
+        )
+        request_id = request_id_from(request.request_id)
+        headers = [*entry.headers]
+        headers += [
+            (name.lower().encode(), value.encode("latin-1")) for name, value in extra.items()
+        ]
+        headers.append((b"x-request-id", request_id.encode()))
+        etag = entry.etag
+        if request.if_none_match and etag is not None and none_match(request.if_none_match, etag):
+            self.stats.not_modified += 1
+            status, body = 304, b""
+            headers = [
+                (name, value) for name, value in headers if name not in REPRESENTATION_HEADERS
+            ]
+        else:
+            self.stats.hits += 1
+            status, body = 200, entry.body
+            headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+        if self.access_log:
+            log_access(
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=(time.perf_counter() - started) * 1000,
+                remote=peer,
+                request_id=request_id,
+            )
+
+
+def install(app: ASGIApp, flask_app: Flask) -> ASGIApp:
+    """Wrap `app` in the response cache of `flask_app`, when it and the cache are enabled."""
+    state: CacheState = flask_app.extensions[cache_module.EXTENSION_KEY]
+    settings: Settings = flask_app.config["CONDUIT_SETTINGS"]
+    if not (state.enabled and settings.response_cache_enabled):
+        return app
+    layer = ResponseCache(
+        app=app,
+        state=state,
+        hardening=flask_app.extensions[HARDENING_KEY],
+        redis_state=flask_app.extensions[REDIS_KEY],
+        access_log=settings.access_log,
+    )
+    flask_app.extensions[EXTENSION_KEY] = layer
+    return layer
