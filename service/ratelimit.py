@@ -1,7 +1,7 @@
 """Rate limits: an ASGI middleware in front of the adapter, shared through Redis.
 
 It runs on the event loop before the body is read or a thread is taken, so a refused request
-costs one Redis round trip and never enters Flask.
+costs at most one Redis round trip and never enters Flask.
 
 Policies (requests per 60 s, settings `RATE_LIMIT_*`):
 
@@ -19,8 +19,10 @@ right-most `X-Forwarded-For` address that is not a trusted proxy. IPv6 clients a
 per /64 (one host usually owns a whole /64).
 
 Algorithm: GCRA (a token bucket as one timestamp per key) in one Lua script, so every
-policy of a request is checked and charged atomically in one round trip, with Redis's clock
-shared by all processes and instances. A refused request charges nothing. Keys are
+policy of a request is checked and charged atomically, with Redis's clock shared by all
+processes and instances. A refused request charges nothing. The requests that arrive in one
+turn of the event loop are decided by one script call (`service.batching.TurnBatch`), in
+arrival order: under load a round trip serves many requests. Keys are
 `rl:<policy>:<identity>` and expire once the bucket is full again.
 
 Every limited response carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
@@ -57,6 +59,7 @@ from redis.exceptions import RedisError
 
 from service.adapter import Message, Receive, Scope, Send
 from service.api.hardening import ASGIApp, IPAddress, ProxyTrust
+from service.batching import TurnBatch
 from service.lifecycle import register_lifespan
 from service.observability import request_id_from
 from service.services.errors import DomainError
@@ -95,35 +98,48 @@ RETRY_REDIS_AFTER_SECONDS = 1.0
 WARN_EVERY_SECONDS = 10.0
 MEMORY_MAX_KEYS = 100_000
 
-# KEYS: one bucket per policy. ARGV: limit and window (ms) per policy, in KEYS order.
-# Returns: allowed (1/0), then per policy: remaining, ms until full, ms until one more.
+# Many requests in one call (the requests of one turn of the event loop, `TurnBatch`), each
+# decided in order, so two requests on one bucket see each other's charge.
+# KEYS: the requests' buckets, request after request. ARGV[1]: the number of requests; then
+# per request: its number of buckets n, then limit and window (ms) per bucket.
+# Returns, per request: allowed (1/0), then per bucket: remaining, ms until full, ms until one
+# more.
 GCRA_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local allowed = 1
-local tats = {}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  tats[i] = tat
-  if now < tat + window / limit - window then allowed = 0 end
-end
-local out = {allowed}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local window = tonumber(ARGV[2 * i])
-  local interval = window / limit
-  local tat = tats[i]
-  local retry = math.max(0, tat + interval - window - now)
-  if allowed == 1 then
-    tat = tat + interval
-    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+local out = {}
+local k = 0
+local a = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local allowed = 1
+  local tats = {}
+  for i = 1, n do
+    local limit = tonumber(ARGV[a + 2 * i - 2])
+    local window = tonumber(ARGV[a + 2 * i - 1])
+    local tat = tonumber(redis.call('GET', KEYS[k + i])) or now
+    if tat < now then tat = now end
+    tats[i] = tat
+    if now < tat + window / limit - window then allowed = 0 end
   end
-  out[#out + 1] = math.max(0, math.floor((now + window - tat) / interval))
-  out[#out + 1] = math.ceil(tat - now)
-  out[#out + 1] = math.ceil(retry)
+  out[#out + 1] = allowed
+  for i = 1, n do
+    local limit = tonumber(ARGV[a + 2 * i - 2])
+    local window = tonumber(ARGV[a + 2 * i - 1])
+    local interval = window / limit
+    local tat = tats[i]
+    local retry = math.max(0, tat + interval - window - now)
+    if allowed == 1 then
+      tat = tat + interval
+      redis.call('SET', KEYS[k + i], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+    end
+    out[#out + 1] = math.max(0, math.floor((now + window - tat) / interval))
+    out[#out + 1] = math.ceil(tat - now)
+    out[#out + 1] = math.ceil(retry)
+  end
+  k = k + n
+  a = a + 2 * n
 end
 return out
 """
@@ -273,6 +289,7 @@ class RateLimitMiddleware:
         self.fallback = MemoryLimiter()
         self.client: Redis | None = None
         self._script: Any = None
+        self._batch: TurnBatch[list[tuple[Policy, str]], Verdict] = TurnBatch(self._check_batch)
         self._skip_redis_until = 0.0
         self._redis_down = False
         self._last_warning = -math.inf
@@ -292,7 +309,7 @@ class RateLimitMiddleware:
         self._script = self.client.register_script(GCRA_SCRIPT)
         # Load the script and open a first connection now rather than in the first burst.
         with suppress(RedisError, OSError, TimeoutError):
-            await self._script(keys=[], args=[], client=self.client)
+            await self._script(keys=[], args=[0], client=self.client)
 
     async def shutdown(self) -> None:
         """Close the client."""
@@ -371,18 +388,33 @@ class RateLimitMiddleware:
         return self.fallback.hit(memory_checks)
 
     async def _check_redis(self, checks: list[tuple[Policy, str]]) -> Verdict:
-        args: list[int] = []
-        for policy, _ in checks:
-            args += [policy.limit, policy.window * 1000]
-        raw = await self._script(keys=[key for _, key in checks], args=args, client=self.client)
-        values = [int(value) for value in raw]
-        decisions = tuple(
-            Decision(policy, *values[1 + 3 * i : 4 + 3 * i]) for i, (policy, _) in enumerate(checks)
-        )
+        verdict = await self._batch.call(checks)
         if self._redis_down:
             self._redis_down = False
             logger.info("rate limiter: redis reachable again")
-        return Verdict(values[0] == 1, decisions)
+        return verdict
+
+    async def _check_batch(self, requests: list[list[tuple[Policy, str]]]) -> list[Verdict]:
+        """One script call deciding every request of a loop turn, in order."""
+        keys: list[str] = []
+        args: list[int] = [len(requests)]
+        for checks in requests:
+            args.append(len(checks))
+            for policy, key in checks:
+                keys.append(key)
+                args += [policy.limit, policy.window * 1000]
+        raw = await self._script(keys=keys, args=args, client=self.client)
+        values = [int(value) for value in raw]
+        verdicts = []
+        at = 0
+        for checks in requests:
+            decisions = tuple(
+                Decision(policy, *values[at + 1 + 3 * i : at + 4 + 3 * i])
+                for i, (policy, _) in enumerate(checks)
+            )
+            verdicts.append(Verdict(values[at] == 1, decisions))
+            at += 1 + 3 * len(checks)
+        return verdicts
 
     def _redis_failed(self, exc: BaseException) -> None:
         now = asyncio.get_running_loop().time()

@@ -3,15 +3,23 @@
 `service.cache` caches the shared part of an answer, but every request still crosses to a
 worker thread, runs Flask's routing, validation and serialisation and comes back: that
 round trip is most of what an anonymous read costs once its data is cached. This layer keeps
-the finished answer (compressed body, `ETag` and the other representation headers) in Redis
-and serves a repeat of the same anonymous `GET`/`HEAD` without a thread or Flask.
+the finished answer (compressed body, `ETag` and the other representation headers) and serves
+a repeat of the same anonymous `GET`/`HEAD` without a thread or Flask.
 
 Exactness is `service.cache`'s: each route reads under the generation counter of the kind of
-data it shows (`ROUTES`), one Lua call reads the counter and the entry together, and an entry
-is stored under the generation read *before* the answer was computed, so a write that commits
-meanwhile (and bumps the counter before its own response is sent) makes it unreachable. The
-invalidation state is shared with `service.cache` too: after a Redis failure, or while a bump
-of this process is pending, requests go to Flask.
+data it shows (`ROUTES`), and an entry is stored under the generation read *before* the answer
+was computed, so a write that commits meanwhile (and bumps the counter before its own response
+is sent) makes it unreachable. The invalidation state is shared with `service.cache` too: after
+a Redis failure, or while a bump of this process is pending, requests go to Flask.
+
+Where entries live, and what a hit costs:
+- Generations: read from Redis for every request, but by a `GenerationFence`: each caller is
+  served by a read sent after it arrived (so it sees every bump finished before its request
+  came in), one round trip shared by all requests that arrived in the same turn of the event
+  loop. Under load that is a fraction of a Redis call per request.
+- Entries: in Redis (shared by all processes, `CACHE_TTL_SECONDS`), and the recently served
+  ones in this process too (`LocalEntries`, bounded LRU): keyed by generation, a local copy is
+  as exact as the Redis original. A hit usually costs no Redis call of its own.
 
 What is cached, and what is not:
 - Only requests without `Authorization` (anything personal needs a token), only `200`
@@ -31,17 +39,21 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 from flask import Flask
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from service import cache as cache_module
 from service.adapter import Message, Receive, Scope, Send
 from service.api.hardening import EXTENSION_KEY as HARDENING_KEY
 from service.api.hardening import ASGIApp, Hardening
+from service.batching import TurnBatch
 from service.cache import CacheState, cache, digest
 from service.http_cache import (
     ENCODERS,
@@ -54,7 +66,15 @@ from service.http_cache import (
 from service.observability import log_access, request_id_from
 from service.redis import EXTENSION_KEY as REDIS_KEY
 from service.redis import RedisState
-from service.services.invalidation import ARTICLES, COMMENTS, PROFILES, TAGS, generation_key
+from service.services.invalidation import (
+    ARTICLES,
+    COMMENTS,
+    KINDS,
+    PROFILES,
+    START_GENERATION_LUA,
+    TAGS,
+    generation_key,
+)
 from service.settings import Settings
 
 logger = logging.getLogger("conduit.response_cache")
@@ -76,6 +96,19 @@ STORED_HEADERS = frozenset(
 )
 # Answers larger than this are not stored (a page of 100 long articles stays far below).
 MAX_ENTRY_BYTES = 512 * 1024
+# Bounds of the in-process copies (`LocalEntries`).
+LOCAL_MAX_ENTRIES = 4096
+LOCAL_MAX_BYTES = 64 * 1024 * 1024
+GENERATION_KEYS = [generation_key(kind) for kind in KINDS]
+# Every kind's generation, starting counters that do not exist (see service.cache).
+READ_GENERATIONS_SCRIPT = (
+    START_GENERATION_LUA
+    + """
+local values = {}
+for i, key in ipairs(KEYS) do values[i] = generation(key) end
+return values
+"""
+)
 
 
 def route_kind(path: str) -> str | None:
@@ -126,6 +159,92 @@ class Entry:
     def etag(self) -> bytes | None:
         """The stored `ETag`."""
         return next((value for name, value in self.headers if name == b"etag"), None)
+
+
+class GenerationFence:
+    """The current generation of every kind, read from Redis once per turn of the loop.
+
+    A caller always gets values read by a command sent *after* it asked (`TurnBatch`). A
+    bump finishes before its writer's response is sent, so the read that serves the writer's
+    client's next request includes it (Redis orders the bump before the read), while under
+    load one round trip serves every request that came in with the same turn of the loop.
+    """
+
+    def __init__(self) -> None:
+        self._script: AsyncScript | None = None
+        self._client: Redis | None = None
+        self._batch: TurnBatch[None, dict[str, str]] = TurnBatch(self._read)
+
+    async def current(self, client: Redis) -> dict[str, str]:
+        """Generations by kind, read after this call began."""
+        self._client = client
+        return await self._batch.call(None)
+
+    async def _read(self, callers: list[None]) -> list[dict[str, str]]:
+        assert self._client is not None
+        if self._script is None:
+            self._script = self._client.register_script(READ_GENERATIONS_SCRIPT)
+        values = await self._script(keys=GENERATION_KEYS, client=self._client)
+        generations = {kind: value.decode() for kind, value in zip(KINDS, values, strict=True)}
+        return [generations] * len(callers)
+
+
+class LocalEntries:
+    """This process's copy of recently served entries, least recently used first out.
+
+    Entries are keyed by generation, so a copy is exact for as long as it is kept: a bump
+    makes it unreachable like its Redis original. A copy also expires like the original
+    (`ttl` from when it was kept), which bounds how long data changed behind the cache's back
+    (without a bump) can be served.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_entries: int = LOCAL_MAX_ENTRIES,
+        max_bytes: int = LOCAL_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[float, Entry]] = OrderedDict()
+
+    def get(self, key: str) -> Entry | None:
+        """The entry of `key`, if kept and not expired."""
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, entry = found
+        if self.clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        """Keep `entry`, dropping the least recently used beyond the bounds."""
+        self._drop(key)
+        self._entries[key] = (self.clock() + self.ttl, entry)
+        self.size += len(entry.body)
+        while len(self._entries) > self.max_entries or self.size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        """Forget every copy."""
+        self._entries.clear()
+        self.size = 0
+
+    def _drop(self, key: str) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self.size -= len(found[1].body)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class _Request:
@@ -181,7 +300,12 @@ class ResponseCache:
     redis_state: RedisState
     access_log: bool
     stats: ResponseStats = field(default_factory=ResponseStats)
+    fence: GenerationFence = field(default_factory=lambda: GenerationFence())
+    local: LocalEntries = field(init=False)
     inflight: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.local = LocalEntries(ttl=self.state.ttl_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer from the cache, or pass the request on and keep its answer."""
@@ -204,19 +328,23 @@ class ResponseCache:
         )
         try:
             async with asyncio.timeout(self.state.timeout):
-                generation, raw = await client.eval(
-                    cache_module.READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
-                )
+                generations = await self.fence.current(client)
+                full_key = cache_module.entry_key(kind, generations[kind], key)
+                entry = self.local.get(full_key)
+                if entry is None:
+                    raw = await client.get(full_key)
+                    if isinstance(raw, bytes):
+                        entry = Entry.load(raw)
+                        self.local.put(full_key, entry)
         except (RedisError, OSError, TimeoutError) as exc:
             cache.note_failure(self.state, exc)
             await self.app(scope, receive, send)
             return
         self.state.timeouts_in_a_row = 0
-        if raw is not None:
-            await self._answer(scope, request, Entry.load(raw), send, started)
+        if entry is not None:
+            await self._answer(scope, request, entry, send, started)
             return
         self.stats.misses += 1
-        full_key = cache_module.entry_key(kind, generation.decode(), key)
         running = self.inflight.get(full_key)
         if running is not None:
             entry = await asyncio.shield(running)
@@ -227,13 +355,13 @@ class ResponseCache:
             return
         future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self.inflight[full_key] = future
-        entry = None
         try:
             entry = await self._pass_and_capture(scope, receive, send)
         finally:
             del self.inflight[full_key]
             future.set_result(entry)
         if entry is not None:
+            self.local.put(full_key, entry)
             await self._store(client, full_key, entry)
 
     def _usable(self) -> bool:

@@ -116,8 +116,11 @@ class Settings(BaseSettings):
     # Read-through cache of shared answers in Redis (see service/cache.py).
     cache_enabled: bool = True
     cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
-    # A cache read that takes longer falls through to the database.
-    cache_timeout_ms: int = Field(default=100, ge=1, le=5000)
+    # A cache read that takes longer falls through to the database. It bounds a hung Redis;
+    # much lower and a busy event loop (whose delays count too) passes for a slow Redis and
+    # sends reads to the far costlier database when the process is already loaded
+    # (docs/performance.md: 100 ms did that under wrk).
+    cache_timeout_ms: int = Field(default=500, ge=1, le=5000)
     # Whole answers to anonymous reads, served before Flask (service/response_cache.py); only
     # with the cache on.
     response_cache_enabled: bool = True

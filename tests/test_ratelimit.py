@@ -381,6 +381,27 @@ async def test_concurrent_guesses_from_many_addresses_get_five_tries(serve: Serv
         assert statuses == {401: login_guard.THRESHOLD, 429: 100 - login_guard.THRESHOLD}
 
 
+async def test_concurrent_requests_of_one_client_are_decided_in_order(serve: Serve) -> None:
+    """Requests arriving together are decided by one script call, one after the other: the
+    limit holds exactly, and each sees the charge of those before it."""
+    async with (
+        serve(rate_limit_anonymous_per_minute=5) as asgi,
+        http(asgi) as first,
+        http(asgi, ("192.0.2.99", 1)) as second,
+    ):
+        got = await asyncio.gather(*(first.get("/api/v1/tags") for _ in range(12)))
+        other = await asyncio.gather(*(second.get("/api/v1/tags") for _ in range(3)))
+    statuses = Counter(response.status_code for response in got)
+    assert statuses == {200: 5, 429: 7}
+    remaining = sorted(
+        int(response.headers["ratelimit"].split("r=")[1].split(";")[0])
+        for response in got
+        if response.status_code == 200
+    )
+    assert remaining == [0, 1, 2, 3, 4]
+    assert [response.status_code for response in other] == [200, 200, 200]
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import brotli  # type: ignore[import-untyped]
 import httpx
@@ -20,8 +21,15 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from service.app import ConduitASGI, create_asgi
-from service.response_cache import EXTENSION_KEY, Entry, ResponseCache, route_kind
-from service.services.invalidation import ARTICLES, COMMENTS, PROFILES, TAGS
+from service.response_cache import (
+    EXTENSION_KEY,
+    Entry,
+    GenerationFence,
+    LocalEntries,
+    ResponseCache,
+    route_kind,
+)
+from service.services.invalidation import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.settings import Settings
 from tests.apps import count_statements
 from tests.factories import TestUser
@@ -109,6 +117,55 @@ def test_entries_round_trip_headers_and_any_body_bytes() -> None:
     entry = Entry([(b"content-type", b"application/json"), (b"etag", b'W/"x"')], b"\n\x00\xff\n")
     assert Entry.load(entry.dump()) == entry
     assert entry.etag == b'W/"x"'
+
+
+def test_local_copies_are_bounded_and_expire() -> None:
+    now = [0.0]
+    local = LocalEntries(ttl=10, max_entries=3, max_bytes=100, clock=lambda: now[0])
+    for name in "abc":
+        local.put(name, Entry([], b"x" * 10))
+    assert local.get("a") is not None  # now the most recently used
+    local.put("d", Entry([], b"x" * 10))
+    assert [name for name in "abcd" if local.get(name) is not None] == ["a", "c", "d"]
+    local.put("big", Entry([], b"x" * 95))  # over the byte bound: the oldest go
+    assert local.get("big") is not None
+    assert local.size <= 100
+    assert len(local) == 1
+    now[0] = 9.9
+    assert local.get("big") is not None
+    now[0] = 10.0
+    assert local.get("big") is None
+    assert (len(local), local.size) == (0, 0)
+
+
+async def test_the_fence_reads_after_each_caller_arrived_and_shares_reads(rds: Redis) -> None:
+    fence = GenerationFence()
+    first = await fence.current(rds)
+    assert set(first) == set(KINDS)
+    reads = 0
+    script = fence._script
+    assert script is not None
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        assert script is not None
+        return await script(**kwargs)
+
+    fence._script = counted  # type: ignore[assignment]
+    # A read is on its way when the bump lands: a caller that comes after the bump must not
+    # get that read's answer.
+    early = asyncio.ensure_future(fence.current(rds))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await bump(client=rds, kinds=[TAGS])
+    late = await fence.current(rds)
+    assert int(late[TAGS]) == int(first[TAGS]) + 1
+    assert int((await early)[TAGS]) >= int(first[TAGS])
+    before = reads
+    got = await asyncio.gather(*(fence.current(rds) for _ in range(50)))
+    assert all(value == late for value in got)
+    assert reads - before == 1  # callers of one turn of the loop share one read
 
 
 async def test_a_repeated_anonymous_read_is_the_same_answer_without_flask_or_sql(
@@ -324,6 +381,46 @@ async def test_redis_cut_sends_reads_to_flask_and_they_stay_right(
         await proxy.stop()
         await asgi.shutdown()
         asgi.executor.shutdown(wait=True)
+
+
+async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
+    settings: Settings, client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    alice, slug = await world(client, make_user)
+    other = create_asgi(settings.model_copy(update={"threads": 8}))
+    await other.startup()
+    try:
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as second:
+            paths = [f"/articles/{slug}", "/articles", f"/articles/{slug}/comments", "/tags"]
+            paths.append("/profiles/alice")
+            for path in paths * 2:  # each now kept in the other process too
+                assert (await second.get(API + path)).status_code == 200
+            assert len(layer(other).local) >= len(paths)
+
+            changed = {"article": {"body": "changed", "tagList": ["y"]}}
+            response = await client.put(
+                f"{API}/articles/{slug}", json=changed, headers=alice.headers
+            )
+            assert response.status_code == 200
+            assert (await second.get(f"{API}/articles/{slug}")).json()["article"][
+                "body"
+            ] == "changed"
+            assert (await second.get(f"{API}/articles")).json()["articles"][0]["tagList"] == ["y"]
+            assert (await second.get(f"{API}/tags")).json() == {"tags": ["y"]}
+            comment = {"comment": {"body": "second"}}
+            await client.post(
+                f"{API}/articles/{slug}/comments", json=comment, headers=alice.headers
+            )
+            comments = (await second.get(f"{API}/articles/{slug}/comments")).json()["comments"]
+            assert len(comments) == 2
+            update = {"user": {"bio": "changed bio"}}
+            await client.put(f"{API}/user", json=update, headers=alice.headers)
+            profile = (await second.get(f"{API}/profiles/alice")).json()["profile"]
+            assert profile["bio"] == "changed bio"
+    finally:
+        await other.shutdown()
+        other.executor.shutdown(wait=True)
 
 
 async def test_metrics_show_the_response_cache_counters(
