@@ -23,6 +23,7 @@ answered with that origin and `Access-Control-Allow-Credentials: true`; or `*`, 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Every request parses its peer's address (rate limits, proxies): the same few addresses
+# again and again, and `ipaddress` is slow to parse (3 % of a cached read's CPU, measured).
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> IPAddress | None:
     """`text` as an address (IPv4-mapped IPv6 as IPv4), or None when it is not one."""
     try:
