@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Protocol
 
@@ -47,6 +48,10 @@ class AppLifespan:
                 await self.shutdown()
                 raise
             self._started.append(resource)
+        # Everything made so far (modules, routes, pools) lives as long as the process: keep
+        # it out of the collector's full passes, which otherwise stall the event loop.
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self) -> None:
         """Close the opened resources in reverse order."""
