@@ -68,10 +68,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
-    # Threads that run Flask; every request holds one while it is in the app.
-    threads: int = Field(default=64, ge=1, le=1024)
-    db_pool_size: int = Field(default=20, ge=1, le=500)
-    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    # Threads that run Flask; every request holds one while it is in the app. Requests beyond
+    # it wait in the adapter's queue, first come first served.
+    threads: int = Field(default=32, ge=1, le=1024)
+    # Database connections per process; 0 means one per thread (`threads`). The pool must
+    # cover the threads, so that no request in the app waits for a connection (and times out
+    # with 503 under load: docs/performance.md). The overflow is headroom for rare second
+    # connections (readiness checks).
+    db_pool_size: int = Field(default=0, ge=0, le=1000)
+    db_max_overflow: int = Field(default=4, ge=0, le=500)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
@@ -184,6 +189,17 @@ class Settings(BaseSettings):
         return AddressPolicy.build(
             allow_http=allow_http, allowlist=split_list(self.webhook_allowlist)
         )
+
+    @model_validator(mode="after")
+    def _pool_covers_threads(self) -> Settings:
+        if self.db_pool_size == 0:
+            self.db_pool_size = self.threads
+        if self.db_pool_size + self.db_max_overflow < self.threads:
+            raise ValueError(
+                f"DB_POOL_SIZE + DB_MAX_OVERFLOW ({self.db_pool_size} + {self.db_max_overflow}) "
+                f"must be at least THREADS ({self.threads}): requests would wait for connections"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

@@ -84,8 +84,8 @@ def settings(
         secret_key=TEST_SECRET,
         data_dir=Path(tmp_path_factory.mktemp("data")),
         access_log=False,
-        threads=32,
-        db_pool_size=10,
+        threads=16,
+        db_pool_size=16,
         # The suite makes many requests from one address within a minute; the limits are
         # tested with apps of their own (tests/test_ratelimit.py).
         rate_limit_enabled=False,

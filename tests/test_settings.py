@@ -140,6 +140,16 @@ def test_field_errors_name_the_variable() -> None:
     assert "REDIS_URL: must be a redis://, rediss:// or unix:// URL" in message
 
 
+def test_the_database_pool_covers_the_threads_by_default_and_must_cover_them() -> None:
+    assert Settings().db_pool_size == Settings().threads == 32
+    assert Settings(threads=50).db_pool_size == 50
+    assert Settings(threads=8, db_pool_size=6, db_max_overflow=2).db_pool_size == 6
+    with pytest.raises(ValidationError) as caught:
+        Settings(threads=64, db_pool_size=20, db_max_overflow=10)
+    message = describe_settings_error(caught.value)
+    assert "DB_POOL_SIZE + DB_MAX_OVERFLOW (20 + 10) must be at least THREADS (64)" in message
+
+
 def test_development_generates_a_private_secret_once(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     settings = Settings(data_dir=data_dir)
