@@ -38,6 +38,7 @@ from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
 from service.services import admin, audit, invalidation, profiles, slugs
 from service.services.errors import Conflict, NotFound, PermissionDenied
+from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 
 SLUG_CONSTRAINT = "uq_articles_slug"
@@ -199,12 +200,12 @@ async def viewer_marks(
     query): the viewer's part of answers whose shared part may come from the cache."""
     favorited = (
         select(func.array_agg(Favorite.article_id))
-        .where(Favorite.user_id == viewer.id, Favorite.article_id.in_(list(article_ids)))
+        .where(Favorite.user_id == viewer.id, one_of_ids(Favorite.article_id, article_ids))
         .scalar_subquery()
     )
     following = (
         select(func.array_agg(Follow.followee_id))
-        .where(Follow.follower_id == viewer.id, Follow.followee_id.in_(list(author_ids)))
+        .where(Follow.follower_id == viewer.id, one_of_ids(Follow.followee_id, author_ids))
         .scalar_subquery()
     )
     row = (await session.execute(select(favorited, following))).one()

@@ -12,6 +12,7 @@ from service.models import Follow, User
 from service.schemas.profile import ProfileOut
 from service.schemas.user import is_valid_username
 from service.services.errors import NotFound, PermissionDenied
+from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 
 SELF_FOLLOW = "you cannot follow or unfollow yourself"
@@ -25,7 +26,7 @@ async def following_ids(
         return set()
     rows = await session.scalars(
         select(Follow.followee_id).where(
-            Follow.follower_id == viewer.id, Follow.followee_id.in_(set(user_ids))
+            Follow.follower_id == viewer.id, one_of_ids(Follow.followee_id, user_ids)
         )
     )
     return set(rows)
