@@ -352,16 +352,16 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def hypercorn_server(
-    env: dict[str, str], workers: int, workdir: Path, label: str
+    env: dict[str, str], workers: int, workdir: Path, label: str, app: str = "service.asgi:app"
 ) -> Iterator[Server]:
-    """`hypercorn --config hypercorn.toml service.asgi:app` on a free loopback port."""
+    """`hypercorn --config hypercorn.toml <app>` on a free loopback port."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "hypercorn",
         "--config", str(REPO_ROOT / "hypercorn.toml"),
         "--bind", f"{HOST}:{port}",
         "--workers", str(workers),
-        "service.asgi:app",
+        app,
     ]  # fmt: skip
     log = workdir / f"server-{label}.log"
     with log.open("wb") as out:
@@ -726,6 +726,15 @@ def print_targets(rows: Sequence[Row], args: argparse.Namespace) -> None:
         verdict = "MET" if all(ok for _, ok in checks) else "MISSED"
         parts = "; ".join(f"{text}: {'ok' if ok else 'MISSED'}" for text, ok in checks)
         print(f"targets, cache {cache}: {verdict} — {parts}")
+        ceiling = next((r for r in rows if r.name == "bare asgi"), None)
+        if ceiling is not None and ceiling.rps > 0:
+            shares = ", ".join(
+                f"{name} {by[name].rps / ceiling.rps:.0%}" for name in ("list", "tags", "single")
+            )
+            print(
+                f"  cache {cache} as a share of the bare ASGI app's {ceiling.rps:.0f} req/s "
+                f"(same Hypercorn config, this run): {shares}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -812,6 +821,26 @@ def bench_cache_mode(args: argparse.Namespace, db_url: str, workdir: Path, cache
     return rows
 
 
+def bench_ceiling(args: argparse.Namespace, workdir: Path) -> Row:
+    """wrk on a bare ASGI app under the same Hypercorn config: the stack's ceiling."""
+    row = Row(cache="-", name="bare asgi")
+    env = child_env()
+    with hypercorn_server(env, args.workers, workdir, "ceiling", "bench.ceiling_app:app") as server:
+        lua = write_lua(workdir, None)
+        for rnd in range(1, args.rounds + 1):
+            warm_up(server, "/", None)
+            result = run_wrk(args, server, "/", lua)
+            row.runs.append(result)
+            row.rss_mb = server.rss_mb()
+            print(
+                f"  round {rnd} bare ASGI app {result.rps:8.1f} req/s p50 {result.p50_ms:.1f} "
+                f"p99 {result.p99_ms:.1f} ms non-2xx {result.non_2xx}",
+                flush=True,
+            )
+            time.sleep(1)
+    return row
+
+
 def soak(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
     """A steady Locust mix for --soak minutes; RSS at the start, every minute and the end."""
     # As in production, unless asked otherwise with --cache off.
@@ -894,6 +923,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk runs")
     parser.add_argument("--no-locust", action="store_true", help="skip the Locust mix")
+    parser.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip the bare ASGI app under the same Hypercorn config (the stack's ceiling)",
+    )
     parser.add_argument("--locust-users", type=int, default=200, help="Locust users (200)")
     parser.add_argument("--locust-rate", type=float, default=20, help="users started per s (20)")
     parser.add_argument("--locust-time", type=int, default=60, help="Locust run in s (60)")
@@ -1017,6 +1051,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows: list[Row] = []
             for cache in args.cache:
                 rows.extend(bench_cache_mode(args, db_url, workdir, cache))
+            if not args.no_wrk and not args.no_ceiling:
+                rows.append(bench_ceiling(args, workdir))
             print()
             print_table(rows, args)
             print_targets(rows, args)
