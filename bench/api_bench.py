@@ -31,6 +31,7 @@ import http.client
 import importlib.util
 import itertools
 import json
+import math
 import os
 import secrets
 import shutil
@@ -841,6 +842,108 @@ def bench_ceiling(args: argparse.Namespace, workdir: Path) -> Row:
     return row
 
 
+@contextmanager
+def private_redis(workdir: Path) -> Iterator[tuple[int, Callable[[], None], Callable[[], None]]]:
+    """A redis-server of its own on a free port (nothing kept on disk): (port, kill, start)."""
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        cmd = [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        log = (workdir / "redis.log").open("ab")
+        procs.append(subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+                return
+            time.sleep(0.1)
+        raise BenchError("the private redis-server did not start")
+
+    def kill() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    start()
+    try:
+        yield port, kill, start
+    finally:
+        kill()
+
+
+def phase_latencies(workdir: Path, label: str, edges: Sequence[float]) -> list[str]:
+    """Median of Locust's p50/p95 and the req/s per phase, from its stats history."""
+    history = workdir / f"locust-{label}_stats_history.csv"
+    if not history.exists():
+        return ["(no Locust stats history)"]
+    with history.open() as file:
+        rows = [row for row in csv.DictReader(file) if row["Name"] == "Aggregated"]
+    if not rows:
+        return ["(empty Locust stats history)"]
+    first = int(rows[0]["Timestamp"])
+    names = ["before the kill", "Redis down", "after the restart"]
+    lines = []
+    for name, (low, high) in zip(names, itertools.pairwise([0.0, *edges, math.inf]), strict=True):
+        phase = [r for r in rows if low + 5 <= int(r["Timestamp"]) - first < high]
+        if not phase:
+            continue
+        p50 = statistics.median(_ms(r["50%"]) for r in phase)
+        p95 = statistics.median(_ms(r["95%"]) for r in phase)
+        rps = statistics.median(float(r["Requests/s"]) for r in phase)
+        failures = int(phase[-1]["Total Failure Count"]) - int(phase[0]["Total Failure Count"])
+        lines.append(
+            f"{name:<18} req/s {rps:6.1f}  p50 {p50:6.0f} ms  p95 {p95:6.0f} ms  "
+            f"new failures {failures}"
+        )
+    return lines
+
+
+def redis_outage(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
+    """A 3-minute Locust mix; Redis is killed after minute 1 and started again after minute 2."""
+    with private_redis(workdir) as (port, kill, start):
+        env = server_env(args, db_url, workdir, "on")
+        env["REDIS_URL"] = f"redis://{HOST}:{port}/0"
+        with hypercorn_server(env, args.workers, workdir, "outage") as server:
+            print(
+                f"redis outage: cache on, {args.locust_users} users, think scale "
+                f"{args.locust_think_scale:g}, 3 min; Redis on port {port} is killed at 1:00 and "
+                "started again (empty) at 2:00",
+                flush=True,
+            )
+
+            def act(minute: int) -> None:
+                if minute == 1:
+                    kill()
+                    print("  1:00 redis-server killed", flush=True)
+                elif minute == 2:
+                    start()
+                    print("  2:00 redis-server started again, empty", flush=True)
+
+            result = run_locust(args, server, workdir, "outage", 3, on_minute=act)
+            print_server_problems(server)
+    print()
+    print(
+        f"redis outage, 3 min: {result.requests} requests, {result.rps:.1f} req/s, "
+        f"p50 {result.p50_ms:.0f} p95 {result.p95_ms:.0f} p99 {result.p99_ms:.0f} ms, "
+        f"failures {result.failures}"
+    )
+    for line in phase_latencies(workdir, "outage", [60.0, 120.0]):
+        print(f"  {line}")
+    for line in result.top_failures:
+        print(f"  failure: {line}")
+
+
 def soak(args: argparse.Namespace, db_url: str, workdir: Path) -> None:
     """A steady Locust mix for --soak minutes; RSS at the start, every minute and the end."""
     # As in production, unless asked otherwise with --cache off.
@@ -924,6 +1027,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk runs")
     parser.add_argument("--no-locust", action="store_true", help="skip the Locust mix")
     parser.add_argument(
+        "--redis-outage",
+        action="store_true",
+        help="fault mode: a 3-minute Locust mix against a server on a Redis of its own, "
+        "killed after minute 1 and started again (empty) after minute 2; failures and "
+        "latency per phase",
+    )
+    parser.add_argument(
         "--no-ceiling",
         action="store_true",
         help="skip the bare ASGI app under the same Hypercorn config (the stack's ceiling)",
@@ -994,7 +1104,9 @@ def load_average(*, judge: bool = True) -> str:
 
 def check_tools(args: argparse.Namespace) -> str | None:
     """What is missing for the requested runs, or None."""
-    soak_only = args.soak is not None
+    soak_only = args.soak is not None or args.redis_outage
+    if args.redis_outage and shutil.which("redis-server") is None:
+        return "redis-server not found on PATH (the outage mode starts and kills its own)"
     if not soak_only and not args.no_wrk and shutil.which("wrk") is None:
         return "wrk not found on PATH (Debian/Ubuntu: apt-get install wrk), or pass --no-wrk"
     needs_locust = soak_only or not args.no_locust
@@ -1029,7 +1141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     wrk = (
         "wrk skipped"
-        if args.no_wrk or args.soak is not None
+        if args.no_wrk or args.soak is not None or args.redis_outage
         else f"wrk -t2 -c{args.connections} -d{args.duration}s --latency x{args.rounds} rounds"
     )
     print(
@@ -1047,6 +1159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare_database(args, db_url)
             if args.soak is not None:
                 soak(args, db_url, workdir)
+                return 0
+            if args.redis_outage:
+                redis_outage(args, db_url, workdir)
                 return 0
             rows: list[Row] = []
             for cache in args.cache:
