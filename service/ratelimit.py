@@ -42,6 +42,7 @@ After a failure Redis is not asked again for one second; a warning is logged at 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -181,14 +182,18 @@ class Verdict:
         """`RateLimit-Policy` and `RateLimit` for these decisions."""
         if not self.decisions:
             return []
-        policies = ", ".join(
-            f'"{d.policy.name}";q={d.policy.limit};w={d.policy.window}' for d in self.decisions
-        )
+        policies = policy_header(tuple(d.policy for d in self.decisions))
         limits = ", ".join(
             f'"{d.policy.name}";r={d.remaining};t={math.ceil(d.reset_ms / 1000)}'
             for d in self.decisions
         )
-        return [(b"ratelimit-policy", policies.encode()), (b"ratelimit", limits.encode())]
+        return [(b"ratelimit-policy", policies), (b"ratelimit", limits.encode())]
+
+
+@functools.lru_cache(maxsize=64)
+def policy_header(policies: tuple[Policy, ...]) -> bytes:
+    """The `RateLimit-Policy` value of these policies (the same few on every request)."""
+    return ", ".join(f'"{p.name}";q={p.limit};w={p.window}' for p in policies).encode()
 
 
 def gcra(
@@ -256,6 +261,7 @@ def _headers(scope: Scope, name: bytes) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(address: IPAddress | None) -> str:
     """The bucket of a client address: the address, or its /64 for IPv6."""
     if address is None:

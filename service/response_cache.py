@@ -36,6 +36,7 @@ What is cached, and what is not:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -50,13 +51,13 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from service import cache as cache_module
+from service import http_cache
 from service.adapter import Message, Receive, Scope, Send
 from service.api.hardening import EXTENSION_KEY as HARDENING_KEY
 from service.api.hardening import ASGIApp, Hardening
 from service.batching import TurnBatch
 from service.cache import CacheState, cache, digest
 from service.http_cache import (
-    ENCODERS,
     REPRESENTATION_HEADERS,
     choose_coding,
     identity_refused,
@@ -100,6 +101,8 @@ MAX_ENTRY_BYTES = 512 * 1024
 LOCAL_MAX_ENTRIES = 4096
 LOCAL_MAX_BYTES = 64 * 1024 * 1024
 GENERATION_KEYS = [generation_key(kind) for kind in KINDS]
+# Per-request header sets kept, by (Origin, https).
+HEADER_MEMO_SIZE = 256
 # Every kind's generation, starting counters that do not exist (see service.cache).
 READ_GENERATIONS_SCRIPT = (
     START_GENERATION_LUA
@@ -155,10 +158,20 @@ class Entry:
         ]
         return cls(headers, body)
 
-    @property
+    @functools.cached_property
     def etag(self) -> bytes | None:
         """The stored `ETag`."""
         return next((value for name, value in self.headers if name == b"etag"), None)
+
+    @functools.cached_property
+    def full_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers of a `200` with this body."""
+        return [*self.headers, (b"content-length", str(len(self.body)).encode())]
+
+    @functools.cached_property
+    def not_modified_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers of a `304` for this entry (no representation headers)."""
+        return [(name, value) for name, value in self.headers if name not in REPRESENTATION_HEADERS]
 
 
 class GenerationFence:
@@ -247,6 +260,17 @@ class LocalEntries:
         return len(self._entries)
 
 
+# Clients send a handful of distinct `Accept-Encoding` values: parse each once.
+@functools.lru_cache(maxsize=1024)
+def coding_variant(accept_encoding: tuple[bytes, ...], codings: tuple[str, ...]) -> str:
+    """The content coding a client sending these `Accept-Encoding` values gets, of `codings`."""
+    if not accept_encoding:
+        return "none"
+    accepted = parse_accept_encoding(accept_encoding)
+    coding = choose_coding(accepted, codings) or "identity"
+    return f"{coding}:{int(identity_refused(accepted))}"
+
+
 class _Request:
     """What this layer reads of the request headers, found in one pass."""
 
@@ -283,11 +307,7 @@ class _Request:
 
     def variant(self) -> str:
         """The content coding this client gets (`service.http_cache` decides the same way)."""
-        if not self.accept_encoding:
-            return "none"
-        accepted = parse_accept_encoding(self.accept_encoding)
-        coding = choose_coding(accepted, ENCODERS) or "identity"
-        return f"{coding}:{int(identity_refused(accepted))}"
+        return coding_variant(tuple(self.accept_encoding), tuple(http_cache.ENCODERS))
 
 
 @dataclass
@@ -303,6 +323,9 @@ class ResponseCache:
     fence: GenerationFence = field(default_factory=lambda: GenerationFence())
     local: LocalEntries = field(init=False)
     inflight: dict[str, asyncio.Future[Entry | None]] = field(default_factory=dict)
+    header_memo: dict[tuple[str | None, bool], list[tuple[bytes, bytes]]] = field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.local = LocalEntries(ttl=self.state.ttl_seconds)
@@ -364,6 +387,22 @@ class ResponseCache:
             self.local.put(full_key, entry)
             await self._store(client, full_key, entry)
 
+    def _request_headers(self, origin: str | None, https: bool) -> list[tuple[bytes, bytes]]:
+        """The security and CORS headers Flask would add for this origin and scheme."""
+        key = (origin, https)
+        headers = self.header_memo.get(key)
+        if headers is None:
+            extra = self.hardening.base_headers(
+                method="GET", origin=origin, authorized=False, https=https
+            )
+            headers = [
+                (name.lower().encode(), value.encode("latin-1")) for name, value in extra.items()
+            ]
+            if len(self.header_memo) >= HEADER_MEMO_SIZE:
+                self.header_memo.clear()  # any Origin may be sent: stay bounded
+            self.header_memo[key] = headers
+        return headers
+
     def _usable(self) -> bool:
         # A bump this process owes is made by the next cached read in Flask; until then the
         # entries of those kinds may be stale for everyone, so do not serve any.
@@ -418,31 +457,21 @@ class ResponseCache:
     ) -> None:
         client = scope.get("client")
         peer = client[0] if client else None
-        extra = self.hardening.base_headers(
-            method="GET",
-            origin=request.origin,
-            authorized=False,
-            https=self.hardening.proxies.is_https(
-                scope.get("scheme", "http"), peer, request.forwarded_proto
-            ),
+        https = self.hardening.proxies.is_https(
+            scope.get("scheme", "http"), peer, request.forwarded_proto
         )
         request_id = request_id_from(request.request_id)
-        headers = [*entry.headers]
-        headers += [
-            (name.lower().encode(), value.encode("latin-1")) for name, value in extra.items()
-        ]
-        headers.append((b"x-request-id", request_id.encode()))
         etag = entry.etag
         if request.if_none_match and etag is not None and none_match(request.if_none_match, etag):
             self.stats.not_modified += 1
             status, body = 304, b""
-            headers = [
-                (name, value) for name, value in headers if name not in REPRESENTATION_HEADERS
-            ]
+            headers = [*entry.not_modified_headers]
         else:
             self.stats.hits += 1
             status, body = 200, entry.body
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers = [*entry.full_headers]
+        headers += self._request_headers(request.origin, https)
+        headers.append((b"x-request-id", request_id.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
