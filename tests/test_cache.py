@@ -33,7 +33,7 @@ from service.seed import SeedOptions, seed
 from service.services import password_reset
 from service.services.invalidation import ARTICLES, BUMP_JOB, KINDS, TAGS, bump, generation_key
 from service.settings import Settings
-from tests.apps import count_statements
+from tests.apps import count_statements, running
 from tests.factories import TestUser
 from tests.tcp_proxy import TcpProxy, redis_proxy
 
@@ -578,11 +578,9 @@ async def test_concurrent_viewers_of_one_cold_entry_get_their_own_marks(
 @pytest_asyncio.fixture(scope="module")
 async def read_cache_only(settings: Settings) -> AsyncIterator[ConduitASGI]:
     """The cached app without the response cache in front: anonymous reads reach Flask."""
-    asgi = create_asgi(settings.model_copy(update={"response_cache_enabled": False, "threads": 8}))
-    await asgi.startup()
-    yield asgi
-    await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
+    overrides = {"response_cache_enabled": False, "threads": 8}
+    async with running(create_asgi(settings.model_copy(update=overrides))) as asgi:
+        yield asgi
 
 
 @pytest.mark.parametrize("layers", ["read cache", "response cache in front"])

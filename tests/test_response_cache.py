@@ -31,7 +31,7 @@ from service.response_cache import (
 )
 from service.services.invalidation import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.settings import Settings
-from tests.apps import count_statements
+from tests.apps import count_statements, running, serving
 from tests.factories import TestUser
 from tests.tcp_proxy import redis_proxy
 
@@ -45,15 +45,9 @@ PER_REQUEST = {"x-request-id", "date"}
 @pytest_asyncio.fixture(scope="module")
 async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
     """The served app, cache on, one allowed CORS origin, and 127.0.0.1 as a trusted proxy."""
-    asgi = create_asgi(
-        settings.model_copy(
-            update={"cors_origins": ORIGIN, "trusted_proxies": "127.0.0.1", "threads": 16}
-        )
-    )
-    await asgi.startup()
-    yield asgi
-    await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
+    overrides = {"cors_origins": ORIGIN, "trusted_proxies": "127.0.0.1", "threads": 16}
+    async with running(create_asgi(settings.model_copy(update=overrides))) as asgi:
+        yield asgi
 
 
 @pytest_asyncio.fixture
@@ -352,12 +346,9 @@ async def test_redis_cut_sends_reads_to_flask_and_they_stay_right(
 ) -> None:
     proxy, url = redis_proxy(settings.redis_url)
     await proxy.start()
-    redis_url = url.format(port=proxy.port)
-    asgi = create_asgi(settings.model_copy(update={"redis_url": redis_url, "threads": 8}))
-    await asgi.startup()
+    asgi = create_asgi(settings.model_copy(update={"redis_url": url.format(port=proxy.port)}))
     try:
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        async with serving(asgi) as http:
             alice = await make_user(username="alice")
             await http.get(f"{API}/tags")
             await http.get(f"{API}/tags")
@@ -379,8 +370,6 @@ async def test_redis_cut_sends_reads_to_flask_and_they_stay_right(
             assert layer(asgi).stats.hits >= 1
     finally:
         await proxy.stop()
-        await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
@@ -388,39 +377,27 @@ async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
 ) -> None:
     alice, slug = await world(client, make_user)
     other = create_asgi(settings.model_copy(update={"threads": 8}))
-    await other.startup()
-    try:
-        transport = httpx.ASGITransport(app=other)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as second:
-            paths = [f"/articles/{slug}", "/articles", f"/articles/{slug}/comments", "/tags"]
-            paths.append("/profiles/alice")
-            for path in paths * 2:  # each now kept in the other process too
-                assert (await second.get(API + path)).status_code == 200
-            assert len(layer(other).local) >= len(paths)
+    async with serving(other) as second:
+        paths = [f"/articles/{slug}", "/articles", f"/articles/{slug}/comments", "/tags"]
+        paths.append("/profiles/alice")
+        for path in paths * 2:  # each now kept in the other process too
+            assert (await second.get(API + path)).status_code == 200
+        assert len(layer(other).local) >= len(paths)
 
-            changed = {"article": {"body": "changed", "tagList": ["y"]}}
-            response = await client.put(
-                f"{API}/articles/{slug}", json=changed, headers=alice.headers
-            )
-            assert response.status_code == 200
-            assert (await second.get(f"{API}/articles/{slug}")).json()["article"][
-                "body"
-            ] == "changed"
-            assert (await second.get(f"{API}/articles")).json()["articles"][0]["tagList"] == ["y"]
-            assert (await second.get(f"{API}/tags")).json() == {"tags": ["y"]}
-            comment = {"comment": {"body": "second"}}
-            await client.post(
-                f"{API}/articles/{slug}/comments", json=comment, headers=alice.headers
-            )
-            comments = (await second.get(f"{API}/articles/{slug}/comments")).json()["comments"]
-            assert len(comments) == 2
-            update = {"user": {"bio": "changed bio"}}
-            await client.put(f"{API}/user", json=update, headers=alice.headers)
-            profile = (await second.get(f"{API}/profiles/alice")).json()["profile"]
-            assert profile["bio"] == "changed bio"
-    finally:
-        await other.shutdown()
-        other.executor.shutdown(wait=True)
+        article = f"{API}/articles/{slug}"
+        changed = {"article": {"body": "changed", "tagList": ["y"]}}
+        response = await client.put(article, json=changed, headers=alice.headers)
+        assert response.status_code == 200
+        assert (await second.get(article)).json()["article"]["body"] == "changed"
+        assert (await second.get(f"{API}/articles")).json()["articles"][0]["tagList"] == ["y"]
+        assert (await second.get(f"{API}/tags")).json() == {"tags": ["y"]}
+        comment = {"comment": {"body": "second"}}
+        await client.post(f"{article}/comments", json=comment, headers=alice.headers)
+        assert len((await second.get(f"{article}/comments")).json()["comments"]) == 2
+        update = {"user": {"bio": "changed bio"}}
+        await client.put(f"{API}/user", json=update, headers=alice.headers)
+        profile = (await second.get(f"{API}/profiles/alice")).json()["profile"]
+        assert profile["bio"] == "changed bio"
 
 
 async def test_metrics_show_the_response_cache_counters(
