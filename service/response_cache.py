@@ -41,7 +41,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -112,6 +112,19 @@ for i, key in ipairs(KEYS) do values[i] = generation(key) end
 return values
 """
 )
+
+
+def storable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """False for an answer that must not be shared: it sets a cookie, or says so itself."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"set-cookie":
+            return False
+        if name == b"cache-control":
+            directives = {part.split(b"=")[0].strip().lower() for part in value.split(b",")}
+            if directives & {b"no-store", b"private"}:
+                return False
+    return True
 
 
 def route_kind(path: str) -> str | None:
@@ -422,9 +435,7 @@ class ResponseCache:
             nonlocal start, keep
             if message["type"] == "http.response.start":
                 start = message
-                keep = message["status"] == 200 and all(
-                    name.lower() != b"set-cookie" for name, _ in message.get("headers", ())
-                )
+                keep = message["status"] == 200 and storable(message.get("headers", ()))
             elif message["type"] == "http.response.body" and keep:
                 chunks.append(message.get("body", b""))
             await send(message)

@@ -28,6 +28,7 @@ from service.response_cache import (
     LocalEntries,
     ResponseCache,
     route_kind,
+    storable,
 )
 from service.services.invalidation import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.settings import Settings
@@ -105,6 +106,14 @@ def test_routes_map_to_the_kind_of_data_they_show() -> None:
         "/healthz",
     ):
         assert route_kind(path) is None, path
+
+
+def test_answers_that_set_cookies_or_forbid_sharing_are_not_storable() -> None:
+    assert storable([(b"content-type", b"application/json"), (b"cache-control", b"no-cache")])
+    assert not storable([(b"Set-Cookie", b"a=b")])
+    assert not storable([(b"cache-control", b"no-store")])
+    assert not storable([(b"Cache-Control", b"max-age=0, Private")])
+    assert not storable([(b"cache-control", b'private="x"')])
 
 
 def test_entries_round_trip_headers_and_any_body_bytes() -> None:
