@@ -238,15 +238,26 @@ def _directives(cache_control: bytes | None) -> set[bytes]:
     return {part.partition(b"=")[0].strip().lower() for part in cache_control.split(b",")}
 
 
-class _Request:
-    """The request headers this middleware reads, found in one pass."""
+class RequestHeaders:
+    """The request headers the caching layers read (this one and `service.response_cache`),
+    found in one pass."""
 
-    __slots__ = ("accept_encoding", "authorized", "if_none_match")
+    __slots__ = (
+        "accept_encoding",
+        "authorized",
+        "forwarded_proto",
+        "if_none_match",
+        "origin",
+        "request_id",
+    )
 
     def __init__(self, scope: Scope) -> None:
         self.authorized = False
         self.if_none_match: list[bytes] = []
         self.accept_encoding: list[bytes] | None = None
+        self.origin: str | None = None
+        self.forwarded_proto: str | None = None
+        self.request_id: str | None = None
         for name, value in scope.get("headers", ()):
             name = name.lower()
             if name == b"authorization":
@@ -257,6 +268,12 @@ class _Request:
                 if self.accept_encoding is None:
                     self.accept_encoding = []
                 self.accept_encoding.append(value)
+            elif name == b"origin" and self.origin is None:
+                self.origin = value.decode("latin-1")
+            elif name == b"x-forwarded-proto" and self.forwarded_proto is None:
+                self.forwarded_proto = value.decode("latin-1")
+            elif name == b"x-request-id" and self.request_id is None:
+                self.request_id = value.decode("latin-1")
 
 
 class HttpCacheMiddleware:
@@ -308,7 +325,7 @@ class HttpCacheMiddleware:
     async def _answer(
         self, scope: Scope, start: Message, body: bytes, send: Send, *, head: bool
     ) -> None:
-        request = _Request(scope)
+        request = RequestHeaders(scope)
         headers: Headers = list(start.get("headers", ()))
         etag = _first(headers, b"etag")
         if etag is None:

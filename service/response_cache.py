@@ -59,6 +59,7 @@ from service.batching import TurnBatch
 from service.cache import CacheState, cache, digest
 from service.http_cache import (
     REPRESENTATION_HEADERS,
+    RequestHeaders,
     choose_coding,
     identity_refused,
     none_match,
@@ -284,45 +285,6 @@ def coding_variant(accept_encoding: tuple[bytes, ...], codings: tuple[str, ...])
     return f"{coding}:{int(identity_refused(accepted))}"
 
 
-class _Request:
-    """What this layer reads of the request headers, found in one pass."""
-
-    __slots__ = (
-        "accept_encoding",
-        "authorized",
-        "forwarded_proto",
-        "if_none_match",
-        "origin",
-        "request_id",
-    )
-
-    def __init__(self, scope: Scope) -> None:
-        self.authorized = False
-        self.accept_encoding: list[bytes] = []
-        self.if_none_match: list[bytes] = []
-        self.origin: str | None = None
-        self.forwarded_proto: str | None = None
-        self.request_id: str | None = None
-        for name, value in scope.get("headers", ()):
-            name = name.lower()
-            if name == b"authorization":
-                self.authorized = True
-            elif name == b"accept-encoding":
-                self.accept_encoding.append(value)
-            elif name == b"if-none-match":
-                self.if_none_match.append(value)
-            elif name == b"origin" and self.origin is None:
-                self.origin = value.decode("latin-1")
-            elif name == b"x-forwarded-proto" and self.forwarded_proto is None:
-                self.forwarded_proto = value.decode("latin-1")
-            elif name == b"x-request-id" and self.request_id is None:
-                self.request_id = value.decode("latin-1")
-
-    def variant(self) -> str:
-        """The content coding this client gets (`service.http_cache` decides the same way)."""
-        return coding_variant(tuple(self.accept_encoding), tuple(http_cache.ENCODERS))
-
-
 @dataclass
 class ResponseCache:
     """ASGI middleware serving anonymous reads from Redis (see the module docstring)."""
@@ -351,7 +313,7 @@ class ResponseCache:
         if kind is None:
             await self.app(scope, receive, send)
             return
-        request = _Request(scope)
+        request = RequestHeaders(scope)
         client = self.redis_state.client
         if request.authorized or client is None or not self._usable():
             if not request.authorized:
@@ -359,8 +321,9 @@ class ResponseCache:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        variant = coding_variant(tuple(request.accept_encoding or ()), tuple(http_cache.ENCODERS))
         key = "http:" + digest(
-            scope["path"], scope.get("query_string", b"").decode("latin-1"), request.variant()
+            scope["path"], scope.get("query_string", b"").decode("latin-1"), variant
         )
         try:
             async with asyncio.timeout(self.state.timeout):
@@ -464,7 +427,7 @@ class ResponseCache:
         self.stats.stored += 1
 
     async def _answer(
-        self, scope: Scope, request: _Request, entry: Entry, send: Send, started: float
+        self, scope: Scope, request: RequestHeaders, entry: Entry, send: Send, started: float
     ) -> None:
         client = scope.get("client")
         peer = client[0] if client else None
