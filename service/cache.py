@@ -63,7 +63,7 @@ LOCK_WAIT_SECONDS = 0.05
 LOCK_POLLS = 3
 
 # KEYS[1]: the generation counter; ARGV[1]: the entry key prefix; ARGV[2]: the entry key.
-READ_SCRIPT = (
+_READ_SCRIPT = (
     START_GENERATION_LUA
     + """
 local current = generation(KEYS[1])
@@ -89,18 +89,23 @@ def digest(*parts: Any) -> str:
 
 
 @dataclass
-class CacheStats:
-    """Counters since the process started."""
+class Counters:
+    """Counters since the process started (subclasses name them as fields)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class CacheStats(Counters):
+    """The read cache's counters."""
 
     hits: int = 0
     misses: int = 0
     loads: int = 0
     errors: int = 0
     bypassed: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters by name."""
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -155,7 +160,7 @@ class Cache:
         try:
             async with asyncio.timeout(state.timeout):
                 generation, raw = await client.eval(
-                    READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
+                    _READ_SCRIPT, 1, generation_key(kind), f"c:{kind}:", key
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             self.note_failure(state, exc)

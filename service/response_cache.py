@@ -56,7 +56,7 @@ from service.adapter import Message, Receive, Scope, Send
 from service.api.hardening import EXTENSION_KEY as HARDENING_KEY
 from service.api.hardening import ASGIApp, Hardening
 from service.batching import TurnBatch
-from service.cache import CacheState, cache, digest
+from service.cache import CacheState, Counters, cache, digest
 from service.http_cache import (
     REPRESENTATION_HEADERS,
     RequestHeaders,
@@ -137,18 +137,14 @@ def route_kind(path: str) -> str | None:
 
 
 @dataclass
-class ResponseStats:
-    """Counters since the process started."""
+class ResponseStats(Counters):
+    """The response cache's counters."""
 
     hits: int = 0
     not_modified: int = 0
     misses: int = 0
     stored: int = 0
     bypassed: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters by name."""
-        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)

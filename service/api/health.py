@@ -58,21 +58,25 @@ async def readyz() -> Response:
     return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
 
 
+def _counter_lines(name: str, description: str, counts: dict[str, int]) -> list[str]:
+    lines = [f"# HELP {name} {description}", f"# TYPE {name} counter"]
+    lines += [f'{name}{{outcome="{outcome}"}} {value}' for outcome, value in counts.items()]
+    return lines
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Process counters in the Prometheus text format (no I/O): the caches' hits and misses."""
-    lines = [
-        "# HELP conduit_cache_operations_total Cache reads by outcome, since the process started.",
-        "# TYPE conduit_cache_operations_total counter",
-    ]
-    for outcome, value in cache.stats().items():
-        lines.append(f'conduit_cache_operations_total{{outcome="{outcome}"}} {value}')
+    lines = _counter_lines(
+        "conduit_cache_operations_total",
+        "Cache reads by outcome, since the process started.",
+        cache.stats(),
+    )
     layer = current_app.extensions.get(RESPONSE_CACHE_KEY)
     if layer is not None:
-        lines += [
-            "# HELP conduit_response_cache_total Anonymous reads by outcome at the response cache.",
-            "# TYPE conduit_response_cache_total counter",
-        ]
-        for outcome, value in layer.stats.as_dict().items():
-            lines.append(f'conduit_response_cache_total{{outcome="{outcome}"}} {value}')
+        lines += _counter_lines(
+            "conduit_response_cache_total",
+            "Anonymous reads by outcome at the response cache.",
+            layer.stats.as_dict(),
+        )
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
