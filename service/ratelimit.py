@@ -25,6 +25,11 @@ turn of the event loop are decided by one script call (`service.batching.TurnBat
 arrival order: under load a round trip serves many requests. Keys are
 `rl:<policy>:<identity>` and expire once the bucket is full again.
 
+The response cache behind the limiter needs the cache generations for each anonymous read,
+read after the request arrived (`service.response_cache.GenerationFence`). When it is on, the
+limiter's script reads them too, after charging the batch (`read_generations`), and passes
+them on in the request's scope: one Redis round trip per loop turn serves both layers.
+
 Every limited response carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
 ratelimit-headers: `"default";q=300;w=60` and `"default";r=299;t=1`); a refusal is a 429 with
 `Retry-After` in the service's JSON error envelope.
@@ -58,12 +63,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service import response_cache
 from service.adapter import Message, Receive, Scope, Send
 from service.api.hardening import ASGIApp, IPAddress, ProxyTrust
 from service.batching import TurnBatch
 from service.lifecycle import register_lifespan
 from service.observability import request_id_from
 from service.services.errors import DomainError
+from service.services.invalidation import KINDS, START_GENERATION_LUA, generation_key
 from service.services.security import Tokens
 from service.settings import Settings
 
@@ -104,8 +111,11 @@ MEMORY_MAX_KEYS = 100_000
 # KEYS: the requests' buckets, request after request. ARGV[1]: the number of requests; then
 # per request: its number of buckets n, then limit and window (ms) per bucket.
 # Returns, per request: allowed (1/0), then per bucket: remaining, ms until full, ms until one
-# more.
-GCRA_SCRIPT = """
+# more. After the requests, ARGV may give a number g of generation counters: the last g KEYS,
+# whose values (`service.services.invalidation`) are returned after the decisions.
+GCRA_SCRIPT = (
+    START_GENERATION_LUA
+    + """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {}
@@ -133,7 +143,9 @@ for _ = 1, tonumber(ARGV[1]) do
     local retry = math.max(0, tat + interval - window - now)
     if allowed == 1 then
       tat = tat + interval
-      redis.call('SET', KEYS[k + i], string.format('%.3f', tat), 'PX', math.ceil(tat - now))
+      -- At a limit finer than the clock's precision the bucket may not move at all.
+      local ttl = math.max(1, math.ceil(tat - now))
+      redis.call('SET', KEYS[k + i], string.format('%.3f', tat), 'PX', ttl)
     end
     out[#out + 1] = math.max(0, math.floor((now + window - tat) / interval))
     out[#out + 1] = math.ceil(tat - now)
@@ -142,8 +154,11 @@ for _ = 1, tonumber(ARGV[1]) do
   k = k + n
   a = a + 2 * n
 end
+local g = tonumber(ARGV[a]) or 0
+for i = #KEYS - g + 1, #KEYS do out[#out + 1] = generation(KEYS[i]) end
 return out
 """
+)
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,8 @@ class Verdict:
 
     allowed: bool
     decisions: tuple[Decision, ...]
+    # The cache generations by kind, read by the same script (`read_generations`).
+    generations: dict[str, str] | None = None
 
     @property
     def retry_after(self) -> int:
@@ -298,7 +315,13 @@ class RateLimitMiddleware:
         self._batch: TurnBatch[list[tuple[Policy, str]], Verdict] = TurnBatch(self._check_batch)
         self._skip_redis_until = 0.0
         self._redis_down = False
+        self._generation_kinds: tuple[str, ...] = ()
         self._last_warning = -math.inf
+
+    def read_generations(self, kinds: Sequence[str]) -> None:
+        """Read the generation counters of `kinds` with every batch, after its charges, and
+        pass each allowed request the values (`response_cache.GENERATIONS_SCOPE_KEY`)."""
+        self._generation_kinds = tuple(kinds)
 
     async def startup(self) -> None:
         """Create the client on the serving loop and warm it up; an unreachable Redis is not
@@ -333,6 +356,8 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             await self._refuse(scope, send, verdict)
             return
+        if verdict.generations is not None:
+            scope[response_cache.GENERATIONS_SCOPE_KEY] = verdict.generations
         extra = verdict.headers()
         if not extra:
             await self.app(scope, receive, send)
@@ -409,7 +434,16 @@ class RateLimitMiddleware:
             for policy, key in checks:
                 keys.append(key)
                 args += [policy.limit, policy.window * 1000]
+        kinds = self._generation_kinds
+        if kinds:
+            keys += [generation_key(kind) for kind in kinds]
+            args.append(len(kinds))
         raw = await self._script(keys=keys, args=args, client=self.client)
+        generations = None
+        if kinds:
+            found = raw[len(raw) - len(kinds) :]
+            generations = {kind: value.decode() for kind, value in zip(kinds, found, strict=True)}
+            raw = raw[: len(raw) - len(kinds)]
         values = [int(value) for value in raw]
         verdicts = []
         at = 0
@@ -418,7 +452,7 @@ class RateLimitMiddleware:
                 Decision(policy, *values[at + 1 + 3 * i : at + 4 + 3 * i])
                 for i, (policy, _) in enumerate(checks)
             )
-            verdicts.append(Verdict(values[at] == 1, decisions))
+            verdicts.append(Verdict(values[at] == 1, decisions, generations))
             at += 1 + 3 * len(checks)
         return verdicts
 
@@ -477,5 +511,7 @@ def install(app: ASGIApp, flask_app: Flask) -> ASGIApp:
     tokens: Tokens = flask_app.extensions["conduit.auth"].tokens
     redis_url: str = flask_app.extensions["conduit.redis"].url
     limiter = RateLimitMiddleware(app, settings=settings, redis_url=redis_url, tokens=tokens)
+    if response_cache.EXTENSION_KEY in flask_app.extensions:
+        limiter.read_generations(KINDS)
     register_lifespan(flask_app, limiter)
     return limiter

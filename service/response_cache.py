@@ -16,7 +16,9 @@ Where entries live, and what a hit costs:
 - Generations: read from Redis for every request, but by a `GenerationFence`: each caller is
   served by a read sent after it arrived (so it sees every bump finished before its request
   came in), one round trip shared by all requests that arrived in the same turn of the event
-  loop. Under load that is a fraction of a Redis call per request.
+  loop. Under load that is a fraction of a Redis call per request. With rate limits on, the
+  limiter's own batched script (also sent after the request arrived) reads them and passes
+  them on in the scope: no round trip of this layer's own at all.
 - Entries: in Redis (shared by all processes, `CACHE_TTL_SECONDS`), and the recently served
   ones in this process too (`LocalEntries`, bounded LRU): keyed by generation, a local copy is
   as exact as the Redis original. A hit usually costs no Redis call of its own.
@@ -82,6 +84,9 @@ from service.settings import Settings
 logger = logging.getLogger("conduit.response_cache")
 
 EXTENSION_KEY = "conduit.response_cache"
+# Where a layer in front (the rate limiter) puts this request's generations by kind, read
+# from Redis after the request arrived, as the fence would: then the fence is not asked.
+GENERATIONS_SCOPE_KEY = "conduit.generations"
 METHODS = frozenset({"GET", "HEAD"})
 # Path (as routed, percent-decoded) to the kind of data the answer shows. `feed` needs a
 # token (an anonymous request gets a 401, which is never stored), but is kept out anyway.
@@ -323,7 +328,8 @@ class ResponseCache:
         )
         try:
             async with asyncio.timeout(self.state.timeout):
-                generations = await self.fence.current(client)
+                # Read by the rate limiter's script for this request when the limiter is on.
+                generations = scope.get(GENERATIONS_SCOPE_KEY) or await self.fence.current(client)
                 full_key = cache_module.entry_key(kind, generations[kind], key)
                 entry = self.local.get(full_key)
                 if entry is None:

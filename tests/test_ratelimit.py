@@ -402,6 +402,19 @@ async def test_concurrent_requests_of_one_client_are_decided_in_order(serve: Ser
     assert [response.status_code for response in other] == [200, 200, 200]
 
 
+async def test_a_limit_finer_than_the_clock_still_goes_through_redis(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At a billion per minute one request moves the bucket less than the server clock's
+    precision: the bucket still gets a valid expiry, and the limiter does not fail open."""
+    async with serve(rate_limit_anonymous_per_minute=10**9) as asgi, http(asgi) as client:
+        for _ in range(3):
+            response = await client.get("/api/v1/tags")
+            assert response.status_code == 200
+            assert parse_limits(response.headers["ratelimit"])["default"]["r"] > 10**8
+    assert "redis unavailable" not in caplog.text
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

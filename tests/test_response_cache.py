@@ -17,6 +17,7 @@ from typing import Any
 import brotli  # type: ignore[import-untyped]
 import httpx
 import orjson
+import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
@@ -381,11 +382,27 @@ async def test_redis_cut_sends_reads_to_flask_and_they_stay_right(
         await proxy.stop()
 
 
+@pytest.mark.parametrize("limiter", [False, True], ids=["fence", "rate-limiter-script"])
 async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
-    settings: Settings, client: httpx.AsyncClient, make_user: MakeUser
+    settings: Settings, client: httpx.AsyncClient, make_user: MakeUser, limiter: bool
 ) -> None:
+    """The other process reads the generations with its own fence, or with rate limits on,
+    in the limiter's script (then the fence is never asked)."""
     alice, slug = await world(client, make_user)
-    other = create_asgi(settings.model_copy(update={"threads": 8}))
+    overrides = {"threads": 8, "rate_limit_enabled": limiter}
+    other = create_asgi(
+        settings.model_copy(update=overrides | {"rate_limit_anonymous_per_minute": 10**6})
+    )
+    fence_reads = 0
+    fence = layer(other).fence
+    read = fence.current
+
+    async def counted(redis: Redis) -> dict[str, str]:
+        nonlocal fence_reads
+        fence_reads += 1
+        return await read(redis)
+
+    fence.current = counted  # type: ignore[method-assign]
     async with serving(other) as second:
         paths = [f"/articles/{slug}", "/articles", f"/articles/{slug}/comments", "/tags"]
         paths.append("/profiles/alice")
@@ -407,6 +424,8 @@ async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
         await client.put(f"{API}/user", json=update, headers=alice.headers)
         profile = (await second.get(f"{API}/profiles/alice")).json()["profile"]
         assert profile["bio"] == "changed bio"
+    assert layer(other).stats.hits >= len(paths)
+    assert (fence_reads == 0) is limiter
 
 
 async def test_metrics_show_the_response_cache_counters(
