@@ -286,6 +286,13 @@ def coding_variant(accept_encoding: tuple[bytes, ...], codings: tuple[str, ...])
     return f"{coding}:{int(identity_refused(accepted))}"
 
 
+# Hot reads repeat the same few URLs: hash each once.
+@functools.lru_cache(maxsize=4096)
+def entry_name(path: str, query: bytes, variant: str) -> str:
+    """The key of an answer in its generation: path, raw query string and coding variant."""
+    return "http:" + digest(path, query.decode("latin-1"), variant)
+
+
 @dataclass
 class ResponseCache:
     """ASGI middleware serving anonymous reads from Redis (see the module docstring)."""
@@ -323,24 +330,22 @@ class ResponseCache:
             return
         started = time.perf_counter()
         variant = coding_variant(tuple(request.accept_encoding or ()), tuple(http_cache.ENCODERS))
-        key = "http:" + digest(
-            scope["path"], scope.get("query_string", b"").decode("latin-1"), variant
-        )
-        try:
-            async with asyncio.timeout(self.state.timeout):
-                # Read by the rate limiter's script for this request when the limiter is on.
-                generations = scope.get(GENERATIONS_SCOPE_KEY) or await self.fence.current(client)
-                full_key = cache_module.entry_key(kind, generations[kind], key)
-                entry = self.local.get(full_key)
-                if entry is None:
-                    raw = await client.get(full_key)
-                    if isinstance(raw, bytes):
-                        entry = Entry.load(raw)
-                        self.local.put(full_key, entry)
-        except (RedisError, OSError, TimeoutError) as exc:
-            cache.note_failure(self.state, exc)
-            await self.app(scope, receive, send)
-            return
+        key = entry_name(scope["path"], scope.get("query_string", b""), variant)
+        # Read by the rate limiter's script for this request when the limiter is on: then an
+        # entry kept in this process is answered without awaiting anything (or a timer).
+        generations: dict[str, str] | None = scope.get(GENERATIONS_SCOPE_KEY)
+        entry = None
+        if generations is not None:
+            full_key = cache_module.entry_key(kind, generations[kind], key)
+            entry = self.local.get(full_key)
+        if entry is None:
+            try:
+                async with asyncio.timeout(self.state.timeout):
+                    full_key, entry = await self._lookup(client, kind, key, generations)
+            except (RedisError, OSError, TimeoutError) as exc:
+                cache.note_failure(self.state, exc)
+                await self.app(scope, receive, send)
+                return
         self.state.timeouts_in_a_row = 0
         if entry is not None:
             await self._answer(scope, request, entry, send, started)
@@ -364,6 +369,21 @@ class ResponseCache:
         if entry is not None:
             self.local.put(full_key, entry)
             await self._store(client, full_key, entry)
+
+    async def _lookup(
+        self, client: Redis, kind: str, key: str, generations: dict[str, str] | None
+    ) -> tuple[str, Entry | None]:
+        """The entry's full key, and the entry if this process or Redis has it."""
+        if generations is None:
+            generations = await self.fence.current(client)
+        full_key = cache_module.entry_key(kind, generations[kind], key)
+        entry = self.local.get(full_key)
+        if entry is None:
+            raw = await client.get(full_key)
+            if isinstance(raw, bytes):
+                entry = Entry.load(raw)
+                self.local.put(full_key, entry)
+        return full_key, entry
 
     def _request_headers(self, origin: str | None, https: bool) -> list[tuple[bytes, bytes]]:
         """The security and CORS headers Flask would add for this origin and scheme."""
