@@ -60,3 +60,31 @@ async def test_a_caller_that_gives_up_does_not_cancel_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await impatient
     assert await patient == 20
+
+
+async def test_calls_made_while_a_batch_is_on_its_way_go_out_together_after_it() -> None:
+    recorder = Recorder()
+    batch: TurnBatch[int, int] = TurnBatch(recorder.send)
+    first = asyncio.ensure_future(batch.call(1))
+    await asyncio.sleep(0.001)  # the first batch is on its way (its send takes 10 ms)
+    later = []
+    for item in (2, 3, 4):  # three separate turns of the loop
+        later.append(asyncio.ensure_future(batch.call(item)))
+        await asyncio.sleep(0)
+    assert recorder.batches == [[1]]
+    assert await asyncio.gather(first, *later) == [10, 20, 30, 40]
+    assert recorder.batches == [[1], [2, 3, 4]]
+
+
+async def test_calls_waiting_behind_a_failed_batch_fail_with_it_at_once() -> None:
+    recorder = Recorder(fail=True)
+    batch: TurnBatch[int, int] = TurnBatch(recorder.send)
+    first = asyncio.ensure_future(batch.call(1))
+    await asyncio.sleep(0.001)
+    waiting = asyncio.ensure_future(batch.call(2))
+    outcomes = await asyncio.gather(first, waiting, return_exceptions=True)
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    assert recorder.batches == [[1]]  # the waiting call was not sent on its own
+    recorder.fail = False
+    assert await batch.call(3) == 30
+    assert recorder.batches == [[1], [3]]
