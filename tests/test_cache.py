@@ -46,9 +46,23 @@ Answer = tuple[int, Any]
 # Fixtures and helpers
 
 
+# Production runs with rate limits on: then the response cache takes its generations from the
+# limiter's script instead of its own fence. Tests that take `app` indirectly run with both.
+LIMITER = {
+    "rate_limit_enabled": True,
+    "rate_limit_anonymous_per_minute": 10**6,
+    "rate_limit_authenticated_per_minute": 10**6,
+    "rate_limit_auth_per_minute": 10**6,
+}
+BOTH_FRONTS = pytest.mark.parametrize(
+    "app", [False, True], ids=["fence", "limiter script"], indirect=True
+)
+
+
 @pytest_asyncio.fixture(scope="module")
-async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
-    """The served app, cache on, with a 1 s cache timeout instead of 100 ms and a pool for 45.
+async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[ConduitASGI]:
+    """The served app, cache on, with a 1 s cache timeout instead of 100 ms and a pool for 45
+    (and the rate limiter on, when the test asks for it: `BOTH_FRONTS`).
 
     On this project's loaded 2-core machines a burst of concurrent requests can delay one Redis
     reply past 100 ms; each such trip sends the process to the database for a second, which
@@ -56,9 +70,10 @@ async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
     (`via_proxy`). The pool is larger than a snapshot's 42 concurrent requests so that the pool
     starvation bug (its own xfail test below) does not hit the other tests.
     """
-    asgi = create_asgi(
-        settings.model_copy(update={"cache_timeout_ms": 1000, "db_pool_size": 45, "threads": 48})
-    )
+    overrides: dict[str, Any] = {"cache_timeout_ms": 1000, "db_pool_size": 45, "threads": 48}
+    if getattr(request, "param", False):
+        overrides |= LIMITER
+    asgi = create_asgi(settings.model_copy(update=overrides))
     await asgi.startup()
     yield asgi
     await asgi.shutdown()
@@ -417,6 +432,7 @@ WRITES = [
 ]
 
 
+@BOTH_FRONTS
 @pytest.mark.parametrize("write", WRITES, ids=[w.name for w in WRITES])
 async def test_a_write_is_seen_by_every_cached_read_after_it(
     write: Write,
