@@ -334,22 +334,35 @@ class ResponseCache:
         # Read by the rate limiter's script for this request when the limiter is on: then an
         # entry kept in this process is answered without awaiting anything (or a timer).
         generations: dict[str, str] | None = scope.get(GENERATIONS_SCOPE_KEY)
-        entry = None
+        known_key = entry = None
         if generations is not None:
-            full_key = cache_module.entry_key(kind, generations[kind], key)
-            entry = self.local.get(full_key)
+            known_key = cache_module.entry_key(kind, generations[kind], key)
+            entry = self.local.get(known_key)
         if entry is None:
             try:
                 async with asyncio.timeout(self.state.timeout):
-                    full_key, entry = await self._lookup(client, kind, key, generations)
+                    full_key, entry = await self._lookup(client, kind, key, known_key)
             except (RedisError, OSError, TimeoutError) as exc:
                 cache.note_failure(self.state, exc)
                 await self.app(scope, receive, send)
                 return
-        self.state.timeouts_in_a_row = 0
-        if entry is not None:
-            await self._answer(scope, request, entry, send, started)
-            return
+            self.state.timeouts_in_a_row = 0
+            if entry is None:
+                await self._miss(scope, receive, send, request, client, full_key, started)
+                return
+        await self._answer(scope, request, entry, send, started)
+
+    async def _miss(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: RequestHeaders,
+        client: Redis,
+        full_key: str,
+        started: float,
+    ) -> None:
+        """Wait for a load of the same entry already running, or run one and keep its answer."""
         self.stats.misses += 1
         running = self.inflight.get(full_key)
         if running is not None:
@@ -361,6 +374,7 @@ class ResponseCache:
             return
         future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self.inflight[full_key] = future
+        entry = None  # what the waiters get when the request fails
         try:
             entry = await self._pass_and_capture(scope, receive, send)
         finally:
@@ -371,18 +385,24 @@ class ResponseCache:
             await self._store(client, full_key, entry)
 
     async def _lookup(
-        self, client: Redis, kind: str, key: str, generations: dict[str, str] | None
+        self, client: Redis, kind: str, key: str, full_key: str | None
     ) -> tuple[str, Entry | None]:
-        """The entry's full key, and the entry if this process or Redis has it."""
-        if generations is None:
+        """The entry's full key, and the entry if this process or Redis has it.
+
+        `full_key` is None when no layer in front read the generations: then the fence does,
+        and this process's copies are looked at first; else they were already.
+        """
+        if full_key is None:
             generations = await self.fence.current(client)
-        full_key = cache_module.entry_key(kind, generations[kind], key)
-        entry = self.local.get(full_key)
-        if entry is None:
-            raw = await client.get(full_key)
-            if isinstance(raw, bytes):
-                entry = Entry.load(raw)
-                self.local.put(full_key, entry)
+            full_key = cache_module.entry_key(kind, generations[kind], key)
+            entry = self.local.get(full_key)
+            if entry is not None:
+                return full_key, entry
+        raw = await client.get(full_key)
+        if not isinstance(raw, bytes):
+            return full_key, None
+        entry = Entry.load(raw)
+        self.local.put(full_key, entry)
         return full_key, entry
 
     def _request_headers(self, origin: str | None, https: bool) -> list[tuple[bytes, bytes]]:

@@ -389,10 +389,12 @@ async def test_a_write_through_one_process_is_seen_by_the_next_read_of_another(
     """The other process reads the generations with its own fence, or with rate limits on,
     in the limiter's script (then the fence is never asked)."""
     alice, slug = await world(client, make_user)
-    overrides = {"threads": 8, "rate_limit_enabled": limiter}
-    other = create_asgi(
-        settings.model_copy(update=overrides | {"rate_limit_anonymous_per_minute": 10**6})
-    )
+    overrides = {
+        "threads": 8,
+        "rate_limit_enabled": limiter,
+        "rate_limit_anonymous_per_minute": 10**6,
+    }
+    other = create_asgi(settings.model_copy(update=overrides))
     fence_reads = 0
     fence = layer(other).fence
     read = fence.current
@@ -438,3 +440,67 @@ async def test_metrics_show_the_response_cache_counters(
     counts = dict(re.findall(r'conduit_response_cache_total\{outcome="(\w+)"\} (\d+)', text))
     assert set(counts) == {"hits", "not_modified", "misses", "stored", "bypassed"}
     assert int(counts["hits"]) >= 2
+
+
+async def test_a_miss_whose_request_fails_lets_its_waiters_go_through_themselves(
+    app: ConduitASGI,
+) -> None:
+    """Concurrent misses of one entry wait for the first; if its request fails, they do not
+    hang and do not fail with it: each goes through the app itself."""
+    base = layer(app)
+    calls = 0
+    release = asyncio.Event()
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()
+            raise RuntimeError("the first request fails")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    cache = ResponseCache(
+        app=inner,
+        state=base.state,
+        hardening=base.hardening,
+        redis_state=base.redis_state,
+        access_log=False,
+    )
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": f"{API}/profiles/nobody-yet",
+        "query_string": b"",
+        "headers": [],
+        "scheme": "http",
+        "client": ("127.0.0.1", 1),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def reached(condition: Callable[[], bool]) -> None:
+        for _ in range(5000):  # at most 5 s
+            if condition():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("not reached")
+
+    first = asyncio.ensure_future(cache(dict(scope), receive, send))
+    await reached(lambda: calls == 1)  # the first request is in the app
+    second = asyncio.ensure_future(cache(dict(scope), receive, send))
+    await reached(lambda: cache.stats.misses == 2)  # the second waits for the first
+    release.set()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(first, second, return_exceptions=True), timeout=5
+    )
+    assert isinstance(outcomes[0], RuntimeError)
+    assert outcomes[1] is None
+    assert (calls, statuses) == (2, [200])
+    assert cache.inflight == {}
