@@ -62,10 +62,12 @@ _RFC3339 = re.compile(
 
 def _known_event(value: str) -> str:
     if value not in EVENT_FILTERS:
+        # Pydantic fills `{name}` from the context with str() and knows no conversions such
+        # as `!r`: the quoted form goes into the context.
         raise PydanticCustomError(
             "unknown_event_type",
-            "unknown event type {value!r} (see GET /api/v1/webhooks/event-types)",
-            {"value": value[:64]},
+            "unknown event type {value} (see GET /api/v1/webhooks/event-types)",
+            {"value": repr(value[:64])},
         )
     return value
 

@@ -272,8 +272,9 @@ def _host_name(raw: str) -> str:
 
 
 def _special_name_addresses(name: str) -> tuple[IPAddress, ...]:
-    # RFC 6761: localhost and *.localhost always mean the loopback interface. Statically they
-    # pass if either loopback address is allowlisted; delivery checks what they resolve to.
+    # RFC 6761: localhost and *.localhost always mean the loopback interface. `localhost`
+    # passes statically if either loopback address is allowlisted (delivery checks what it
+    # resolves to); names under it are refused by `check_url` in any case.
     if name == "localhost" or name.endswith(".localhost"):
         return (IPv4Address("127.0.0.1"), IPv6Address("::1"))
     return ()
@@ -323,6 +324,13 @@ def check_url(url: str, *, policy: AddressPolicy) -> WebhookTarget:
         check_address(address, policy=policy, host=host)
     elif (special := _special_name_addresses(host)) and not any(map(policy.allows, special)):
         check_address(special[0], policy=policy, host=host)
+    if host.endswith(".localhost"):
+        # Even with loopback allowlisted: the system resolver need not answer for these names
+        # (glibc does not), so they would be accepted here and then fail at every delivery.
+        raise WebhookUrlRefused(
+            f"{host} is a loopback name under .localhost, which deliveries cannot resolve; "
+            "such names may not receive webhooks (use localhost where loopback is allowlisted)"
+        )
 
     path = quote(parts.path, safe=_PATH_SAFE) or "/"
     query = quote(parts.query, safe=_QUERY_SAFE)

@@ -254,6 +254,17 @@ def test_allowlist_exempts_named_addresses_only() -> None:
             check_url(url, policy=policy)
 
 
+@pytest.mark.parametrize(
+    "url", ["https://foo.localhost/hook", "https://A.B.LOCALHOST./", "http://x.localhost:8080/"]
+)
+def test_names_under_localhost_are_refused_even_with_loopback_allowlisted(url: str) -> None:
+    # The system resolver need not answer for them: accepted, they would fail every delivery.
+    loopback = AddressPolicy.build(allow_http=True, allowlist=["127.0.0.0/8", "::1"])
+    check_url("https://localhost/hook", policy=loopback)
+    with pytest.raises(WebhookUrlRefused, match=r"under \.localhost, which deliveries cannot"):
+        check_url(url, policy=loopback)
+
+
 def test_allowlist_entries_are_addresses_or_networks() -> None:
     assert parse_network("127.0.0.1") == parse_network("127.0.0.1/32")
     assert str(parse_network(" ::1 ")) == "::1/128"

@@ -280,6 +280,17 @@ async def test_create_validation_names_the_field(
     assert field in error_fields(response), response.json()
 
 
+async def test_unknown_event_type_is_named_in_the_error(
+    client: httpx.AsyncClient, jake: TestUser
+) -> None:
+    response = await create(client, jake, events=["article.created", "article.exploded"])
+    assert response.status_code == 422
+    [message] = error_fields(response)["events.1"]
+    assert message == (
+        "unknown event type 'article.exploded' (see GET /api/v1/webhooks/event-types)"
+    )
+
+
 async def test_create_requires_the_url_and_events(
     client: httpx.AsyncClient, jake: TestUser
 ) -> None:
@@ -345,6 +356,26 @@ async def test_allowlisted_addresses_are_accepted(
     override_settings(webhook_allowlist="127.0.0.0/8, ::1, 169.254.169.254")
     response = await create(client, jake, url=url)
     assert response.status_code == 201, response.text
+
+
+async def test_names_under_localhost_are_refused_with_loopback_allowlisted(
+    client: httpx.AsyncClient, jake: TestUser, override_settings: Callable[..., None]
+) -> None:
+    override_settings(webhook_allowlist="127.0.0.0/8, ::1")
+    assert (await create(client, jake, url="https://localhost/hook")).status_code == 201
+    response = await create(client, jake, url="https://foo.localhost/hook")
+    assert response.status_code == 422
+    [message] = error_fields(response)["url"]
+    assert "foo.localhost" in message
+    assert "under .localhost" in message
+    webhook = await created(client, jake)
+    patched = await client.patch(
+        f"{BASE}/{webhook['id']}",
+        json={"webhook": {"url": "https://api.localhost/"}},
+        headers=jake.headers,
+    )
+    assert patched.status_code == 422
+    assert "under .localhost" in error_fields(patched)["url"][0]
 
 
 async def test_plain_http_follows_the_setting(
