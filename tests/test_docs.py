@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -10,9 +13,13 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
+import service
+from service.api.spec import TAG_ORDER, order_tags
+
 METHODS = {"get", "put", "post", "delete", "patch"}
 ASSET = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""")
 SWAGGER_URL = re.compile(r"""\burl:\s*["']([^"']+)["']""")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -106,3 +113,33 @@ async def test_asset_paths_cannot_escape_the_bundle(client: httpx.AsyncClient) -
     response = await client.get("/api/v1/docs/assets/..%2F..%2F..%2Fpyproject.toml")
     assert response.status_code == 404
     assert response.json() == {"errors": {"body": ["not found"]}}
+
+
+async def test_tags_are_listed_in_reading_order(document: dict[str, Any]) -> None:
+    names = [tag["name"] for tag in document["tags"]]
+    # Register and log in come first: what a newcomer needs before anything else.
+    assert names[0] == "User and Authentication"
+    used = {tag for _, _, operation in operations(document) for tag in operation["tags"]}
+    assert set(names) == used
+    known = [name for name in names if name in TAG_ORDER]
+    assert known == [name for name in TAG_ORDER if name in used]
+    # Tags nobody placed yet come after the placed ones.
+    assert names[: len(known)] == known
+    assert known[:6] == [
+        "User and Authentication",
+        "Profile",
+        "Articles",
+        "Comments",
+        "Favorites",
+        "Tags",
+    ]
+
+
+def test_unplaced_tags_come_last_by_name() -> None:
+    tags = [{"name": "Zeta"}, {"name": "Admin"}, {"name": "Alpha"}, {"name": "Articles"}]
+    assert [tag["name"] for tag in order_tags(tags)] == ["Articles", "Admin", "Alpha", "Zeta"]
+
+
+async def test_info_version_is_the_package_version(document: dict[str, Any]) -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert document["info"]["version"] == version("conduit") == service.__version__ == declared

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
+from service import __version__
 from service.api.auth import load_viewer, verify_request
 from service.schemas.common import ErrorBody
 from service.schemas.oauth import OAuthErrorOut
@@ -61,6 +62,22 @@ OAUTH_ERROR_DESCRIPTIONS = {
     401: "invalid_client: client authentication failed",
 }
 SCHEMA_REF = "#/components/schemas/"
+# The order Swagger UI and ReDoc list the tags in: what a newcomer needs first (an account and
+# a token), then the RealWorld resources, then the extras. Tags not named here come last.
+TAG_ORDER = (
+    "User and Authentication",
+    "Profile",
+    "Articles",
+    "Comments",
+    "Favorites",
+    "Tags",
+    "Webhooks",
+    "API clients",
+    "OAuth 2.0",
+    "Admin",
+    "Health",
+    "API index",
+)
 RETRY_AFTER = {
     "description": "Seconds to wait before retrying",
     "schema": {"type": "integer", "minimum": 0},
@@ -207,7 +224,14 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
             },
         }
         document["servers"] = [{"url": "/", "description": "this server"}]
+        document["tags"] = order_tags(document.get("tags", []))
         return document
+
+
+def order_tags(tags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`tags` in `TAG_ORDER`, any others after them by name."""
+    rank = {name: index for index, name in enumerate(TAG_ORDER)}
+    return sorted(tags, key=lambda tag: (rank.get(tag["name"], len(rank)), tag["name"]))
 
 
 def _drop_null_defaults(schema: Any) -> None:
@@ -283,7 +307,7 @@ spec = ConduitSpec(
     backend=ConduitBackend,
     before=_raise_validation_error,
     title="Conduit API",
-    version="1.0.0",
+    version=__version__,
     path="apidoc",
     info={
         "description": (
