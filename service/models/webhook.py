@@ -92,6 +92,8 @@ class WebhookMessage(Base):
         # The delivery log: an endpoint's messages, newest first, optionally by status.
         Index("ix_webhook_messages_endpoint_created", "endpoint_id", "created_at", "id"),
         Index("ix_webhook_messages_endpoint_status", "endpoint_id", "status", "created_at"),
+        # Retention deletes the oldest messages of every endpoint (migration 0005).
+        Index("ix_webhook_messages_created_at", "created_at"),
     )
 
 
