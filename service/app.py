@@ -14,6 +14,7 @@ from service.api import errors, hardening
 from service.api.auth import auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
+from service.api.index import bp as index_bp
 from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
 from service.cache import cache
@@ -64,6 +65,7 @@ def create_app(settings: Settings) -> ConduitFlask:
     app.register_blueprint(health_bp)
     app.register_blueprint(v1_bp)
     app.register_blueprint(docs_bp)
+    app.register_blueprint(index_bp)
     return app
 
 

@@ -7,7 +7,8 @@ revalidation counts against the rate limit (it still runs the view: the ETag is 
 body, so a 304 saves the transfer and the client's parsing, not the query).
 
 Scope: `GET` and `HEAD` under `/api/v1/` (the JSON API and the documentation pages; `/healthz`
-and `/readyz` are untouched), `200` answers only; everything else streams through unchanged.
+and `/readyz` are untouched) and of the API index (`/`, `/api/v1`), `200` answers only;
+everything else streams through unchanged.
 
 Conditional requests (RFC 9110 §8.8, §13.1.2):
 - `ETag: W/"<first 128 bits of SHA-256 of the uncompressed body, hex>"` unless the response
@@ -77,6 +78,7 @@ except ImportError:  # pragma: no cover - a runtime dependency; without it, gzip
     brotli = None
 
 API_PREFIX = "/api/v1/"
+INDEX_PATHS = frozenset({"/", "/api/v1"})
 METHODS = frozenset({"GET", "HEAD"})
 MIN_COMPRESS_BYTES = 1024
 OFFLOAD_MIN_BYTES = 256 * 1024
@@ -295,7 +297,9 @@ class HttpCacheMiddleware:
         if (
             scope["type"] != "http"
             or scope.get("method") not in METHODS
-            or not scope.get("path", "").startswith(API_PREFIX)
+            or not (
+                scope.get("path", "").startswith(API_PREFIX) or scope.get("path") in INDEX_PATHS
+            )
         ):
             await self.app(scope, receive, send)
             return

@@ -290,6 +290,8 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
                 }
             },
         }
+    for code, headers in meta["headers"].items():
+        responses[str(code)].setdefault("headers", {}).update(headers)
     for code, example in meta["examples"].items():
         content = responses.get(str(code), {}).get("content", {}).get("application/json")
         if content is not None:
@@ -335,13 +337,15 @@ def operation(
     scope: str | None = None,
     form: type[BaseModel] | None = None,
     oauth_errors: Iterable[int] = (),
+    headers: dict[int, dict[str, Any]] | None = None,
 ) -> Callable[[View], Callable[..., Any]]:
     """Validate, authenticate and document an async view (see the module docstring).
 
     Every view that takes a token names the `scope` the token must carry (deny by default:
     leaving it out is an error at import time); a token without it gets 403. `form` documents
     a form-encoded body that the view parses itself; `oauth_errors` are answered in the RFC
-    6749 error format instead of the envelope.
+    6749 error format instead of the envelope. `headers` documents response headers (OpenAPI
+    Header Objects by name) per status code.
     """
     if auth != "none" and scope is None:
         raise ValueError("an authenticated operation must name the scope it requires")
@@ -385,6 +389,7 @@ def operation(
             "form": form,
             "examples": examples or {},
             "body_example": body_example,
+            "headers": headers or {},
         }
         if auth == "none":
             return validated
