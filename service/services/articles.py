@@ -412,14 +412,15 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
 async def _emit_favorite(
     session: AsyncSession, event_type: str, viewer: User, view: ArticleView
 ) -> None:
-    # Who favorited is not public: only the viewer's own endpoints hear of it.
+    # Who favorited what is public (`GET /articles?favorited=<username>`): every subscribed
+    # endpoint hears of it, as the event catalogue says.
     await outbox.emit(
         session=session,
         event_type=event_type,
         data=catalogue.favorite_data(
             article_slug=view.article.slug, favorites_count=view.favorites_count, user=viewer
         ),
-        audience=[viewer.id],
+        audience=None,
     )
 
 

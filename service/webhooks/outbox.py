@@ -1,9 +1,14 @@
 """The transactional outbox: events are written in the transaction of the change they report.
 
-`emit` records one event and, in the same statement, one message per enabled endpoint that
-subscribed to its type and whose owner may see it, plus one delivery job per message. If the
-transaction rolls back, nothing was emitted; once it commits, the jobs are durable and the
-workers (woken by NOTIFY, which PostgreSQL sends at commit) deliver them.
+`emit` records one event and, in the same statement, one message per endpoint that
+subscribed to its type and whose owner may see it, plus one delivery job per message of an
+enabled endpoint. If the transaction rolls back, nothing was emitted; once it commits, the jobs
+are durable and the workers (woken by NOTIFY, which PostgreSQL sends at commit) deliver them.
+
+A disabled endpoint (by its owner, or by the service after a 410 or days of failures) gets its
+message too, recorded as failed with no attempt and no job: nothing is lost while it is off,
+and "recover since T" sends those messages once it is enabled again. No event is stored that
+no endpoint subscribed to.
 """
 
 from __future__ import annotations
@@ -47,13 +52,13 @@ EVENT_TYPES = (
 )
 
 # One statement: the matching endpoints, the event (only when some endpoint wants it), a
-# message per endpoint and a delivery job per message.
+# message per endpoint (failed at once for a disabled one) and a delivery job per message to
+# send. Returns the number of messages and of jobs.
 _EMIT = text(
     """
     WITH targets AS (
-        SELECT id FROM webhook_endpoints
-        WHERE enabled
-          AND (events @> ARRAY['*']::varchar[] OR events @> ARRAY[CAST(:type AS varchar)])
+        SELECT id, enabled FROM webhook_endpoints
+        WHERE (events @> ARRAY['*']::varchar[] OR events @> ARRAY[CAST(:type AS varchar)])
           AND (CAST(:public AS boolean) OR owner_id = ANY(CAST(:audience AS bigint[])))
           AND (CAST(:endpoint AS uuid) IS NULL OR id = CAST(:endpoint AS uuid))
     ), event AS (
@@ -63,16 +68,18 @@ _EMIT = text(
     ), messages AS (
         INSERT INTO webhook_messages (id, endpoint_id, event_id, status, next_attempt_at)
         SELECT 'msg_' || replace(gen_random_uuid()::text, '-', ''), targets.id, event.id,
-               'pending', now()
+               CASE WHEN targets.enabled THEN 'pending' ELSE 'failed' END,
+               CASE WHEN targets.enabled THEN now() END
         FROM targets CROSS JOIN event
-        RETURNING id
+        RETURNING id, status
     ), jobs AS (
         INSERT INTO jobs (kind, payload, status, attempts, max_attempts)
         SELECT :job, jsonb_build_object('messageId', messages.id), 'pending', 0, :max_attempts
         FROM messages
+        WHERE messages.status = 'pending'
         RETURNING id
     )
-    SELECT count(*) FROM jobs
+    SELECT (SELECT count(*) FROM messages) AS messages, (SELECT count(*) FROM jobs) AS jobs
     """
 )
 # A delivery job that crashes unexpectedly (not a failed HTTP attempt, which the handler
@@ -89,7 +96,7 @@ async def emit(
     endpoint_id: Any = None,
 ) -> int:
     """Record an event for its subscribers in `session`'s transaction; return how many
-    messages were created.
+    messages were created (those of disabled endpoints, failed unsent, included).
 
     `audience` is the ids of the users allowed to see the event; None means anyone can (it
     reports public data). `endpoint_id` restricts it to one endpoint (pings).
@@ -108,9 +115,9 @@ async def emit(
             "max_attempts": DELIVERY_JOB_ATTEMPTS,
         },
     )
-    created = int(result.scalar_one())
-    if created:
+    created, queued = result.one()
+    if queued:
         await session.execute(
             text("SELECT pg_notify(:channel, :kind)"), {"channel": CHANNEL, "kind": DELIVER_JOB}
         )
-    return created
+    return int(created)

@@ -8,9 +8,11 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 import pytest_asyncio
 
+from service.app import ConduitASGI
 from service.settings import Settings
 from service.webhooks.http import WebhookClient
 from service.webhooks.ssrf import AddressPolicy
@@ -71,3 +73,21 @@ async def client() -> AsyncIterator[WebhookClient]:
 def delivery_settings(settings: Settings) -> Settings:
     """The test settings with loopback receivers allowed (plain http is allowed in tests)."""
     return settings.model_copy(update={"webhook_allowlist": "127.0.0.0/8,::1"})
+
+
+@pytest.fixture
+def api_allows_loopback(app: ConduitASGI, delivery_settings: Settings) -> Iterator[None]:
+    """The app under test accepts webhooks on loopback receivers, for this test only."""
+    config = app.flask_app.config
+    original = config["CONDUIT_SETTINGS"]
+    config["CONDUIT_SETTINGS"] = delivery_settings
+    yield
+    config["CONDUIT_SETTINGS"] = original
+
+
+@pytest_asyncio.fixture
+async def api(app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the app under test (`client` here is the delivery client)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
