@@ -16,6 +16,9 @@ OPENAPI = "/api/v1/openapi.json"
 # The operations anyone may call without a token; a new route is authenticated unless it
 # is added here on purpose.
 ANONYMOUS = {
+    # The API index (links to the docs and the endpoints).
+    ("GET", "/"),
+    ("GET", "/api/v1"),
     ("POST", "/api/v1/users"),
     ("POST", "/api/v1/users/login"),
     ("POST", "/api/v1/users/password-reset"),
