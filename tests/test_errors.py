@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -72,6 +72,10 @@ def _test_blueprint(settings: Settings, admin_url: str) -> Blueprint:
     @bp.get("/boom")
     async def errors_boom() -> Response:
         raise RuntimeError("secret internal detail")
+
+    @bp.get("/http-401")
+    async def errors_http_401() -> Response:
+        abort(401)
 
     @bp.get("/domain/<kind>")
     async def errors_domain(kind: str) -> Response:
@@ -258,3 +262,48 @@ async def test_unreachable_redis_is_503(errors_client: httpx.AsyncClient) -> Non
     response = await errors_client.get("/t/redis-unreachable")
     assert_envelope(response, 503, {"redis": ["cache unavailable, try again later"]})
     assert response.headers["retry-after"] == "1"
+
+
+# --- 401 challenges (RFC 9110 §11.6.1, RFC 6750 §3) ----------------------------------------
+
+CHALLENGE = 'Token realm="conduit", Bearer realm="conduit"'
+REFUSED = (
+    'Token realm="conduit", error="invalid_token", Bearer realm="conduit", error="invalid_token"'
+)
+
+
+async def test_401_without_credentials_names_the_schemes(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/user")
+    assert_envelope(response, 401, {"token": ["authentication required"]})
+    assert response.headers["www-authenticate"] == CHALLENGE
+
+
+@pytest.mark.parametrize("header", ["Token not.a.jwt", "Bearer not.a.jwt", "Basic dTpw", "Token"])
+async def test_401_for_a_refused_token_says_invalid_token(
+    client: httpx.AsyncClient, header: str
+) -> None:
+    response = await client.get("/api/v1/user", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == REFUSED
+
+
+async def test_401_of_a_failed_login_and_of_werkzeug_carry_the_challenge(
+    client: httpx.AsyncClient, errors_client: httpx.AsyncClient
+) -> None:
+    login = await client.post(
+        "/api/v1/users/login", json={"user": {"email": "no@one.example", "password": "wrongpass"}}
+    )
+    assert login.status_code == 401
+    assert login.headers["www-authenticate"] == CHALLENGE
+    for response in (
+        await errors_client.get("/t/http-401"),
+        await errors_client.get("/t/domain/unauthenticated"),
+    ):
+        assert_envelope(response, 401, response.json()["errors"])
+        assert response.headers["www-authenticate"] == CHALLENGE
+
+
+async def test_401_challenge_is_documented(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/api/v1/openapi.json")).json()
+    unauthorized = document["paths"]["/api/v1/user"]["get"]["responses"]["401"]
+    assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True

@@ -25,6 +25,14 @@ logger = logging.getLogger("conduit.auth")
 
 EXTENSION_KEY = "conduit.auth"
 SCHEMES = ("token", "bearer")
+REALM = "conduit"
+
+
+def challenge(*, token_refused: bool) -> str:
+    """The `WWW-Authenticate` value of a 401 (RFC 9110 §11.6.1, RFC 6750 §3): both schemes
+    this API accepts, each saying `invalid_token` when the request's token was refused."""
+    error = ', error="invalid_token"' if token_refused else ""
+    return f'Token realm="{REALM}"{error}, Bearer realm="{REALM}"{error}'
 
 
 @dataclass(frozen=True)

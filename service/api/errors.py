@@ -7,7 +7,7 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
+from service.api.auth import challenge
 from service.db import DatabaseUnavailable, describe_error
 from service.services import errors as domain
 
@@ -99,7 +100,14 @@ def _domain_error(exc: domain.DomainError) -> Response:
     headers = None
     if isinstance(exc, domain.TooManyRequests):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif status == 401:
+        headers = _challenge_headers()
     return error_response(status, {exc.field: [exc.message]}, headers)
+
+
+def _challenge_headers() -> dict[str, str]:
+    # Any credentials in the Authorization header were refused: a token scheme's or not.
+    return {"WWW-Authenticate": challenge(token_refused="Authorization" in request.headers)}
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -108,6 +116,8 @@ def _http_error(exc: HTTPException) -> Response:
     headers = {
         name: value for name, value in exc.get_headers() if name.lower() in {"allow", "retry-after"}
     }
+    if status == 401:
+        headers.update(_challenge_headers())
     return error_response(status, {"body": [message]}, headers)
 
 

@@ -62,6 +62,13 @@ OAUTH_ERROR_DESCRIPTIONS = {
     401: "invalid_client: client authentication failed",
 }
 SCHEMA_REF = "#/components/schemas/"
+CHALLENGE = {
+    "description": (
+        'The accepted schemes: `Token realm="conduit", Bearer realm="conduit"`, each with '
+        '`error="invalid_token"` when the request\'s credentials were refused'
+    ),
+    "schema": {"type": "string"},
+}
 # The order Swagger UI and ReDoc list the tags in: what a newcomer needs first (an account and
 # a token), then the RealWorld resources, then the extras. Tags not named here come last.
 TAG_ORDER = (
@@ -275,6 +282,8 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
         }
         if code == 429:
             responses[str(code)]["headers"] = {"Retry-After": {**RETRY_AFTER, "required": True}}
+        elif code == 401:
+            responses[str(code)]["headers"] = {"WWW-Authenticate": {**CHALLENGE, "required": True}}
     for code in sorted(meta["oauth_errors"]):
         responses[str(code)] = {
             "description": OAUTH_ERROR_DESCRIPTIONS[code],
