@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import cast
 
 import asyncpg
@@ -27,7 +27,10 @@ from service.db import build_engine, db
 from service.services import errors as domain
 from service.settings import Settings
 from tests.apps import serving
+from tests.factories import TestUser
 from tests.logs import JsonLines
+
+MakeUser = Callable[..., Awaitable[TestUser]]
 
 
 class ErrorsThing(BaseModel):
@@ -307,3 +310,44 @@ async def test_401_challenge_is_documented(client: httpx.AsyncClient) -> None:
     document = (await client.get("/api/v1/openapi.json")).json()
     unauthorized = document["paths"]["/api/v1/user"]["get"]["responses"]["401"]
     assert unauthorized["headers"]["WWW-Authenticate"]["required"] is True
+
+
+# --- nesting depth -------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"article":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize("depth", [64, 200, 253, 254, 300, 1000, 5000])
+async def test_any_nesting_depth_is_a_4xx_envelope(
+    client: httpx.AsyncClient, make_user: MakeUser, depth: int
+) -> None:
+    user = await make_user()
+    response = await client.post(
+        "/api/v1/articles",
+        content=_nested(depth),
+        headers={**user.headers, "content-type": "application/json"},
+    )
+    if depth < 64:
+        assert response.status_code == 422
+    elif depth <= 1024:
+        # The wrapper object is one more level than the lists.
+        assert_envelope(response, 400, {"body": ["JSON nested deeper than 64 levels"]})
+    else:  # beyond orjson's own limit: not JSON it will parse
+        assert_envelope(response, 400, {"body": ["malformed request"]})
+
+
+async def test_depth_limit_leaves_room_and_ignores_brackets_in_strings(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    shallow = await client.post(
+        "/api/v1/articles",
+        content=_nested(63),
+        headers={**user.headers, "content-type": "application/json"},
+    )
+    assert shallow.status_code == 422  # 64 levels: parsed, then refused by the schema
+    article = {"title": "brackets", "description": "[" * 300, "body": "{" * 300, "tagList": []}
+    created = await client.post("/api/v1/articles", json={"article": article}, headers=user.headers)
+    assert created.status_code == 201, created.text

@@ -31,6 +31,7 @@ from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service import __version__
 from service.api.auth import load_viewer, verify_request
+from service.jsonprovider import loads_body
 from service.schemas.common import ErrorBody
 from service.schemas.oauth import OAuthErrorOut
 from service.services import scopes
@@ -97,7 +98,7 @@ def read_json_body() -> Any:
         raise UnsupportedMediaType("send the body as application/json")
     data = request.get_data(cache=True)
     try:
-        return orjson.loads(data)
+        return loads_body(data)
     except orjson.JSONDecodeError:
         raise BadRequest("request body is not valid JSON") from None
 
