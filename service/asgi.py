@@ -8,13 +8,17 @@ from pydantic import ValidationError
 
 from service.app import ConduitASGI, create_asgi
 from service.observability import configure_logging
-from service.settings import describe_settings_error, load_settings
+from service.settings import Environment, describe_settings_error, load_settings
 
 
 def _from_environment() -> ConduitASGI:
     try:
         settings = load_settings()
-        configure_logging(settings.log_level)
+        configure_logging(
+            settings.log_level,
+            log_format=settings.log_format,
+            development=settings.app_env is Environment.DEVELOPMENT,
+        )
         return create_asgi(settings)
     except ValidationError as exc:
         print(f"conduit: invalid configuration: {describe_settings_error(exc)}", file=sys.stderr)

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from service.observability import configure_logging
-from service.settings import Settings, describe_settings_error, load_settings, mask_url
+from service.settings import (
+    Environment,
+    Settings,
+    describe_settings_error,
+    load_settings,
+    mask_url,
+)
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -40,7 +46,11 @@ def _settings() -> Settings:
         settings = load_settings()
     except ValidationError as exc:
         raise CommandError(f"invalid configuration: {describe_settings_error(exc)}") from None
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level,
+        log_format=settings.log_format,
+        development=settings.app_env is Environment.DEVELOPMENT,
+    )
     return settings
 
 

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
+    # `json`: one object per line, for collectors; `text`: lines for people; `auto`: text in
+    # development when stdout is a terminal, JSON otherwise (service/observability.py).
+    log_format: str = "auto"
     access_log: bool = True
 
     @field_validator("database_url")
@@ -167,6 +170,16 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        from service.observability import LOG_FORMATS
+
+        log_format = value.strip().lower()
+        if log_format not in LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(sorted(LOG_FORMATS))}")
+        return log_format
 
     @field_validator("webhook_allowlist")
     @classmethod
