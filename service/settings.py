@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from service.webhooks.secret_box import SecretBox
     from service.webhooks.ssrf import AddressPolicy
 
 # Values that look like a secret but are copied from examples; refused outside development.
@@ -21,6 +23,10 @@ PLACEHOLDER_SECRETS = frozenset(
     {"", "changeme", "change-me", "secret", "dev", "development", "placeholder", "xxx", "todo"}
 )
 MIN_SECRET_LENGTH = 32
+WEBHOOK_KEYS_REQUIRED = (
+    "WEBHOOK_SECRET_KEYS must be set in production (comma-separated Fernet keys: "
+    "`conduit webhooks generate-key` makes one)"
+)
 
 
 class Environment(StrEnum):
@@ -140,6 +146,10 @@ class Settings(BaseSettings):
     webhook_response_excerpt_bytes: int = Field(default=1024, ge=0, le=65_536)
     # Deliveries to one endpoint in flight at once per worker process.
     webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=64)
+    # Fernet keys sealing the signing secrets in the database, comma-separated: the first seals,
+    # all open (rotation: docs/webhooks.md). Required in production; elsewhere a key is
+    # generated once into `data_dir`.
+    webhook_secret_keys: SecretStr | None = None
 
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -189,6 +199,28 @@ class Settings(BaseSettings):
         AddressPolicy.build(allowlist=split_list(value))  # raises ValueError naming the entry
         return value
 
+    @field_validator("webhook_secret_keys")
+    @classmethod
+    def _webhook_secret_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        from service.webhooks.secret_box import parse_keys
+
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_keys(value.get_secret_value())  # raises ValueError, never quoting a key
+        return value
+
+    @property
+    def webhook_secret_box(self) -> SecretBox:
+        """Seals and opens webhook signing secrets with WEBHOOK_SECRET_KEYS (outside
+        production, when unset, with a key generated once into `data_dir`)."""
+        from service.webhooks.secret_box import box_for, generate_key
+
+        if self.webhook_secret_keys is not None:
+            return box_for(self.webhook_secret_keys.get_secret_value())
+        if self.is_production:
+            raise ValueError(WEBHOOK_KEYS_REQUIRED)
+        return box_for(_dev_secret(self.data_dir / "webhook_secret_keys", generate_key))
+
     @property
     def webhook_policy(self) -> AddressPolicy:
         """The SSRF guard's settings."""
@@ -227,6 +259,12 @@ class Settings(BaseSettings):
                 raise ValueError("DATABASE_URL and REDIS_URL must be set in production")
         return self
 
+    @model_validator(mode="after")
+    def _production_webhook_keys(self) -> Settings:
+        if self.is_production and self.webhook_secret_keys is None:
+            raise ValueError(WEBHOOK_KEYS_REQUIRED)
+        return self
+
     @property
     def is_production(self) -> bool:
         """True when running with every production safety check."""
@@ -236,11 +274,8 @@ class Settings(BaseSettings):
         """Return settings with a development secret, generated once and kept in `data_dir`."""
         if self.secret_key is not None:
             return self
-        path = self.data_dir / "secret_key"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            _write_secret_once(path)
-        return self.model_copy(update={"secret_key": SecretStr(path.read_text().strip())})
+        secret = _dev_secret(self.data_dir / "secret_key", lambda: secrets.token_urlsafe(48))
+        return self.model_copy(update={"secret_key": SecretStr(secret)})
 
     def require(self) -> tuple[str, str, str]:
         """Return database URL, Redis URL and secret, or raise naming what is missing."""
@@ -263,7 +298,15 @@ class Settings(BaseSettings):
         return self.database_url, self.redis_url, self.secret_key.get_secret_value()
 
 
-def _write_secret_once(path: Path) -> None:
+def _dev_secret(path: Path, make: Callable[[], str]) -> str:
+    """The development secret kept in `path`, made by `make` the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_secret_once(path, make())
+    return path.read_text().strip()
+
+
+def _write_secret_once(path: Path, value: str) -> None:
     # Written to a private (0600 from creation) temporary file, then hard-linked into place:
     # the secret is never readable by others nor seen half-written, and processes starting
     # together (several workers) all end up with the one secret that won the link.
@@ -271,7 +314,7 @@ def _write_secret_once(path: Path) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(48))
+            file.write(value)
         with contextlib.suppress(FileExistsError):
             os.link(tmp, path)
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 from service.mail import Mailer, MailError, MailNotConfigured, MailRejected, SmtpConfig
 from service.settings import Environment, Settings
+from service.webhooks.secret_box import generate_key
 from tests.jobs.support import SmtpServer, running_smtp_server
 
 SECRET_LINK = "https://conduit.example/reset-password?token=s3cr3t-t0ken"
@@ -142,6 +143,7 @@ async def test_production_without_smtp_url_fails_loudly(tmp_path: Path) -> None:
         secret_key=STRONG_SECRET,
         database_url="postgresql://db/conduit",
         redis_url="redis://cache:6379/0",
+        webhook_secret_keys=generate_key(),
     )
     mailer = Mailer(settings)
     assert not mailer.configured

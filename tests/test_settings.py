@@ -12,15 +12,27 @@ from pydantic import ValidationError
 
 from service.settings import (
     MIN_SECRET_LENGTH,
+    WEBHOOK_KEYS_REQUIRED,
     Environment,
     Settings,
     describe_settings_error,
     load_settings,
     mask_url,
 )
+from service.webhooks.secret_box import SecretBox, UnreadableSecret, generate_key
+from service.webhooks.signing import generate_secret
 
 STRONG_SECRET = "k" * MIN_SECRET_LENGTH
-VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
+VARIABLES = (
+    "APP_ENV",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "SECRET_KEY",
+    "DATA_DIR",
+    "LOG_LEVEL",
+    "WEBHOOK_SECRET_KEYS",
+)
+WEBHOOK_KEY = generate_key()
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +47,7 @@ def production(**overrides: object) -> Settings:
         "database_url": "postgresql://u:p@db/conduit",
         "redis_url": "redis://cache:6379/0",
         "secret_key": STRONG_SECRET,
+        "webhook_secret_keys": WEBHOOK_KEY,
     }
     return Settings(**(values | overrides))  # type: ignore[arg-type]
 
@@ -123,6 +136,45 @@ def test_production_refuses_missing_urls(missing: str) -> None:
     )
 
 
+@pytest.mark.parametrize("keys", [None, "", "  "], ids=["missing", "empty", "blank"])
+def test_production_refuses_missing_webhook_secret_keys(keys: str | None) -> None:
+    with pytest.raises(ValidationError) as caught:
+        production(webhook_secret_keys=keys)
+    assert describe_settings_error(caught.value) == WEBHOOK_KEYS_REQUIRED
+    assert WEBHOOK_KEYS_REQUIRED.startswith("WEBHOOK_SECRET_KEYS must be set in production")
+
+
+def test_production_refuses_missing_webhook_secret_keys_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in (
+        ("APP_ENV", "production"),
+        ("DATABASE_URL", "postgresql://u:p@db/conduit"),
+        ("REDIS_URL", "redis://cache:6379/0"),
+        ("SECRET_KEY", STRONG_SECRET),
+    ):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="WEBHOOK_SECRET_KEYS must be set in production"):
+        load_settings()
+    monkeypatch.setenv("WEBHOOK_SECRET_KEYS", f"{generate_key()},{WEBHOOK_KEY}")
+    secret = generate_secret()
+    box = load_settings().webhook_secret_box
+    # The first key seals, every key opens.
+    assert box.open(SecretBox([WEBHOOK_KEY]).seal(secret)) == secret
+    with pytest.raises(UnreadableSecret):
+        SecretBox([WEBHOOK_KEY]).open(box.seal(secret))
+
+
+@pytest.mark.parametrize("env", ["production", "development"])
+def test_malformed_webhook_secret_keys_are_refused_without_echo(env: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        production(app_env=env, webhook_secret_keys=f"{WEBHOOK_KEY},hunter2")
+    message = describe_settings_error(caught.value)
+    assert message.startswith("WEBHOOK_SECRET_KEYS: key 2 of 2 is not a Fernet key")
+    assert "hunter2" not in message
+    assert WEBHOOK_KEY not in message
+
+
 def test_settings_errors_never_echo_the_input() -> None:
     with pytest.raises(ValidationError) as caught:
         production(secret_key="hunter2", database_url="postgresql://u:topsecret@db/x")
@@ -193,6 +245,31 @@ def test_explicit_secret_is_kept(tmp_path: Path) -> None:
     assert settings.secret_key is not None
     assert settings.secret_key.get_secret_value() == STRONG_SECRET
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_development_generates_a_private_webhook_key_once(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    secret = generate_secret()
+    stored = Settings(data_dir=data_dir).webhook_secret_box.seal(secret)
+    path = data_dir / "webhook_secret_keys"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text()
+    assert SecretBox([key]).open(stored) == secret
+    # The next start (or the worker, on the same DATA_DIR) opens what this one sealed.
+    assert Settings(data_dir=data_dir).webhook_secret_box.open(stored) == secret
+    assert os.listdir(data_dir) == ["webhook_secret_keys"]
+
+
+def test_explicit_webhook_keys_are_used_and_nothing_is_generated(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, webhook_secret_keys=WEBHOOK_KEY)
+    stored = settings.webhook_secret_box.seal("whsec_x")
+    assert SecretBox([WEBHOOK_KEY]).open(stored) == "whsec_x"
+    assert not (tmp_path / "webhook_secret_keys").exists()
+    # Production never falls back to a generated key, even past validation.
+    unkeyed = production(data_dir=tmp_path).model_copy(update={"webhook_secret_keys": None})
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET_KEYS must be set in production"):
+        _ = unkeyed.webhook_secret_box
+    assert not (tmp_path / "webhook_secret_keys").exists()
 
 
 def test_require_names_what_is_missing() -> None:

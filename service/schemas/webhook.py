@@ -25,7 +25,12 @@ from service.webhooks import outbox, signing
 from service.webhooks.ssrf import MAX_URL_LENGTH
 
 if TYPE_CHECKING:
-    from service.services.webhooks import EndpointView, MessageDetail, MessageView
+    from service.services.webhooks import (
+        EndpointSecretView,
+        EndpointView,
+        MessageDetail,
+        MessageView,
+    )
     from service.webhooks.catalogue import EventType
 
 DESCRIPTION_MAX = 500
@@ -265,9 +270,9 @@ class WebhookSecretOut(WebhookOut):
     )
 
     @classmethod
-    def with_secret(cls, view: EndpointView) -> WebhookSecretOut:
+    def with_secret(cls, view: EndpointSecretView) -> WebhookSecretOut:
         """`view` with its current secret."""
-        return cls(**WebhookOut.of(view).model_dump(), secret=view.endpoint.secret)
+        return cls(**WebhookOut.of(view).model_dump(), secret=view.secret)
 
 
 class WebhookResponse(OutModel):

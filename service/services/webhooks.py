@@ -23,6 +23,7 @@ from service.services import audit
 from service.services.admin import ADMIN
 from service.services.errors import Conflict, NotFound, PermissionDenied
 from service.webhooks import catalogue, delivery, outbox, signing
+from service.webhooks.secret_box import SecretBox
 from service.webhooks.ssrf import AddressPolicy, WebhookUrlRefused, check_url
 
 MAX_ENDPOINTS_PER_USER = 20
@@ -42,6 +43,13 @@ class EndpointView:
 
     endpoint: WebhookEndpoint
     owner: str
+
+
+@dataclass(frozen=True)
+class EndpointSecretView(EndpointView):
+    """An endpoint just created or rotated, with its signing secret in clear (shown once)."""
+
+    secret: str
 
 
 @dataclass(frozen=True)
@@ -141,9 +149,15 @@ async def _audit_if_not_owner(
 
 
 async def create_endpoint(
-    *, session: AsyncSession, owner: User, data: WebhookCreate, policy: AddressPolicy
-) -> EndpointView:
-    """Create an endpoint for `owner` with a new signing secret (at most 20 per user)."""
+    *,
+    session: AsyncSession,
+    owner: User,
+    data: WebhookCreate,
+    policy: AddressPolicy,
+    box: SecretBox,
+) -> EndpointSecretView:
+    """Create an endpoint for `owner` with a new signing secret, stored sealed by `box`
+    (at most 20 per user)."""
     url = check_endpoint_url(data.url, policy=policy)
     # Creations by one owner take turns, so two at once cannot both pass the limit.
     await session.execute(
@@ -156,6 +170,7 @@ async def create_endpoint(
     )
     if (count or 0) >= MAX_ENDPOINTS_PER_USER:
         raise Conflict(f"at most {MAX_ENDPOINTS_PER_USER} webhooks per user", field="webhook")
+    secret = signing.generate_secret()
     endpoint = WebhookEndpoint(
         owner_id=owner.id,
         url=url,
@@ -163,12 +178,12 @@ async def create_endpoint(
         events=list(data.events),
         enabled=True,
         rate_limit=data.rate_limit,
-        secret=signing.generate_secret(),
+        secret=box.seal(secret),
     )
     session.add(endpoint)
     await session.flush()
     await session.refresh(endpoint)
-    return EndpointView(endpoint=endpoint, owner=owner.username)
+    return EndpointSecretView(endpoint=endpoint, owner=owner.username, secret=secret)
 
 
 async def list_endpoints(
@@ -252,9 +267,10 @@ async def delete_endpoint(*, session: AsyncSession, viewer: User, endpoint_id: u
 
 
 async def rotate_secret(
-    *, session: AsyncSession, viewer: User, endpoint_id: uuid.UUID
-) -> EndpointView:
-    """Give the owner's endpoint a new secret; the current one keeps signing for 24 hours.
+    *, session: AsyncSession, viewer: User, endpoint_id: uuid.UUID, box: SecretBox
+) -> EndpointSecretView:
+    """Give the owner's endpoint a new secret, stored sealed by `box`; the current one keeps
+    signing for 24 hours.
 
     A rotation within 24 hours of the last one drops the oldest secret at once.
     """
@@ -262,12 +278,14 @@ async def rotate_secret(
     endpoint = view.endpoint
     if endpoint.owner_id != viewer.id:
         raise PermissionDenied("only the owner may rotate the secret", field="webhook")
-    endpoint.previous_secret = endpoint.secret
+    # Moved as stored (no decryption): a secret from before encryption gets sealed on the way.
+    endpoint.previous_secret = box.sealed(endpoint.secret)
     endpoint.previous_secret_expires_at = datetime.now(UTC) + ROTATION_OVERLAP
-    endpoint.secret = signing.generate_secret()
+    secret = signing.generate_secret()
+    endpoint.secret = box.seal(secret)
     await session.flush()
     await session.refresh(endpoint)
-    return view
+    return EndpointSecretView(endpoint=endpoint, owner=view.owner, secret=secret)
 
 
 async def _enqueue_delivery(session: AsyncSession, message_id: str) -> None:

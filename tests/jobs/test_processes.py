@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
+from service.webhooks.secret_box import generate_key
 from tests.factories import TestUser
 from tests.jobs.support import TOKEN_IN_LINK, SmtpServer, eventually, free_port
 
@@ -134,6 +135,7 @@ async def test_production_worker_without_smtp_fails_mail_jobs_loudly(
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         SECRET_KEY=STRONG_SECRET,
+        WEBHOOK_SECRET_KEYS=generate_key(),
     )
     proc, log = spawn("worker", env=env)
     await wait_for_line(log, "worker started", proc)

@@ -35,6 +35,7 @@ from service.schemas.webhook import (
 from service.services import scopes
 from service.services import webhooks as webhooks_service
 from service.settings import Settings
+from service.webhooks.secret_box import SecretBox
 from service.webhooks.ssrf import AddressPolicy
 
 bp = Blueprint("webhooks", __name__)
@@ -70,6 +71,11 @@ bp.record(_register_converter)
 def _policy() -> AddressPolicy:
     settings: Settings = current_app.config["CONDUIT_SETTINGS"]
     return settings.webhook_policy
+
+
+def _secret_box() -> SecretBox:
+    settings: Settings = current_app.config["CONDUIT_SETTINGS"]
+    return settings.webhook_secret_box
 
 
 _WEBHOOK: dict[str, Any] = {
@@ -141,7 +147,11 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     """
     body = cast(WebhookCreateRequest, request.context.body)  # type: ignore[attr-defined]
     view = await webhooks_service.create_endpoint(
-        session=db.session, owner=viewer, data=body.webhook, policy=_policy()
+        session=db.session,
+        owner=viewer,
+        data=body.webhook,
+        policy=_policy(),
+        box=_secret_box(),
     )
     out = WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view))
     return jsonify(out.to_json()), 201
@@ -258,7 +268,7 @@ async def rotate_webhook_secret(webhook_id: uuid.UUID, viewer: User) -> Response
     carries both signatures, so receivers can switch to the new secret at their own pace.
     """
     view = await webhooks_service.rotate_secret(
-        session=db.session, viewer=viewer, endpoint_id=webhook_id
+        session=db.session, viewer=viewer, endpoint_id=webhook_id, box=_secret_box()
     )
     return jsonify(WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view)).to_json())
 
