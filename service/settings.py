@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     webhook_response_excerpt_bytes: int = Field(default=1024, ge=0, le=65_536)
     # Deliveries to one endpoint in flight at once per worker process.
     webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=64)
+    # Days the delivery log (events, messages, attempts) is kept; see service/webhooks/retention.
+    webhook_retention_days: int = Field(default=30, ge=1, le=3650)
     # Fernet keys sealing the signing secrets in the database, comma-separated: the first seals,
     # all open (rotation: docs/webhooks.md). Required in production; elsewhere a key is
     # generated once into `data_dir`.

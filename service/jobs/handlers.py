@@ -16,7 +16,7 @@ from service.mail import MailRejected
 from service.models import User, WebhookEndpoint
 from service.services import invalidation, password_reset, revocation
 from service.settings import Settings
-from service.webhooks import delivery
+from service.webhooks import delivery, retention
 from service.webhooks.outbox import DELIVER_JOB
 
 # Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
@@ -117,6 +117,8 @@ HANDLERS: dict[str, Handler] = {
 
 def create_worker(settings: Settings, **options: Any) -> Worker:
     """A `Worker` with every handler of the service registered (`options` go to `Worker`);
-    webhook deliveries get WEBHOOK_DELIVERY_CONCURRENCY slots of their own."""
+    webhook deliveries get WEBHOOK_DELIVERY_CONCURRENCY slots of their own, and the webhook
+    retention runs periodically."""
     options.setdefault("kind_concurrency", {DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY})
+    options.setdefault("periodic", {"webhook retention": retention.PERIODIC})
     return Worker(settings, handlers=HANDLERS, **options)

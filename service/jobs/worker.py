@@ -13,12 +13,18 @@ Guarantees and how they are kept:
 - Retries: a failed attempt is rescheduled after `backoff_base * 2**(attempt-1)` seconds
   (capped at `backoff_max`, randomised between half and all of it so that failures do not
   retry in lockstep), until `max_attempts`; then the job is `failed` and the error logged.
-  A handler raises `PermanentJobError` when retrying cannot help.
+  A handler raises `PermanentJobError` when retrying cannot help. A handler with a
+  `job_failed` method (`FailureAware`) is told when one of its jobs has failed for good, also
+  when its worker died during the last attempt, so that what the job stood for (a webhook
+  message) does not stay pending forever.
 - Bounded: at most `concurrency` jobs run at once; each is limited to `job_timeout`. A kind
   given its own slots (`kind_concurrency`, e.g. webhook deliveries, which wait on remote
   servers) runs up to that many jobs besides them: neither starves the other.
 - Graceful: `stop()` claims nothing more and waits up to `shutdown_grace` seconds for running
   jobs; those still running are cancelled and handed back (`pending`, attempt not counted).
+- Periodic tasks (`periodic`, e.g. deleting old webhook messages) run in the loop of `run()`
+  every so many seconds, one at a time each, beside the job slots; a failure is logged and the
+  task runs again at its next turn.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 from sqlalchemy import Row, Select, and_, case, delete, func, or_, select, update
@@ -54,8 +60,12 @@ from service.settings import Settings
 logger = logging.getLogger("conduit.jobs")
 
 Handler = Callable[[dict[str, Any], "JobContext"], Awaitable[None]]
+# Work the worker does on a schedule rather than from jobs: gets the worker's sessions and
+# settings.
+PeriodicTask = Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[object]]
 
 MAX_ERROR_LENGTH = 1000
+ABANDONED = "the worker running its last attempt stopped (lease expired)"
 # `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _jitter = random.SystemRandom()
@@ -63,6 +73,14 @@ _jitter = random.SystemRandom()
 
 class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot succeed: the job fails at once."""
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A task `run()` starts every `interval` seconds (the first time when it starts)."""
+
+    interval: float
+    task: PeriodicTask
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,14 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
+
+
+@runtime_checkable
+class FailureAware(Protocol):
+    """A handler that is told when one of its jobs has failed for good."""
+
+    async def job_failed(self, payload: dict[str, Any], context: JobContext, error: str) -> None:
+        """The job will not run again: `error` says why (masked and bounded, as logged)."""
 
 
 def backoff_delay(attempt: int, *, base: float, maximum: float) -> float:
@@ -131,6 +157,7 @@ class Worker:
         maintenance_interval: float = 60.0,
         done_retention: timedelta = timedelta(days=7),
         failed_retention: timedelta = timedelta(days=30),
+        periodic: Mapping[str, Periodic] | None = None,
     ) -> None:
         if settings.database_url is None:
             raise ValueError("DATABASE_URL is not set")
@@ -142,6 +169,8 @@ class Worker:
         self.kind_concurrency = dict(kind_concurrency or {})
         if any(limit < 1 for limit in self.kind_concurrency.values()):
             raise ValueError("kind_concurrency limits must be at least 1")
+        if any(periodic.interval <= 0 for periodic in (periodic or {}).values()):
+            raise ValueError("periodic intervals must be positive")
         self.poll_interval = poll_interval
         self.lease = timedelta(seconds=lease_seconds)
         self.job_timeout = job_timeout
@@ -154,6 +183,9 @@ class Worker:
         self.done_retention = done_retention
         self.failed_retention = failed_retention
         self._handlers: dict[str, Handler] = dict(handlers or {})
+        self.periodic = dict(periodic or {})
+        self._periodic_due: dict[str, float] = {}
+        self._periodic_tasks: dict[str, asyncio.Task[None]] = {}
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
@@ -283,6 +315,7 @@ class Worker:
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
+            await self._stop_periodic()
             await self._finish_in_flight()
             await self.close()
             logger.info("worker stopped", extra={"worker": self.name})
@@ -310,7 +343,7 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
-            delay = self.poll_interval
+            delay = min(self.poll_interval, self._start_periodic())
             lanes = self._lanes()
             if lanes:
                 try:
@@ -332,6 +365,34 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
+    def _start_periodic(self) -> float:
+        """Start the periodic tasks that are due and not running; return the seconds until
+        the next one is due."""
+        now = time.monotonic()
+        for name, periodic in self.periodic.items():
+            if name in self._periodic_tasks or self._periodic_due.get(name, now) > now:
+                continue
+            self._periodic_due[name] = now + periodic.interval
+            task = asyncio.create_task(self._run_periodic(name, periodic), name=f"periodic-{name}")
+            self._periodic_tasks[name] = task
+        waits = [due - now for name, due in self._periodic_due.items() if name in self.periodic]
+        return max(min(waits, default=float("inf")), 0.0)
+
+    async def _run_periodic(self, name: str, periodic: Periodic) -> None:
+        try:
+            await periodic.task(self.sessionmaker, self.settings)
+        except Exception as exc:
+            logger.warning("periodic task %s failed: %s", name, describe_failure(exc))
+        finally:
+            self._periodic_tasks.pop(name, None)
+            self._wake.set()  # its next turn may be due before the loop's own timeout
+
+    async def _stop_periodic(self) -> None:
+        tasks = list(self._periodic_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _claim(
         self, lanes: list[tuple[list[str], int]]
     ) -> tuple[list[ClaimedJob], float | None]:
@@ -340,14 +401,17 @@ class Worker:
         lanes = [(kinds, free) for kinds, free in lanes if kinds and free > 0]
         if not lanes:
             return [], None
+        abandoned: list[ClaimedJob] = []
         async with self.sessionmaker.begin() as session:
             if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
-                await self._maintain(session)
+                abandoned = await self._maintain(session)
             rows: list[Row[Any]] = []
             for kinds, free in lanes:
                 rows += (await session.execute(self._claim_statement(kinds, free))).all()
             every_kind = [kind for kinds, _ in lanes for kind in kinds]
             seconds = await session.scalar(_next_due_query(every_kind))
+        for job in abandoned:
+            await self._failed_for_good(job, ABANDONED)
         jobs = [
             ClaimedJob(
                 id=row.id,
@@ -393,7 +457,9 @@ class Worker:
             .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
         )
 
-    async def _maintain(self, session: AsyncSession) -> None:
+    async def _maintain(self, session: AsyncSession) -> list[ClaimedJob]:
+        """Fail the jobs abandoned on their last attempt (returned, for their handlers to
+        hear of once this transaction commits) and delete old finished jobs."""
         self._last_maintenance = time.monotonic()
         now = func.now()
         # A job whose worker died on its last allowed attempt would otherwise stay `running`.
@@ -404,14 +470,10 @@ class Worker:
                 Job.locked_until < now,
                 Job.attempts >= Job.max_attempts,
             )
-            .values(
-                status="failed",
-                locked_until=None,
-                last_error="the worker running its last attempt stopped (lease expired)",
-                updated_at=now,
-            )
-            .returning(Job.id, Job.kind, Job.attempts)
+            .values(status="failed", locked_until=None, last_error=ABANDONED, updated_at=now)
+            .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
         )
+        failed: list[ClaimedJob] = []
         for row in abandoned:
             logger.error(
                 "job %d (%s) failed after %d attempts: its worker stopped during the last one",
@@ -419,6 +481,15 @@ class Worker:
                 row.kind,
                 row.attempts,
                 extra={"job_id": row.id, "kind": row.kind},
+            )
+            failed.append(
+                ClaimedJob(
+                    id=row.id,
+                    kind=row.kind,
+                    payload=row.payload,
+                    attempts=row.attempts,
+                    max_attempts=row.max_attempts,
+                )
             )
         # Finished jobs are kept a while for inspection, then deleted (payloads hold emails).
         await session.execute(
@@ -429,6 +500,7 @@ class Worker:
                 )
             )
         )
+        return failed
 
     # -- running one job ------------------------------------------------------------------
 
@@ -441,9 +513,8 @@ class Worker:
         self._in_flight.pop(task, None)
         self._wake.set()  # a free slot: claim more
 
-    async def _execute(self, job: ClaimedJob) -> None:
-        handler = self._handlers[job.kind]
-        context = JobContext(
+    def _context(self, job: ClaimedJob) -> JobContext:
+        return JobContext(
             job_id=job.id,
             kind=job.kind,
             attempt=job.attempts,
@@ -452,6 +523,10 @@ class Worker:
             sessionmaker=self.sessionmaker,
             mailer=self.mailer,
         )
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        handler = self._handlers[job.kind]
+        context = self._context(job)
         try:
             try:
                 async with asyncio.timeout(self.job_timeout):
@@ -478,6 +553,7 @@ class Worker:
             )
 
     async def _record_failure(self, job: ClaimedJob, exc: Exception) -> None:
+        """Schedule the job's next attempt, or fail it (and tell its handler) if none is left."""
         error = describe_failure(exc)
         extra = {"job_id": job.id, "kind": job.kind, "attempt": job.attempts}
         logger.debug("job %d (%s) raised", job.id, job.kind, exc_info=exc, extra=extra)
@@ -491,7 +567,8 @@ class Worker:
                 error,
                 extra=extra,
             )
-            await self._record_outcome(job, status="failed", error=error, delay=None)
+            if await self._record_outcome(job, status="failed", error=error, delay=None):
+                await self._failed_for_good(job, error)
             return
         delay = backoff_delay(job.attempts, base=self.backoff_base, maximum=self.backoff_max)
         logger.warning(
@@ -506,9 +583,27 @@ class Worker:
         )
         await self._record_outcome(job, status="pending", error=error, delay=delay)
 
+    async def _failed_for_good(self, job: ClaimedJob, error: str) -> None:
+        """Tell a `FailureAware` handler that `job` failed for good (errors are logged)."""
+        handler = self._handlers.get(job.kind)
+        if not isinstance(handler, FailureAware):
+            return
+        try:
+            async with asyncio.timeout(self.job_timeout):
+                await handler.job_failed(job.payload, self._context(job), error)
+        except Exception as exc:
+            logger.error(
+                "job %d (%s): its handler could not record the failure: %s",
+                job.id,
+                job.kind,
+                describe_failure(exc),
+                extra={"job_id": job.id, "kind": job.kind},
+            )
+
     async def _record_outcome(
         self, job: ClaimedJob, *, status: str, error: str | None, delay: float | None
-    ) -> None:
+    ) -> bool:
+        """Write the outcome if the job is still ours; return whether it was."""
         now = func.now()
         values: dict[str, Any] = {"status": status, "locked_until": None, "updated_at": now}
         if error is not None:
@@ -529,6 +624,7 @@ class Worker:
                 job.kind,
                 extra={"job_id": job.id, "kind": job.kind},
             )
+        return owned is not None
 
     async def _release(self, job: ClaimedJob) -> None:
         try:

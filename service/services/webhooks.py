@@ -259,6 +259,26 @@ async def delete_endpoint(*, session: AsyncSession, viewer: User, endpoint_id: u
     """Delete an endpoint with its delivery log; its queued deliveries find nothing to do."""
     view = await _endpoint(session, viewer, endpoint_id, lock=True)
     await _audit_if_not_owner(session, viewer, view, "webhook.delete", {})
+    # Events that only this endpoint had a message of go too (their messages with them): no
+    # event is kept without a subscriber. The retention task sweeps up those left otherwise.
+    others = (
+        select(WebhookMessage.id)
+        .where(
+            WebhookMessage.event_id == WebhookEvent.id,
+            WebhookMessage.endpoint_id != endpoint_id,
+        )
+        .exists()
+    )
+    await session.execute(
+        delete(WebhookEvent)
+        .where(
+            WebhookEvent.id.in_(
+                select(WebhookMessage.event_id).where(WebhookMessage.endpoint_id == endpoint_id)
+            ),
+            ~others,
+        )
+        .execution_options(synchronize_session=False)
+    )
     await session.execute(
         delete(WebhookEndpoint)
         .where(WebhookEndpoint.id == endpoint_id)

@@ -27,9 +27,14 @@ Outcomes:
   that long (at most 24 h). `failing_since` is set at the first failure of a run. When the last
   retry fails, or the endpoint has been failing for 5 days, the endpoint is disabled
   ("failing") and its owner mailed (`webhook.disabled_mail` job, same transaction).
-- Disabling an endpoint marks its pending messages failed, and a job that finds its endpoint
-  disabled marks its message failed: nothing is silently dropped, and "recover since T"
-  (`redeliver`) re-sends them once the endpoint is enabled again.
+- Disabling an endpoint marks its pending messages failed, a job that finds its endpoint
+  disabled marks its message failed, and events raised while it is disabled get a failed
+  message (`outbox.emit`): nothing is silently dropped, and "recover since T" (`redeliver`)
+  re-sends them once the endpoint is enabled again.
+- A delivery job that fails for good without recording an outcome (the job itself kept
+  raising: a bug, or data it cannot handle; or it timed out, or its worker died on the last
+  try) fails its message with an attempt saying so (`job_failed`, called by the worker), so
+  the message is visible as failed and `redeliver` can act on it.
 - `redeliver` (manual redelivery, recovery) queues one more attempt of a message. If that
   attempt fails and the message's schedule is already used up, the message fails again
   without disabling the endpoint.
@@ -95,6 +100,8 @@ RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72
 DISABLE_AFTER = timedelta(days=5)
 DISABLED_GONE = "gone"
 DISABLED_FAILING = "failing"
+# Start of the attempt error of a message whose delivery job itself kept failing.
+POISON_ERROR = "not sent: the delivery failed inside the service"
 
 _random = random.SystemRandom()
 
@@ -688,6 +695,49 @@ class DeliveryHandler:
             postponed.reason,
             extra={"message_id": job.message_id},
         )
+
+    async def job_failed(self, payload: dict[str, Any], context: JobContext, error: str) -> None:
+        """The message's delivery job failed for good (it kept raising, timed out, or its
+        worker died): fail the message, with an attempt saying so, for redeliver/recover."""
+        try:
+            job = _parse(payload)
+        except PermanentJobError:
+            return  # no message to speak of
+        # Only the kind of error: its text may quote internals (SQL, addresses) that are the
+        # operators' business, in the worker's log, not the endpoint owner's.
+        cause = error.split(":", 1)[0]
+        runs = f"{context.attempt} time{'s' if context.attempt != 1 else ''}"
+        now = self.config.clock()
+        async with context.sessionmaker.begin() as session:
+            # Unlike a delivery attempt, logged only if the message was still this job's.
+            failed = await session.scalar(
+                self._claim_message(job)
+                .values(
+                    status="failed",
+                    attempts=WebhookMessage.attempts + 1,
+                    last_attempt_at=now,
+                    next_attempt_at=None,
+                )
+                .returning(WebhookMessage.id)
+            )
+            if failed is not None:
+                session.add(
+                    WebhookAttempt(
+                        message_id=job.message_id,
+                        attempt=job.attempt + 1,
+                        started_at=now,
+                        duration_ms=0,
+                        error=f"{POISON_ERROR} ({runs}, {cause}); redeliver or recover it to "
+                        "try again",
+                    )
+                )
+        if failed is not None:
+            logger.error(
+                "webhook %s failed: its delivery job failed for good: %s",
+                job.message_id,
+                error,
+                extra={"message_id": job.message_id},
+            )
 
     async def _fail_unsent(self, context: JobContext, job: _Job) -> None:
         """The endpoint is disabled: the message fails unsent (recoverable after enabling)."""

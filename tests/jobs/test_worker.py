@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -13,10 +14,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.jobs import JobContext, PermanentJobError, Worker, backoff_delay, enqueue
-from service.jobs.worker import WorkerThread, describe_failure
+from service.jobs.worker import Periodic, WorkerThread, describe_failure
 from service.settings import Settings
 
 MakeWorker = Callable[..., Worker]
@@ -469,3 +471,104 @@ def test_describe_failure_is_one_masked_line() -> None:
     masked = describe_failure(OSError("smtps://mailer:s3cret@smtp.example.com:465 refused"))
     assert masked == "OSError: smtps://mailer:***@smtp.example.com:465 refused"
     assert len(describe_failure(RuntimeError("x" * 5000))) == 1000
+
+
+class Recording:
+    """A handler that fails as told and records what its `job_failed` hook hears."""
+
+    def __init__(self, error: Exception | None = None, hook_error: Exception | None = None):
+        self.error = error
+        self.hook_error = hook_error
+        self.runs = 0
+        self.failed: list[tuple[dict[str, Any], int, str]] = []
+
+    async def __call__(self, payload: dict[str, Any], context: JobContext) -> None:
+        self.runs += 1
+        if self.error is not None:
+            raise self.error
+
+    async def job_failed(self, payload: dict[str, Any], context: JobContext, error: str) -> None:
+        self.failed.append((payload, context.attempt, error))
+        if self.hook_error is not None:
+            raise self.hook_error
+
+
+async def test_a_failure_aware_handler_hears_of_its_job_failing_for_good_once(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    crashing = Recording(RuntimeError("bad data"))
+    [job_id] = await add_jobs(sessionmaker, "test.crash", [{"n": 1}], max_attempts=3)
+    hopeless = Recording(PermanentJobError("no such thing"))
+    await add_jobs(sessionmaker, "test.hopeless", [{"n": 2}])
+    fine = Recording()
+    await add_jobs(sessionmaker, "test.fine", [{"n": 3}])
+    worker = make_worker(
+        handlers={"test.crash": crashing, "test.hopeless": hopeless, "test.fine": fine}
+    )
+    assert await worker.run_pending() == 5
+    # Not on the retries: only once no attempt is left.
+    assert crashing.runs == 3
+    assert crashing.failed == [({"n": 1}, 3, "RuntimeError: bad data")]
+    assert hopeless.failed == [({"n": 2}, 1, "PermanentJobError: no such thing")]
+    assert fine.failed == []
+    assert (await fetch_job(database_url, job_id))["status"] == "failed"
+
+
+async def test_the_hook_hears_of_a_job_abandoned_on_its_last_attempt_and_may_fail(
+    make_worker: MakeWorker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler = Recording(hook_error=RuntimeError("database away"))
+    [job_id] = await add_jobs(sessionmaker, "test.abandoned", [{"n": 1}], max_attempts=2)
+    await execute(
+        database_url,
+        "UPDATE jobs SET status = 'running', attempts = 2, locked_by = 'dead',"
+        " locked_until = now() - interval '1 second' WHERE id = $1",
+        job_id,
+    )
+    with caplog.at_level(logging.ERROR, logger="conduit.jobs"):
+        assert await make_worker(handlers={"test.abandoned": handler}).run_pending() == 0
+    assert handler.runs == 0
+    assert handler.failed == [
+        ({"n": 1}, 2, "the worker running its last attempt stopped (lease expired)")
+    ]
+    assert (await fetch_job(database_url, job_id))["status"] == "failed"
+    # A hook that fails is logged; the worker goes on.
+    assert "its handler could not record the failure: RuntimeError: database away" in caplog.text
+
+
+async def test_periodic_tasks_run_at_start_then_every_interval_despite_failures(
+    make_worker: MakeWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[float] = []
+    four = asyncio.Event()
+
+    async def tick(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 4:
+            four.set()
+        if len(runs) == 2:
+            raise RuntimeError("boom")
+        async with sessions() as session:  # the worker's own sessions work
+            await session.execute(text("SELECT 1"))
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        return None
+
+    worker = make_worker(
+        handlers={"test.none": handler},
+        poll_interval=30,
+        periodic={"tick": Periodic(interval=0.2, task=tick)},
+    )
+    with caplog.at_level(logging.WARNING, logger="conduit.jobs"):
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(four.wait(), 5)
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+    assert all(0.15 < gap < 2 for gap in gaps), gaps  # the poll is 30 s: the task wakes the loop
+    assert "periodic task tick failed: RuntimeError: boom" in caplog.text
+    with pytest.raises(ValueError, match="periodic intervals"):
+        make_worker(handlers={}, periodic={"never": Periodic(interval=0, task=tick)})

@@ -656,6 +656,37 @@ async def test_delete_removes_the_log(
         assert list(await session.scalars(select(WebhookAttempt))) == []
 
 
+async def test_delete_removes_the_events_no_other_webhook_has(
+    app: ConduitASGI, client: httpx.AsyncClient, jake: TestUser, make_user: MakeUser
+) -> None:
+    webhook = await created(client, jake)
+    other = await created(client, await make_user())
+    own = await add_message(app, webhook["id"])
+    shared = await add_message(app, webhook["id"])
+    async with sessionmaker(app)() as session:
+        event_id = (await session.get(WebhookMessage, shared)).event_id  # type: ignore[union-attr]
+        session.add(
+            WebhookMessage(
+                id=signing.new_message_id(),
+                endpoint_id=uuid.UUID(other["id"]),
+                event_id=event_id,
+                status="delivered",
+            )
+        )
+        await session.commit()
+    kept = await add_message(app, other["id"])
+    response = await client.delete(f"{BASE}/{webhook['id']}", headers=jake.headers)
+    assert response.status_code == 204
+    async with sessionmaker(app)() as session:
+        events = set(await session.scalars(select(WebhookEvent.id)))
+        messages = set(await session.scalars(select(WebhookMessage.id)))
+        kept_event = (await session.get(WebhookMessage, kept)).event_id  # type: ignore[union-attr]
+    assert events == {event_id, kept_event}
+    assert own not in messages
+    assert shared not in messages
+    assert len(messages) == 2
+
+
 async def test_rotation_keeps_the_old_secret_for_a_day(
     app: ConduitASGI, client: httpx.AsyncClient, jake: TestUser
 ) -> None:
