@@ -1,10 +1,12 @@
-"""Security headers, CORS from an allowlist, and which proxies are believed.
+"""Security headers, CORS from an allowlist, which proxies are believed, no NUL in input.
 
 Two layers, neither costs a thread hop:
 
-- sync Flask hooks (`init_app`): the CORS preflight (a `before_request` that answers before
-  Flask's automatic OPTIONS response) and an `after_request` that sets the headers of every
-  response Flask produces;
+- sync Flask hooks (`init_app`): the refusal of NUL characters in path parameters, query
+  strings, form fields and OAuth client credentials (PostgreSQL cannot store NUL in text; JSON
+  bodies are checked by their schemas, `service.schemas.common.no_nul`), the CORS preflight (a
+  `before_request` that answers before Flask's automatic OPTIONS response) and an
+  `after_request` that sets the headers of every response Flask produces;
 - an ASGI wrapper (`SecurityHeadersMiddleware`) that gives the same headers to the responses
   that never reach Flask: the rate limiter's 429s and the adapter's own 400/413/500/503.
 
@@ -28,10 +30,12 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, current_app, request
 
+from service.schemas.common import NUL_MESSAGE
+from service.services.errors import InvalidInput, NotFound, OAuthError
 from service.settings import Settings
 
 Scope = dict[str, Any]
@@ -254,6 +258,63 @@ def _state() -> Hardening:
     return state
 
 
+# What a path parameter names, by the collection segment before it: a value no resource can
+# have (NUL) gets the same 404 as any other unknown name of that collection.
+NOT_FOUND_IN: Mapping[str, tuple[str, str]] = {
+    "articles": ("article", "article not found"),
+    "comments": ("comment", "comment not found"),
+    "profiles": ("profile", "not found"),
+    "users": ("user", "user not found"),
+    "clients": ("client", "client not found"),
+    "webhooks": ("webhook", "webhook not found"),
+    "messages": ("message", "message not found"),
+}
+FORM_MIMETYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _not_found(name: str) -> NotFound:
+    assert request.url_rule is not None
+    segments = request.url_rule.rule.split("/")
+    at = next(i for i, part in enumerate(segments) if part.endswith((f"<{name}>", f":{name}>")))
+    field, message = NOT_FOUND_IN.get(segments[at - 1], ("body", "not found"))
+    return NotFound(message, field=field)
+
+
+def _nul_in(items: Iterable[tuple[str, str | None]], *, unnamed: str) -> str | None:
+    """The name of the first pair with a NUL in it (`unnamed` when the NUL is in the name)."""
+    for name, value in items:
+        if "\x00" in name:
+            return unnamed
+        if value is not None and "\x00" in value:
+            return name
+    return None
+
+
+def _refuse_nul() -> None:
+    """Refuse NUL in the text of a request before any view can send it to PostgreSQL: 404 for
+    a path parameter, 422 for a query or form field, 400 `invalid_request` on OAuth endpoints
+    (which also read client credentials from HTTP Basic, percent-encoded)."""
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _not_found(name)
+    view = current_app.view_functions.get(request.endpoint or "")
+    oauth = bool(getattr(view, "conduit_meta", {}).get("oauth_errors"))
+    field = _nul_in(request.args.items(multi=True), unnamed="query")
+    if field is None and request.mimetype in FORM_MIMETYPES:
+        field = _nul_in(request.form.items(multi=True), unnamed="form")
+    if field is None and oauth and (basic := request.authorization) is not None:
+        credentials = {"client_id": basic.username, "client_secret": basic.password}
+        field = _nul_in(
+            ((name, unquote(value or "")) for name, value in credentials.items()),
+            unnamed="authorization",
+        )
+    if field is None:
+        return
+    if oauth:
+        raise OAuthError("invalid_request", f"{field}: {NUL_MESSAGE}")
+    raise InvalidInput(NUL_MESSAGE, field=field)
+
+
 def _preflight() -> Response | None:
     """Answer a CORS preflight from an allowed origin (before Flask's automatic OPTIONS)."""
     if request.method != "OPTIONS":
@@ -304,6 +365,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     Register after `observability.init_app`, so a preflight answer still carries its request id.
     """
     app.extensions[EXTENSION_KEY] = Hardening.from_settings(settings)
+    app.before_request(_refuse_nul)
     app.before_request(_preflight)
     app.after_request(_secure)
 

@@ -32,10 +32,13 @@ def is_blank(value: str) -> bool:
     return _NOT_BLANK.search(value) is None
 
 
+NUL_MESSAGE = "must not contain NUL characters"
+
+
 def no_nul(value: str) -> str:
     """Reject NUL characters: valid JSON, but PostgreSQL cannot store them in text."""
     if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+        raise PydanticCustomError("nul_character", NUL_MESSAGE)
     return value
 
 

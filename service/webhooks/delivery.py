@@ -90,6 +90,7 @@ from service.models import WebhookAttempt, WebhookEndpoint, WebhookEvent, Webhoo
 from service.settings import Settings
 from service.webhooks import http as webhook_http
 from service.webhooks.outbox import DELIVER_JOB, DELIVERY_JOB_ATTEMPTS
+from service.webhooks.secret_box import CANNOT_DECRYPT, UnreadableSecret
 from service.webhooks.signing import InvalidWebhookSecret, build_headers, build_payload
 
 logger = logging.getLogger("conduit.webhooks")
@@ -551,10 +552,17 @@ class DeliveryHandler:
     async def _send(
         self, settings: Settings, job: _Job, target: _Target, started: datetime
     ) -> webhook_http.DeliveryResult:
-        secrets = [target.secret]
-        expires = target.previous_secret_expires_at
-        if target.previous_secret and expires is not None and expires > started:
-            secrets.append(target.previous_secret)
+        box = settings.webhook_secret_box
+        try:
+            secrets = [box.open(target.secret)]
+            expires = target.previous_secret_expires_at
+            if target.previous_secret and expires is not None and expires > started:
+                secrets.append(box.open(target.previous_secret))
+        except UnreadableSecret:
+            logger.error("webhook %s: %s", target.endpoint_id, CANNOT_DECRYPT)
+            return webhook_http.DeliveryResult(
+                status_code=None, duration_ms=0, error=CANNOT_DECRYPT
+            )
         body = build_payload(
             event_type=target.event_type, timestamp=target.event_created_at, data=target.data
         )

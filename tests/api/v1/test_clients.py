@@ -320,6 +320,20 @@ async def test_delete_your_client_is_204_and_other_peoples_are_404(
     assert (await client_token(client, theirs)).status_code == 200
 
 
+async def test_deleting_a_client_id_with_nul_is_404_and_deletes_nothing(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    jake = await make_user(username="jake")
+    mine = await create_api_client(client, jake, ["articles:read"])
+
+    for client_id in ("cl_%00", f"{mine['clientId']}%00", "%00"):
+        response = await client.delete(f"{CLIENTS}/{client_id}", headers=jake.headers)
+
+        assert response.status_code == 404, response.text
+        assert response.json() == {"errors": {"client": ["client not found"]}}
+    assert (await list_clients(client, jake))["clientsCount"] == 1
+
+
 async def test_deleting_a_client_revokes_its_tokens_at_once(
     client: httpx.AsyncClient,
     make_user: MakeUser,

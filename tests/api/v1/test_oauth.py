@@ -42,6 +42,7 @@ REVOKED = {"errors": {"token": ["token has been revoked"]}}
 USER_SCOPES = " ".join(sorted(scopes.ALL - {scopes.ADMIN}))
 ALL_SCOPES = " ".join(sorted(scopes.ALL))
 # RFC 6749 §5.2: error_description is limited to these characters.
+NUL = "must not contain NUL characters"
 RFC6749_DESCRIPTION_CHARS = {chr(c) for c in range(0x20, 0x7F)} - {'"', "\\"}
 
 
@@ -434,6 +435,45 @@ async def test_missing_or_oversized_parameters_are_invalid_request(
         response = await token(client, **form)
 
         assert_oauth_error(response, "invalid_request")
+
+
+async def test_nul_in_any_parameter_or_credential_is_invalid_request(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    """PostgreSQL cannot store NUL: it must be refused before any query (it used to be 500)."""
+    jake = await make_user(username="jake")
+    api_client = await create_api_client(client, jake, ["articles:read"])
+    secret = api_client["clientSecret"]
+    nul_forms: list[tuple[str, dict[str, str], dict[str, str]]] = [
+        (TOKEN, {"grant_type": "password", "username": "bob\x00", "password": "x"}, {}),
+        (TOKEN, {"grant_type": "password", "username": "jake", "password": "a\x00"}, {}),
+        (TOKEN, {"grant_type": "refresh_token", "refresh_token": "r\x00"}, {}),
+        (
+            TOKEN,
+            {"grant_type": "client_credentials", "client_id": "cl_\x00", "client_secret": secret},
+            {},
+        ),
+        (TOKEN, {"grant_type": "client_credentials"}, basic("cl_%00", secret)),
+        (TOKEN, {"grant_type": "client_credentials"}, basic("cl_\x00", secret)),
+        (TOKEN, {"grant_type": "client_credentials"}, basic(api_client["clientId"], "s%00")),
+        (TOKEN, {"grant_type": "password", "scope": "articles:read\x00"}, {}),
+        (TOKEN, {"grant_type\x00": "password"}, {}),
+        (REVOKE, {"token": "t\x00"}, {}),
+        (REVOKE, {"token": "t", "token_type_hint": "refresh_token\x00"}, {}),
+        (REVOKE, {"token": "t"}, basic("cl_%00", "x")),
+    ]
+
+    for url, form, headers in nul_forms:
+        response = await client.post(url, data=form, headers=headers)
+
+        description = assert_oauth_error(response, "invalid_request")
+        assert description.endswith("must not contain NUL characters"), (form, description)
+    query = await client.post(
+        f"{TOKEN}?client_id=cl_%00", data={"grant_type": "password"}, headers=basic("a", "b")
+    )
+    assert_oauth_error(query, "invalid_request", description="client_id: " + NUL)
+    # The refusals changed nothing: the client still authenticates.
+    assert (await client_token(client, api_client)).status_code == 200
 
 
 async def test_a_repeated_parameter_is_invalid_request(
