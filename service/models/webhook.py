@@ -44,9 +44,12 @@ class WebhookEndpoint(TimestampMixin, Base):
     disabled_reason: Mapped[str | None] = mapped_column(String(32))
     # Deliveries per second at most; None: no limit but the service's own.
     rate_limit: Mapped[int | None] = mapped_column(Integer)
-    # `whsec_...`: kept in clear because signing needs it; never logged, shown once.
+    # The `whsec_...` secret sealed by service.webhooks.secret_box (`fernet:...`; a plain value
+    # is one from before encryption). Signing needs it back, so it is encrypted, not hashed;
+    # never logged, shown once.
     secret: Mapped[str] = mapped_column(Text, nullable=False)
-    # During a rotation the old secret keeps signing alongside the new one until it expires.
+    # During a rotation the old secret keeps signing alongside the new one until it expires;
+    # sealed the same way.
     previous_secret: Mapped[str | None] = mapped_column(Text)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Start of the current run of failed deliveries; None after a success.
