@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -145,3 +145,11 @@ def test_unplaced_tags_come_last_by_name() -> None:
 async def test_info_version_is_the_package_version(document: dict[str, Any]) -> None:
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert document["info"]["version"] == version("conduit") == service.__version__ == declared
+
+
+def test_version_of_a_source_tree_never_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def not_installed(name: str) -> str:
+        raise PackageNotFoundError(name)
+
+    monkeypatch.setattr(service, "version", not_installed)
+    assert service._installed_version() == "0+unknown"

@@ -22,7 +22,13 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from service.app import ConduitASGI, create_asgi
-from service.observability import JsonFormatter, TextFormatter, request_id_var, wants_text_logs
+from service.observability import (
+    JsonFormatter,
+    TextFormatter,
+    configure_logging,
+    request_id_var,
+    wants_text_logs,
+)
 from service.settings import Settings, describe_settings_error
 from tests.apps import serving
 from tests.logs import JsonLines
@@ -260,6 +266,33 @@ def test_a_closed_or_odd_stream_is_no_terminal(terminal: io.TextIOWrapper) -> No
     assert wants_text_logs("auto", development=True, stream=object()) is False  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown log format"):
         wants_text_logs("yaml", development=True, stream=terminal)
+
+
+@pytest.fixture
+def root_logging() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level restored afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("development", "formatter"), [(True, TextFormatter), (False, JsonFormatter)]
+)
+def test_configure_logging_picks_the_formatter_for_stdout(
+    root_logging: logging.Logger,
+    terminal: io.TextIOWrapper,
+    monkeypatch: pytest.MonkeyPatch,
+    development: bool,
+    formatter: type[logging.Formatter],
+) -> None:
+    monkeypatch.setattr(sys, "stdout", terminal)
+    configure_logging("WARNING", log_format="auto", development=development)
+    [handler] = root_logging.handlers
+    assert type(handler.formatter) is formatter
+    assert root_logging.level == logging.WARNING
 
 
 def test_log_format_setting(monkeypatch: pytest.MonkeyPatch) -> None:
