@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from service.jobs import JobContext
 from service.jobs.handlers import create_worker
 from service.models import Job, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.settings import Settings
@@ -199,10 +200,14 @@ async def test_the_failure_of_a_stale_or_malformed_job_changes_nothing(
     handler = DeliveryHandler(FAST)
     async with make_delivery_worker(delivery_settings) as worker:
         [job] = await delivery_jobs(sessionmaker)
-        context = worker._context(  # the context the worker would give the handler
-            type(
-                "Claimed", (), {"id": job.id, "kind": job.kind, "attempts": 5, "max_attempts": 5}
-            )()  # type: ignore[arg-type]
+        context = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            attempt=5,
+            max_attempts=5,
+            settings=delivery_settings,
+            sessionmaker=worker.sessionmaker,
+            mailer=worker.mailer,
         )
         await handler.job_failed({"messageId": delivered.id}, context, "KeyError: x")
         await handler.job_failed({"messageId": 5}, context, "KeyError: x")
