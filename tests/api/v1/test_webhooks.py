@@ -32,6 +32,7 @@ from service.services.security import Tokens
 from service.services.webhooks import MAX_ENDPOINTS_PER_USER
 from service.settings import Settings
 from service.webhooks import outbox, signing
+from service.webhooks.secret_box import SEALED_PREFIX
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -97,6 +98,14 @@ async def endpoint_row(app: ConduitASGI, webhook_id: str) -> WebhookEndpoint | N
     async with sessionmaker(app)() as session:
         row: WebhookEndpoint | None = await session.get(WebhookEndpoint, uuid.UUID(webhook_id))
         return row
+
+
+def opened(app: ConduitASGI, stored: str | None) -> str:
+    """A stored secret in clear; it must be stored sealed (docs/webhooks.md, secrets at rest)."""
+    assert stored is not None
+    assert stored.startswith(SEALED_PREFIX)
+    settings: Settings = app.flask_app.config["CONDUIT_SETTINGS"]
+    return settings.webhook_secret_box.open(stored)
 
 
 async def set_endpoint(app: ConduitASGI, webhook_id: str, **values: Any) -> None:
@@ -225,7 +234,7 @@ async def test_create_shows_the_secret_once(
 
     row = await endpoint_row(app, webhook["id"])
     assert row is not None
-    assert row.secret == secret
+    assert opened(app, row.secret) == secret
     assert row.owner_id == jake.id
 
     shown = await client.get(f"{BASE}/{webhook['id']}", headers=jake.headers)
@@ -588,7 +597,7 @@ async def test_update_changes_only_what_is_sent(
     assert nothing.json()["webhook"]["url"] == body["url"]
     row = await endpoint_row(app, webhook["id"])
     assert row is not None
-    assert row.secret == webhook["secret"]
+    assert opened(app, row.secret) == webhook["secret"]
 
 
 @pytest.mark.parametrize(
@@ -704,7 +713,7 @@ async def test_rotation_keeps_the_old_secret_for_a_day(
 
     row = await endpoint_row(app, webhook["id"])
     assert row is not None
-    assert (row.secret, row.previous_secret) == (new, old)
+    assert (opened(app, row.secret), opened(app, row.previous_secret)) == (new, old)
     # Signed with both, as deliveries are during the overlap: receivers on either secret verify.
     body_bytes = b'{"type":"webhook.ping"}'
     headers = signing.build_headers(secrets=[new, old], msg_id="msg_1", body=body_bytes)
@@ -723,7 +732,10 @@ async def test_rotation_keeps_the_old_secret_for_a_day(
     again = await client.post(f"{BASE}/{webhook['id']}/rotate-secret", headers=jake.headers)
     row = await endpoint_row(app, webhook["id"])
     assert row is not None
-    assert (row.secret, row.previous_secret) == (again.json()["webhook"]["secret"], new)
+    assert (opened(app, row.secret), opened(app, row.previous_secret)) == (
+        again.json()["webhook"]["secret"],
+        new,
+    )
 
 
 # --- ping ------------------------------------------------------------------------------------
