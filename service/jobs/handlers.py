@@ -99,7 +99,9 @@ async def webhook_disabled_mail(payload: dict[str, Any], context: JobContext) ->
     endpoint, email = row
     if endpoint.enabled:
         return
-    text = delivery.disabled_mail_text(endpoint=endpoint)
+    text = delivery.disabled_mail_text(
+        endpoint=endpoint, retention_days=context.settings.webhook_retention_days
+    )
     try:
         await context.mailer.send(email, delivery.DISABLED_MAIL_SUBJECT, text)
     except MailRejected as exc:

@@ -865,8 +865,9 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def disabled_mail_text(*, endpoint: WebhookEndpoint) -> str:
-    """The body of the mail telling an owner that their endpoint was disabled."""
+def disabled_mail_text(*, endpoint: WebhookEndpoint, retention_days: int) -> str:
+    """The body of the mail telling an owner that their endpoint was disabled; the delivery
+    log keeps messages `retention_days` days."""
     if endpoint.disabled_reason == DISABLED_GONE:
         why = "it answered 410 Gone, which tells us to stop sending."
     else:
@@ -878,8 +879,9 @@ def disabled_mail_text(*, endpoint: WebhookEndpoint) -> str:
         f"Your webhook endpoint {endpoint.id}{described}\n"
         f"at {display_url(endpoint.url)}\n"
         f"was disabled because {why}\n\n"
-        "No events are sent to it while it is disabled; the messages it did not receive are "
-        "kept as failed in its delivery log.\n\n"
+        "No events are sent to it while it is disabled; the messages it did not receive, and "
+        "those of events that happen meanwhile, are kept as failed in its delivery log for "
+        f"{retention_days} days.\n\n"
         "Once the receiver works again, enable the endpoint through the API, then recover the "
         "failed messages since the time it stopped receiving them: they are sent again, with "
         "the same webhook-id as before.\n"

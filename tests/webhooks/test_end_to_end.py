@@ -153,6 +153,9 @@ async def test_an_event_raised_after_a_410_disabled_the_webhook_is_recovered(
     assert (shown["enabled"], shown["disabledReason"]) == (False, "gone")
     [mail] = smtp_server.received
     assert "recover the failed messages" in mail.text
+    assert "meanwhile, are kept as failed in its delivery log for 30 days" in mail.text.replace(
+        "\n", " "
+    )
 
     # Raised while the service keeps the webhook disabled.
     await call(api, "POST", f"/articles/{slug}/favorite", bob)
