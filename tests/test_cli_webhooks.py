@@ -6,6 +6,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 from cryptography.fernet import Fernet
 
@@ -84,6 +85,39 @@ async def test_reencrypt_secrets_fails_naming_endpoints_no_key_opens(
     assert line.endswith(str(lost.id))
     for text in (OLD, NEW, secret):
         assert text not in out + err
+
+
+async def test_reencrypt_secrets_waits_for_a_rotation_in_progress_and_stops_in_one_line(
+    make_user: MakeUser,
+    sessionmaker: Sessions,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    owner = await make_user()
+    stored = SecretBox([OLD]).seal(generate_secret())
+    await add_endpoint(
+        sessionmaker, owner_id=owner.id, url="https://hooks.example.com/busy", secret=stored
+    )
+    monkeypatch.setenv("WEBHOOK_SECRET_KEYS", f"{NEW},{OLD}")
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "300")
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            # What a secret rotation holds while it runs: the command waits for it, never
+            # overwrites it; here it waits past the statement timeout.
+            await holder.execute("SELECT 1 FROM webhook_endpoints FOR UPDATE")
+            assert await run("webhooks", "reencrypt-secrets") == 1
+    finally:
+        await holder.close()
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith("conduit: re-encryption stopped: ")
+    assert "statement timeout" in line
+    assert [
+        row["secret"] for row in await sql(database_url, "SELECT secret FROM webhook_endpoints")
+    ] == [stored]
 
 
 async def test_reencrypt_secrets_without_keys_uses_the_development_key(
