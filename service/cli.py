@@ -322,16 +322,16 @@ def seed(args: argparse.Namespace) -> int:
     (bulk COPY, one transaction): users user1..userN (userN@example.com) sharing one password,
     articles with tags, comments, follows and favorites. Refuses a database that has users
     unless --append. Uses DATABASE_URL, or without it (not in production) the embedded
-    PostgreSQL in DATA_DIR (and, without REDIS_URL, the embedded Redis, whose cache it resets).
+    PostgreSQL in DATA_DIR (and without REDIS_URL either, resets the embedded Redis's cache).
     Hashes the password with the PASSWORD_* settings of the server."""
     settings = _settings()
     root = logging.getLogger()
     root.setLevel(max(root.level, logging.WARNING))
-    settings = _with_embedded_database(settings)
-    if not settings.redis_url:
+    if not settings.database_url and not settings.redis_url:
         # The cache of a `conduit serve` on the embedded servers must drop what seeding changes.
         redis_url = _embedded_servers(settings).start_redis()
         settings = Settings(**(settings.model_dump() | {"redis_url": redis_url}))
+    settings = _with_embedded_database(settings)
     assert settings.database_url is not None
     from service.seed import SeedError, SeedOptions
     from service.seed import seed as seed_database
