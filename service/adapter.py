@@ -12,6 +12,8 @@ all others. This variant keeps asgiref's environ building but:
 - buffers the (JSON-sized) response in the worker thread and sends it from the loop in
   one body message: no thread hop per `send`;
 - enforces the request body limit while reading, answering 413 before the app runs;
+- closes the connection after any answer given before the request body was read (413, the
+  rate limiter's 429, 503 while shutting down), discarding the rest of the body meanwhile;
 - answers the ASGI lifespan protocol: startup opens the pools, shutdown drains in-flight
   requests and closes them.
 """
@@ -114,6 +116,21 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _declares_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        # Chunked, or a Content-Length other than 0 (digits other than 0 remain).
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
+            return True
+    return False
+
+
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+
+
 class _Disconnected(Exception):
     pass
 
@@ -159,8 +176,10 @@ class ConcurrentWsgiToAsgi:
         max_body_bytes: int,
         lifespan: Lifespan | None = None,
         shutdown_grace_seconds: float = 10.0,
+        drain_seconds: float = 10.0,
     ) -> None:
         self.wsgi_application = wsgi_application
+        self.drain_seconds = drain_seconds
         self.max_body_bytes = max_body_bytes
         self.lifespan = lifespan
         self.shutdown_grace_seconds = shutdown_grace_seconds
@@ -172,7 +191,10 @@ class ConcurrentWsgiToAsgi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.http(scope, receive, send)
+            if _declares_body(scope):
+                await self._http_with_body(scope, receive, send)
+            else:
+                await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self.run_lifespan(receive, send)
         else:  # websocket: not served
@@ -256,6 +278,47 @@ class ConcurrentWsgiToAsgi:
             await send({"type": "http.response.body", "body": b"".join(chunks)})
         finally:
             self._leave()
+
+    async def _http_with_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request that has a body; if the answer starts before the body was read, it
+        closes the connection and the rest of the body is discarded while it goes out.
+
+        Hypercorn queues at most `max_app_queue_size` body chunks for the app. Once an app
+        that answered early stops reading, the queue fills up, Hypercorn cannot queue its
+        own `http.disconnect` when the response ends, and the response's last `send` never
+        returns: the connection hangs and a client reusing it waits forever.
+        """
+        read = False
+        drain: asyncio.Task[None] | None = None
+
+        async def tracked_receive() -> Message:
+            nonlocal read
+            message = await receive()
+            read = message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
+        async def closing_send(message: Message) -> None:
+            nonlocal drain
+            if message["type"] == "http.response.start" and not read:
+                if scope.get("http_version", "1.1") in {"1.0", "1.1"}:
+                    headers = [
+                        (name, value)
+                        for name, value in message.get("headers", ())
+                        if name.lower() != b"connection"
+                    ]
+                    headers.append((b"connection", b"close"))
+                    message = {**message, "headers": headers}
+                drain = asyncio.create_task(_discard_body(tracked_receive))
+            await send(message)
+
+        try:
+            await self.http(scope, tracked_receive, closing_send)
+        finally:
+            if drain is not None:
+                # Bounded: a client still sending after the response ends has its connection
+                # closed by the server anyway.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(drain, self.drain_seconds)
 
     async def _read_body(self, scope: Scope, receive: Receive, body: IO[bytes]) -> None:
         for name, value in scope.get("headers", ()):

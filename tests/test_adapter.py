@@ -18,8 +18,10 @@ from asgiref.sync import sync_to_async
 from asgiref.wsgi import WsgiToAsgi
 from flask import Response, request
 
-from service.adapter import ConcurrentWsgiToAsgi
-from service.app import ConduitFlask
+from service.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send
+from service.app import ConduitASGI, ConduitFlask
+from service.settings import Settings
+from tests.apps import over_tcp
 
 N = 10
 MAX_BODY = 1024
@@ -400,3 +402,104 @@ async def test_response_body_that_raises_gives_a_500_envelope(
     assert response.json() == {"errors": {"body": ["internal server error"]}}
     assert "generator broke" not in response.text
     assert any(record.exc_info for record in caplog.records if record.name == "conduit.adapter")
+
+
+# --- over a real Hypercorn server: an early answer must not hang the connection -------------
+
+
+async def read_until_closed(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sends until it closes the connection (TimeoutError if it never
+    does)."""
+    received = b""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionResetError:
+                return received
+            if not chunk:
+                return received
+            received += chunk
+
+
+async def post_then_get(port: int, path: str, size: int, then: str) -> bytes:
+    """On one connection: POST `size` bytes to `path` (no `Expect`), then GET `then`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+    writer.write(f"{head}Content-Length: {size}\r\n\r\n".encode())
+    writer.write(b"x" * size)
+    writer.write(f"GET {then} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    try:
+        return await read_until_closed(reader, 10)
+    finally:
+        writer.close()
+
+
+class SlowToRead(ConcurrentWsgiToAsgi):
+    """Reads nothing for a while, as a request waiting for the rate limiter's Redis may."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.5)
+        await super().http(scope, receive, send)
+
+
+async def test_answer_before_the_body_is_read_closes_the_connection(probe: Probe) -> None:
+    """Hypercorn queues 10 body chunks for the app: once they wait unread, the end of an early
+    answer used to block forever, and so did the connection."""
+    asgi = SlowToRead(build_app(probe), threads=2, max_body_bytes=MAX_BODY)
+    await asgi.startup()
+    try:
+        async with over_tcp(asgi) as port:
+            received = await post_then_get(port, "/echo", 2_000_000, then="/nothing")
+    finally:
+        await asgi.shutdown()
+        asgi.executor.shutdown(wait=True)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nconnection: close" in head
+    assert body == b'{"errors":{"body":["request body too large"]}}'
+    assert probe.calls == 0
+    assert asgi._in_flight == 0
+
+
+async def test_413_over_hypercorn_says_close_and_keep_alive_clients_carry_on(
+    app: ConduitASGI, settings: Settings
+) -> None:
+    too_large = settings.max_body_bytes + 100_000
+    async with over_tcp(app) as port:
+        received = await post_then_get(port, "/api/v1/users/login", too_large, then="/api/v1/tags")
+        # A pooling client (as python-requests sessions and curl --next are) reuses the
+        # connection unless told to close it.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            refused = await http.post(
+                "/api/v1/users/login",
+                content=b"x" * too_large,
+                headers={"Content-Type": "application/json"},
+            )
+            tags = await http.get("/api/v1/tags")
+    head = received.partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"\r\nconnection: close" in head
+    assert received.count(b"HTTP/1.1 ") == 1  # the GET was not read from a closing connection
+    assert refused.status_code == 413
+    assert refused.headers["connection"] == "close"
+    assert tags.status_code == 200
+
+
+async def test_a_read_body_keeps_the_connection_open(adapter: ConcurrentWsgiToAsgi) -> None:
+    async with http_client(adapter) as http:
+        echoed = await http.post("/echo", content=b"z" * 100)
+    assert echoed.status_code == 200
+    assert "connection" not in echoed.headers
+
+
+async def test_http2_early_answer_drains_without_a_connection_header(
+    adapter: ConcurrentWsgiToAsgi, probe: Probe
+) -> None:
+    """`Connection` is not an HTTP/2 header (RFC 9113 §8.2.2); the body is still discarded."""
+    scope = {**http_scope("POST", "/echo", [(b"content-length", b"5000")]), "http_version": "2"}
+    incoming = [{"type": "http.request", "body": b"x" * 100, "more_body": True}] * 3
+    sent = await call_asgi(adapter, scope, [*incoming, {"type": "http.disconnect"}])
+    assert sent[0]["status"] == 413
+    assert all(name != b"connection" for name, _ in sent[0]["headers"])
+    assert probe.calls == 0
