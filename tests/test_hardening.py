@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -22,6 +24,7 @@ from service.api.hardening import (
 from service.app import ConduitASGI, create_asgi
 from service.cli import HYPERCORN_TOML
 from service.settings import Settings
+from tests.apps import over_tcp
 from tests.factories import TestUser
 
 ORIGIN = "https://app.example.com"
@@ -311,3 +314,86 @@ def test_hypercorn_sends_no_server_header() -> None:
     config = Config.from_toml(str(HYPERCORN_TOML))
     assert config.include_server_header is False
     assert not [name for name, _ in config.response_headers("h11") if name == b"server"]
+
+
+# --- NUL characters: refused in one place, before any view ---------------------------------
+
+NUL = "must not contain NUL characters"
+
+
+async def test_nul_in_any_query_parameter_is_422_naming_it(client: httpx.AsyncClient) -> None:
+    """Also parameters no schema declares: no view can pass a NUL on to PostgreSQL."""
+    cases = {
+        "/api/v1/tags?x=a%00b": "x",
+        "/api/v1/articles?a%00=1": "query",
+        "/api/v1/articles?tag=ok&tag=a%00b": "tag",
+    }
+    for url, field in cases.items():
+        response = await client.get(url)
+
+        assert response.status_code == 422, url
+        assert response.json() == {"errors": {field: [NUL]}}
+
+
+async def test_nul_in_a_form_field_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v1/users/login", data={"email": "a\x00@b.co"})
+    assert response.status_code == 422
+    assert response.json() == {"errors": {"email": [NUL]}}
+    unnamed = await client.post(
+        "/api/v1/users/login",
+        content=b"%00=1",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert unnamed.json() == {"errors": {"form": [NUL]}}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "errors"),
+    [
+        ("PATCH", "/api/v1/admin/users/a%00b", {"user": ["user not found"]}),
+        ("DELETE", "/api/v1/profiles/a%00b/follow", {"profile": ["not found"]}),
+        ("DELETE", "/api/v1/articles/a%00b/comments/1", {"article": ["article not found"]}),
+        ("DELETE", "/api/v1/clients/cl_%00", {"client": ["client not found"]}),
+    ],
+)
+async def test_nul_in_a_path_parameter_is_that_collections_404(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    method: str,
+    url: str,
+    errors: dict[str, list[str]],
+) -> None:
+    admin = await make_user(role="admin")
+    response = await client.request(method, url, headers=admin.headers, json={"user": {}})
+    assert response.status_code == 404
+    assert response.json() == {"errors": errors}
+
+
+# --- slow clients ----------------------------------------------------------------------------
+
+
+async def test_stalled_body_is_dropped_while_other_requests_are_served(app: ConduitASGI) -> None:
+    """hypercorn.toml bounds how long a silent client holds its connection (`conduit serve`
+    loads the same file); the test shortens the timeout to a second."""
+    config = Config.from_toml(str(HYPERCORN_TOML))
+    assert config.read_timeout is not None
+    # Above keep_alive_timeout: Hypercorn's read timeout also ends idle keep-alive connections.
+    assert config.keep_alive_timeout < config.read_timeout <= 120
+    assert config.h11_max_incomplete_size <= 16384
+
+    async with over_tcp(app, read_timeout=1) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/v1/users/login HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+            served = [(await http.get("/api/v1/tags")).status_code for _ in range(3)]
+        async with asyncio.timeout(10):
+            dropped = await reader.read()  # until the server closes the connection
+        waited = time.monotonic() - started
+        writer.close()
+    assert served == [200, 200, 200]
+    assert dropped == b""  # closed without an answer: nobody is waiting for one
+    assert 0.5 < waited < 5
