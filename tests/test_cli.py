@@ -279,6 +279,10 @@ def test_unix_socket_binds_are_left_to_hypercorn(tmp_path: Path) -> None:
     assert _serving_message("unix:/run/conduit.sock") == (
         "serving on unix:/run/conduit.sock: API at /api/v1, docs at /api/v1/docs, health at /readyz"
     )
+    assert _serving_message("127.0.0.1:8000") == (
+        "serving the API at http://127.0.0.1:8000/api/v1 (docs: http://127.0.0.1:8000/api/v1/docs,"
+        " health: http://127.0.0.1:8000/readyz)"
+    )
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -393,4 +397,19 @@ def test_embedded_redis_stops_at_once_quietly_and_keeps_its_data(
     finally:
         client.close()
         again.stop()
+    assert embedded_server_processes(tmp_path) == []
+
+
+def test_embedded_redis_is_left_running_for_a_client_still_connected(tmp_path: Path) -> None:
+    servers = EmbeddedServers(tmp_path)
+    client = redis.Redis.from_url(servers.start_redis())
+    try:
+        assert client.ping()
+        servers.stop()
+        assert client.ping()  # another serve on the same DATA_DIR keeps its cache
+    finally:
+        client.close()
+    again = EmbeddedServers(tmp_path)
+    again.start_redis()  # adopts the running server
+    again.stop()
     assert embedded_server_processes(tmp_path) == []
