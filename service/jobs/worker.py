@@ -106,6 +106,17 @@ class ClaimedJob:
     attempts: int
     max_attempts: int
 
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> ClaimedJob:
+        """The job a claiming or failing `UPDATE ... RETURNING` row describes."""
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            payload=row.payload,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+        )
+
 
 @runtime_checkable
 class FailureAware(Protocol):
@@ -412,16 +423,7 @@ class Worker:
             seconds = await session.scalar(_next_due_query(every_kind))
         for job in abandoned:
             await self._failed_for_good(job, ABANDONED)
-        jobs = [
-            ClaimedJob(
-                id=row.id,
-                kind=row.kind,
-                payload=row.payload,
-                attempts=row.attempts,
-                max_attempts=row.max_attempts,
-            )
-            for row in rows
-        ]
+        jobs = [ClaimedJob.from_row(row) for row in rows]
         return jobs, float(seconds) if seconds is not None else None
 
     def _claim_statement(self, kinds: list[str], limit: int) -> ReturningUpdate[Any]:
@@ -482,15 +484,7 @@ class Worker:
                 row.attempts,
                 extra={"job_id": row.id, "kind": row.kind},
             )
-            failed.append(
-                ClaimedJob(
-                    id=row.id,
-                    kind=row.kind,
-                    payload=row.payload,
-                    attempts=row.attempts,
-                    max_attempts=row.max_attempts,
-                )
-            )
+            failed.append(ClaimedJob.from_row(row))
         # Finished jobs are kept a while for inspection, then deleted (payloads hold emails).
         await session.execute(
             delete(Job).where(
