@@ -28,6 +28,7 @@ from service.settings import (
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
+    from service.db import DatabaseState
     from service.embedded import EmbeddedServers
     from service.jobs.worker import WorkerThread
     from service.mail import Mailer
@@ -276,14 +277,10 @@ def users_promote(args: argparse.Namespace) -> int:
     return asyncio.run(_set_role(settings, args.name, args.role))
 
 
-async def _set_role(settings: Settings, name: str, role: str) -> int:
-    from sqlalchemy.exc import DBAPIError
-
-    from service.db import DatabaseState, describe_error
+async def _started_database(settings: Settings) -> DatabaseState:
+    """The command's database pool, started; not reaching the database stops the command."""
+    from service.db import DatabaseState
     from service.lifecycle import StartupError
-    from service.schemas.admin import AdminUserUpdate
-    from service.services import admin as admin_service
-    from service.services.errors import DomainError, NotFound
 
     assert settings.database_url is not None
     state = DatabaseState(settings, settings.database_url)
@@ -291,6 +288,18 @@ async def _set_role(settings: Settings, name: str, role: str) -> int:
         await state.startup()
     except StartupError as exc:
         raise CommandError(str(exc)) from None
+    return state
+
+
+async def _set_role(settings: Settings, name: str, role: str) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from service.db import describe_error
+    from service.schemas.admin import AdminUserUpdate
+    from service.services import admin as admin_service
+    from service.services.errors import DomainError, NotFound
+
+    state = await _started_database(settings)
     assert state.sessionmaker is not None
     try:
         async with state.sessionmaker() as session, session.begin():
@@ -438,16 +447,10 @@ def webhooks_reencrypt_secrets(args: argparse.Namespace) -> int:
 async def _reencrypt_secrets(settings: Settings, batch_size: int) -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from service.db import DatabaseState, describe_error
-    from service.lifecycle import StartupError
+    from service.db import describe_error
     from service.webhooks.reencrypt import reencrypt_secrets
 
-    assert settings.database_url is not None
-    state = DatabaseState(settings, settings.database_url)
-    try:
-        await state.startup()
-    except StartupError as exc:
-        raise CommandError(str(exc)) from None
+    state = await _started_database(settings)
     assert state.sessionmaker is not None
     try:
         report = await reencrypt_secrets(
