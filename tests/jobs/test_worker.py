@@ -56,6 +56,26 @@ async def execute(database_url: str, sql: str, *args: Any) -> None:
         await conn.close()
 
 
+async def set_running(
+    database_url: str,
+    job_id: int,
+    *,
+    attempts: int,
+    locked_by: str = "dead",
+    lease: timedelta = timedelta(seconds=-1),
+) -> None:
+    """Leave the job running as worker `locked_by` holds it (by default, one that died)."""
+    await execute(
+        database_url,
+        "UPDATE jobs SET status = 'running', attempts = $2, locked_by = $3,"
+        " locked_until = now() + $4::interval WHERE id = $1",
+        job_id,
+        attempts,
+        locked_by,
+        lease,
+    )
+
+
 async def wait_for_status(
     database_url: str, job_id: int, status: str, within: float = 5.0
 ) -> asyncpg.Record:
@@ -272,18 +292,8 @@ async def test_a_crashed_workers_job_is_claimed_again_after_its_lease(
 
     crashed, alive = await add_jobs(sessionmaker, "test.lease", [{}, {}])
     # What a worker leaves behind when it dies mid-job, and what a live one holds.
-    await execute(
-        database_url,
-        "UPDATE jobs SET status = 'running', attempts = 1, locked_by = 'dead',"
-        " locked_until = now() - interval '1 second' WHERE id = $1",
-        crashed,
-    )
-    await execute(
-        database_url,
-        "UPDATE jobs SET status = 'running', attempts = 1, locked_by = 'alive',"
-        " locked_until = now() + interval '1 hour' WHERE id = $1",
-        alive,
-    )
+    await set_running(database_url, crashed, attempts=1)
+    await set_running(database_url, alive, attempts=1, locked_by="alive", lease=timedelta(hours=1))
     worker = make_worker(handlers={"test.lease": handler}, name="rescuer")
     assert await worker.run_pending() == 1
 
@@ -304,12 +314,7 @@ async def test_a_job_whose_worker_died_on_the_last_attempt_fails(
         raise AssertionError("must not run again")
 
     [job_id] = await add_jobs(sessionmaker, "test.poison", [{}], max_attempts=2)
-    await execute(
-        database_url,
-        "UPDATE jobs SET status = 'running', attempts = 2, locked_by = 'dead',"
-        " locked_until = now() - interval '1 second' WHERE id = $1",
-        job_id,
-    )
+    await set_running(database_url, job_id, attempts=2)
     with caplog.at_level(logging.ERROR, logger="conduit.jobs"):
         assert await make_worker(handlers={"test.poison": handler}).run_pending() == 0
     row = await fetch_job(database_url, job_id)
@@ -522,12 +527,7 @@ async def test_the_hook_hears_of_a_job_abandoned_on_its_last_attempt_and_may_fai
 ) -> None:
     handler = Recording(hook_error=RuntimeError("database away"))
     [job_id] = await add_jobs(sessionmaker, "test.abandoned", [{"n": 1}], max_attempts=2)
-    await execute(
-        database_url,
-        "UPDATE jobs SET status = 'running', attempts = 2, locked_by = 'dead',"
-        " locked_until = now() - interval '1 second' WHERE id = $1",
-        job_id,
-    )
+    await set_running(database_url, job_id, attempts=2)
     with caplog.at_level(logging.ERROR, logger="conduit.jobs"):
         assert await make_worker(handlers={"test.abandoned": handler}).run_pending() == 0
     assert handler.runs == 0
