@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import orjson
 
 from service.observability import JsonFormatter
+
+HandlerT = TypeVar("HandlerT", bound=logging.Handler)
 
 
 class JsonLines(logging.Handler):
@@ -20,3 +23,14 @@ class JsonLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(orjson.loads(self.format(record)))
+
+
+def attached(handler: HandlerT, logger_name: str) -> Iterator[HandlerT]:
+    """For a fixture: `handler` on the logger, at INFO, while it yields; both undone after."""
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.setLevel(previous)
+    logger.removeHandler(handler)

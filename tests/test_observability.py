@@ -31,7 +31,7 @@ from service.observability import (
 )
 from service.settings import Settings, describe_settings_error
 from tests.apps import serving
-from tests.logs import JsonLines
+from tests.logs import JsonLines, attached
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +42,7 @@ TEXT_LINE = re.compile(
 
 @pytest.fixture
 def access_lines() -> Iterator[JsonLines]:
-    handler = JsonLines()
-    logger = logging.getLogger("conduit.access")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.setLevel(previous)
-    logger.removeHandler(handler)
+    yield from attached(JsonLines(), "conduit.access")
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -221,14 +214,7 @@ class TextLines(logging.Handler):
 
 @pytest.fixture
 def access_text() -> Iterator[TextLines]:
-    handler = TextLines()
-    logger = logging.getLogger("conduit.access")
-    logger.addHandler(handler)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.setLevel(previous)
-    logger.removeHandler(handler)
+    yield from attached(TextLines(), "conduit.access")
 
 
 @pytest.fixture
