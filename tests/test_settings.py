@@ -21,17 +21,10 @@ from service.settings import (
 )
 from service.webhooks.secret_box import SecretBox, UnreadableSecret, generate_key
 from service.webhooks.signing import generate_secret
+from tests.cli import ENV_VARIABLES
 
 STRONG_SECRET = "k" * MIN_SECRET_LENGTH
-VARIABLES = (
-    "APP_ENV",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SECRET_KEY",
-    "DATA_DIR",
-    "LOG_LEVEL",
-    "WEBHOOK_SECRET_KEYS",
-)
+VARIABLES = (*ENV_VARIABLES, "WEBHOOK_SECRET_KEYS")
 WEBHOOK_KEY = generate_key()
 
 

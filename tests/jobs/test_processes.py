@@ -18,21 +18,13 @@ import pytest
 
 from service.settings import Settings
 from service.webhooks.secret_box import generate_key
+from tests.cli import ENV_VARIABLES
 from tests.factories import TestUser
 from tests.jobs.support import TOKEN_IN_LINK, SmtpServer, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG_SECRET = "jobs-test-secret-" + "j" * 32
-CLEARED = (
-    "APP_ENV",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SECRET_KEY",
-    "DATA_DIR",
-    "LOG_LEVEL",
-    "SMTP_URL",
-    "WORKER_IN_PROCESS",
-)
+CLEARED = (*ENV_VARIABLES, "SMTP_URL", "WORKER_IN_PROCESS")
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 
