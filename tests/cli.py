@@ -17,6 +17,7 @@ import pytest
 
 from service import cli
 from service.settings import Settings
+from tests.jobs.support import free_port
 
 ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
 
@@ -36,6 +37,13 @@ def cli_environment(
     for lg, handlers, level in saved:
         lg.handlers[:] = handlers
         lg.setLevel(level)
+
+
+def unreachable_database(monkeypatch: pytest.MonkeyPatch) -> int:
+    """DATABASE_URL with a password (`hunter2`) and a port nothing listens on; the port."""
+    port = free_port()
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:hunter2@127.0.0.1:{port}/conduit")
+    return port
 
 
 async def run(*argv: str) -> int:

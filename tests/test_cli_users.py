@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from service.app import ConduitASGI
 from service.db import DatabaseState
 from service.models import ROLES, AuditEntry, User
 from service.settings import Settings
-from tests.cli import cli_environment, run
+from tests.cli import cli_environment, run, unreachable_database
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -106,10 +105,7 @@ def test_promote_needs_a_known_role(capsys: pytest.CaptureFixture[str]) -> None:
 def test_promote_unreachable_database_is_one_masked_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:hunter2@127.0.0.1:{port}/conduit")
+    port = unreachable_database(monkeypatch)
     assert cli.main(["users", "promote", "jake", "--role", "admin"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from service import cli
 from service.settings import Settings
 from service.webhooks.secret_box import SecretBox, generate_key
 from service.webhooks.signing import generate_secret
-from tests.cli import cli_environment, run
+from tests.cli import cli_environment, run, unreachable_database
 from tests.factories import TestUser
 from tests.webhooks.support import Sessions, add_endpoint, sql
 
@@ -133,10 +132,7 @@ async def test_reencrypt_secrets_without_keys_uses_the_development_key(
 async def test_reencrypt_secrets_reports_an_unreachable_database(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:hunter2@127.0.0.1:{port}/conduit")
+    unreachable_database(monkeypatch)
     assert await run("webhooks", "reencrypt-secrets") == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1
