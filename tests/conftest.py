@@ -147,6 +147,12 @@ def make_user(app: ConduitASGI) -> Callable[..., Awaitable[TestUser]]:
 
 
 @pytest_asyncio.fixture
+async def owner(make_user: Callable[..., Awaitable[TestUser]]) -> TestUser:
+    """A fresh user, for tests that need just one (e.g. to own webhook endpoints)."""
+    return await make_user()
+
+
+@pytest_asyncio.fixture
 async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Sessions on the test database, independent of the app's engine."""
     assert settings.database_url is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +17,6 @@ from tests.cli import cli_environment, run, unreachable_database
 from tests.factories import TestUser
 from tests.webhooks.support import Sessions, add_endpoint, sql
 
-MakeUser = Callable[..., Awaitable[TestUser]]
 OLD, NEW = generate_key(), generate_key()
 
 
@@ -30,13 +29,12 @@ def _environment(
 
 
 async def test_reencrypt_secrets_rotates_the_key_and_prints_the_counts(
-    make_user: MakeUser,
+    owner: TestUser,
     sessionmaker: Sessions,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    owner = await make_user()
     secrets = [generate_secret() for _ in range(3)]
     for n, secret in enumerate(secrets):
         # One from before encryption, two sealed with the old key.
@@ -62,12 +60,11 @@ async def test_reencrypt_secrets_rotates_the_key_and_prints_the_counts(
 
 
 async def test_reencrypt_secrets_fails_naming_endpoints_no_key_opens(
-    make_user: MakeUser,
+    owner: TestUser,
     sessionmaker: Sessions,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    owner = await make_user()
     secret = generate_secret()
     lost = await add_endpoint(
         sessionmaker,
@@ -87,13 +84,12 @@ async def test_reencrypt_secrets_fails_naming_endpoints_no_key_opens(
 
 
 async def test_reencrypt_secrets_waits_for_a_rotation_in_progress_and_stops_in_one_line(
-    make_user: MakeUser,
+    owner: TestUser,
     sessionmaker: Sessions,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    owner = await make_user()
     stored = SecretBox([OLD]).seal(generate_secret())
     await add_endpoint(
         sessionmaker, owner_id=owner.id, url="https://hooks.example.com/busy", secret=stored
@@ -120,9 +116,8 @@ async def test_reencrypt_secrets_waits_for_a_rotation_in_progress_and_stops_in_o
 
 
 async def test_reencrypt_secrets_without_keys_uses_the_development_key(
-    make_user: MakeUser, sessionmaker: Sessions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    owner: TestUser, sessionmaker: Sessions, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url="https://hooks.example.com/dev")
     assert await run("webhooks", "reencrypt-secrets") == 0
     assert capsys.readouterr().out.startswith("webhook secrets: 1 re-encrypted")

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,6 @@ from tests.webhooks.support import (
 ROOT = Path(__file__).resolve().parents[2]
 CLEARED = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "SMTP_URL")
 
-MakeUser = Callable[..., Awaitable[TestUser]]
 Spawn = Callable[..., tuple[subprocess.Popen[bytes], Path]]
 
 
@@ -91,12 +90,11 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
     tmp_path: Path,
     settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
     spawn: Spawn,
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/hold"))
     env = worker_env(tmp_path, settings)
     proc, log = spawn(env)
@@ -132,12 +130,11 @@ async def test_two_workers_deliver_each_message_once(
     tmp_path: Path,
     settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
     spawn: Spawn,
 ) -> None:
-    owner = await make_user()
     for path in ("/ok", "/status/200", "/status/201", "/status/202"):
         await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url(path))
     env = worker_env(tmp_path, settings)

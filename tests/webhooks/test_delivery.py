@@ -57,9 +57,8 @@ async def jobs_of(sessions: Sessions, kind: str) -> list[Job]:
 
 
 async def test_delivery_is_signed_and_verified_by_standardwebhooks(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(
         sessionmaker, owner_id=owner.id, url=receiver.url("/verify?token=abc")
     )
@@ -99,9 +98,8 @@ async def test_delivery_is_signed_and_verified_by_standardwebhooks(
 
 
 async def test_during_rotation_both_secrets_sign(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     old, new, expired = generate_secret(), generate_secret(), generate_secret()
     await add_endpoint(
         sessionmaker,
@@ -135,9 +133,8 @@ async def test_during_rotation_both_secrets_sign(
 
 
 async def test_receiver_failing_three_times_then_succeeding(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/flaky/3"))
     await emit(sessionmaker)
 
@@ -160,9 +157,8 @@ async def test_receiver_failing_three_times_then_succeeding(
 
 
 async def test_a_failed_attempt_schedules_the_next_after_the_first_delay(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/500"))
     await emit(sessionmaker)
     async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
@@ -199,9 +195,8 @@ def test_retry_schedule_spans_about_three_days() -> None:
 
 
 async def test_429_retry_after_is_honoured_and_holds_the_endpoint_back(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(
         sessionmaker, owner_id=owner.id, url=receiver.url("/status/429?retry_after=120")
     )
@@ -226,9 +221,8 @@ async def test_429_retry_after_is_honoured_and_holds_the_endpoint_back(
 
 
 async def test_503_with_a_short_retry_after_keeps_the_schedule(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(
         sessionmaker, owner_id=owner.id, url=receiver.url("/status/503?retry_after=1")
     )
@@ -307,9 +301,8 @@ async def test_after_the_last_retry_fails_the_endpoint_is_disabled_and_the_owner
 
 
 async def test_five_days_of_continuous_failure_disable_the_endpoint(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     since = datetime.now(UTC) - timedelta(days=5, minutes=1)
     endpoint = await add_endpoint(
         sessionmaker, owner_id=owner.id, url=receiver.url("/status/502"), failing_since=since
@@ -338,11 +331,10 @@ async def test_five_days_of_continuous_failure_disable_the_endpoint(
 async def test_a_rolled_back_change_emits_nothing(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     async with sessionmaker() as session:
         transaction = await session.begin()
@@ -365,9 +357,8 @@ async def test_a_rolled_back_change_emits_nothing(
 
 
 async def test_redirects_are_failed_attempts(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/redirect"))
     await emit(sessionmaker)
     async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
@@ -380,9 +371,8 @@ async def test_redirects_are_failed_attempts(
 
 
 async def test_an_address_refused_by_the_ssrf_guard_is_a_failed_attempt(
-    settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     # No allowlist: loopback receivers are refused.
@@ -401,11 +391,10 @@ async def test_an_address_refused_by_the_ssrf_guard_is_a_failed_attempt(
 async def test_messages_of_a_disabled_endpoint_fail_unsent(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     await sql(
@@ -422,9 +411,8 @@ async def test_messages_of_a_disabled_endpoint_fail_unsent(
 
 
 async def test_a_stale_job_does_not_deliver_again_nor_fork_the_retries(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/500"))
     await emit(sessionmaker)
     async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
@@ -443,9 +431,8 @@ async def test_a_stale_job_does_not_deliver_again_nor_fork_the_retries(
 
 
 async def test_redelivery_sends_again_with_the_same_id(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     async with make_delivery_worker(delivery_settings) as worker:
@@ -465,11 +452,10 @@ async def test_redelivery_sends_again_with_the_same_id(
 async def test_a_failed_redelivery_of_a_used_up_message_does_not_disable_the_endpoint(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/500"))
     await emit(sessionmaker)
     config = replace(FAST, schedule=())
@@ -495,11 +481,10 @@ async def test_a_failed_redelivery_of_a_used_up_message_does_not_disable_the_end
 async def test_a_message_of_a_deleted_endpoint_is_skipped(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     await sql(database_url, "DELETE FROM webhook_endpoints WHERE id = $1", endpoint.id)
@@ -522,9 +507,8 @@ async def test_a_malformed_payload_fails_the_job_at_once(
 
 
 async def test_ping_goes_to_one_endpoint_only(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     target = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/200"))
     async with sessionmaker.begin() as session:
@@ -552,9 +536,8 @@ def test_display_url_drops_credentials_query_and_fragment() -> None:
 
 
 async def test_messages_and_events_counted_once_per_endpoint(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     for path in ("/ok", "/status/200", "/status/201"):
         await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url(path))
     for n in range(5):
@@ -612,9 +595,8 @@ async def test_owner_mail_is_skipped_when_the_endpoint_is_gone_or_enabled_again(
 
 
 async def test_a_rate_limit_slot_too_far_away_postpones_the_delivery(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"), rate_limit=2)
     for n in range(3):
         await emit(sessionmaker, data={"n": n})
@@ -630,9 +612,8 @@ async def test_a_rate_limit_slot_too_far_away_postpones_the_delivery(
 
 
 async def test_an_unusable_secret_is_a_failed_attempt_without_a_request(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(
         sessionmaker, owner_id=owner.id, url=receiver.url("/ok"), secret="whsec_short"
     )

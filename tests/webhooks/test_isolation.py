@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -41,8 +40,6 @@ from tests.webhooks.support import (
     seconds_between,
     sql,
 )
-
-MakeUser = Callable[..., Awaitable[TestUser]]
 
 
 def ticket(admitted: Ticket | Postponed) -> Ticket:
@@ -135,9 +132,8 @@ async def test_failing_endpoints_get_one_trial_at_a_time_and_retry_after_holds_t
 
 
 async def test_slow_endpoint_does_not_delay_a_fast_one(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     with running_receiver("127.0.0.1") as slow:
         slow.state.slow_seconds = 4.0
         slow_endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=slow.url("/slow"))
@@ -173,9 +169,8 @@ async def test_slow_endpoint_does_not_delay_a_fast_one(
 
 
 async def test_an_open_circuit_postpones_deliveries_without_counting_attempts(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     dead = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/500"))
     await emit(sessionmaker)
     handler = DeliveryHandler(replace(FAST, breaker_cooldowns=(30.0,)))
@@ -206,11 +201,10 @@ async def test_an_open_circuit_postpones_deliveries_without_counting_attempts(
 async def test_rate_limit_spaces_deliveries_across_workers(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"), rate_limit=5)
     for n in range(8):
         await emit(sessionmaker, data={"n": n})

@@ -83,9 +83,8 @@ async def test_a_disabled_endpoint_gets_a_failed_message_and_no_job(
 
 
 async def test_only_disabled_subscribers_still_store_the_event(
-    sessionmaker: Sessions, make_user: MakeUser, database_url: str
+    sessionmaker: Sessions, owner: TestUser, database_url: str
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/", enabled=False)
     assert await emit(sessionmaker) == 1
     assert await delivery_jobs(sessionmaker) == []
@@ -112,9 +111,8 @@ class Crashing(DeliveryHandler):
 
 
 async def test_a_delivery_job_that_keeps_crashing_fails_its_message_for_recovery(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     crashing = Crashing()
@@ -146,9 +144,8 @@ async def test_a_delivery_job_that_keeps_crashing_fails_its_message_for_recovery
 
 
 async def test_a_delivery_job_timing_out_on_its_last_try_fails_its_message(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/")
     await emit(sessionmaker)
     async with sessionmaker.begin() as session:
@@ -167,9 +164,8 @@ async def test_a_delivery_job_timing_out_on_its_last_try_fails_its_message(
 
 
 async def test_a_delivery_job_whose_worker_died_on_its_last_try_fails_its_message(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, database_url: str
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, database_url: str
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/")
     await emit(sessionmaker)
     await sql(
@@ -189,9 +185,8 @@ async def test_a_delivery_job_whose_worker_died_on_its_last_try_fails_its_messag
 
 
 async def test_the_failure_of_a_stale_or_malformed_job_changes_nothing(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     async with make_delivery_worker(delivery_settings) as worker:
@@ -263,9 +258,8 @@ async def counts(sessions: Sessions) -> tuple[int, int, int]:
 
 
 async def test_purge_deletes_old_finished_messages_and_unused_events_in_batches(
-    sessionmaker: Sessions, make_user: MakeUser, database_url: str
+    sessionmaker: Sessions, owner: TestUser, database_url: str
 ) -> None:
-    owner = await make_user()
     a = await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/a")
     b = await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/b")
     days = timedelta(days=1)
@@ -296,9 +290,8 @@ async def test_purge_deletes_old_finished_messages_and_unused_events_in_batches(
 
 
 async def test_purge_stops_after_its_batches_and_the_next_run_goes_on(
-    sessionmaker: Sessions, make_user: MakeUser
+    sessionmaker: Sessions, owner: TestUser
 ) -> None:
-    owner = await make_user()
     a = await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/a")
     for _ in range(5):
         await add_logged(sessionmaker, a, age=timedelta(days=2), status="delivered")
@@ -311,9 +304,8 @@ async def test_purge_stops_after_its_batches_and_the_next_run_goes_on(
 
 
 async def test_the_service_worker_purges_periodically_with_the_configured_retention(
-    settings: Settings, sessionmaker: Sessions, make_user: MakeUser
+    settings: Settings, sessionmaker: Sessions, owner: TestUser
 ) -> None:
-    owner = await make_user()
     a = await add_endpoint(sessionmaker, owner_id=owner.id, url="https://example.com/a")
     gone, _ = await add_logged(sessionmaker, a, age=timedelta(days=8), status="delivered")
     kept, _ = await add_logged(sessionmaker, a, age=timedelta(days=6), status="delivered")

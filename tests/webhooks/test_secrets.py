@@ -229,11 +229,10 @@ async def test_rotation_seals_a_secret_from_before_encryption(
 async def test_a_wrong_key_is_a_failed_attempt_not_a_garbage_signature(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    owner = await make_user()
     secret = generate_secret()
     endpoint = await add_endpoint(
         sessionmaker,
@@ -255,9 +254,8 @@ async def test_a_wrong_key_is_a_failed_attempt_not_a_garbage_signature(
 
 
 async def test_an_unreadable_previous_secret_fails_the_same_way(
-    delivery_settings: Settings, sessionmaker: Sessions, make_user: MakeUser, receiver: Receiver
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
 ) -> None:
-    owner = await make_user()
     await add_endpoint(
         sessionmaker,
         owner_id=owner.id,
@@ -280,11 +278,10 @@ async def test_an_unreadable_previous_secret_fails_the_same_way(
 async def test_reencrypt_moves_every_secret_to_the_first_key_in_batches(
     delivery_settings: Settings,
     sessionmaker: Sessions,
-    make_user: MakeUser,
+    owner: TestUser,
     receiver: Receiver,
     database_url: str,
 ) -> None:
-    owner = await make_user()
     old = SecretBox([KEY_A])
     current, previous, legacy, expired = (generate_secret() for _ in range(4))
     soon = datetime.now(UTC) + timedelta(hours=1)
@@ -355,9 +352,8 @@ async def test_reencrypt_moves_every_secret_to_the_first_key_in_batches(
 
 
 async def test_reencrypt_leaves_and_names_what_no_key_opens(
-    sessionmaker: Sessions, make_user: MakeUser, database_url: str
+    sessionmaker: Sessions, owner: TestUser, database_url: str
 ) -> None:
-    owner = await make_user()
     lost = await add_endpoint(
         sessionmaker,
         owner_id=owner.id,
