@@ -116,6 +116,13 @@ def make_delivery_worker(
     )
 
 
+async def deliver(settings: Settings, **options: Any) -> int:
+    """Run what is pending with a fresh delivery worker (see `make_delivery_worker`), then stop
+    it; how many jobs ran."""
+    async with make_delivery_worker(settings, **options) as worker:
+        return await worker.run_pending()
+
+
 @asynccontextmanager
 async def running(*workers: Worker) -> AsyncIterator[None]:
     """Run the workers' loops for the duration of the block, then stop them."""

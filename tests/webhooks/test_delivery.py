@@ -35,6 +35,7 @@ from tests.webhooks.support import (
     add_endpoint,
     all_settled,
     attempts,
+    deliver,
     emit,
     endpoint_row,
     make_delivery_worker,
@@ -66,8 +67,7 @@ async def test_delivery_is_signed_and_verified_by_standardwebhooks(
     data = {"article": {"slug": "how-to-train-your-dragon", "title": "How to train"}}
     assert await emit(sessionmaker, "article.created", data) == 1
 
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(delivery_settings) == 1
 
     [message] = await messages(sessionmaker)
     assert (message.status, message.attempts) == ("delivered", 1)
@@ -118,8 +118,7 @@ async def test_during_rotation_both_secrets_sign(
         previous_secret_expires_at=datetime.now(UTC) - timedelta(seconds=1),
     )
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 2
+    assert await deliver(delivery_settings) == 2
 
     [both] = receiver.hits("/ok")
     assert len(both.headers["webhook-signature"].split(" ")) == 2
@@ -161,8 +160,7 @@ async def test_a_failed_attempt_schedules_the_next_after_the_first_delay(
 ) -> None:
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/status/500"))
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(delivery_settings, config=DeliveryConfig()) == 1
 
     [message] = await messages(sessionmaker)
     [attempt] = await attempts(sessionmaker, message.id)
@@ -227,8 +225,7 @@ async def test_503_with_a_short_retry_after_keeps_the_schedule(
         sessionmaker, owner_id=owner.id, url=receiver.url("/status/503?retry_after=1")
     )
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings, config=DeliveryConfig())
     [message] = await messages(sessionmaker)
     [attempt] = await attempts(sessionmaker, message.id)
     assert message.next_attempt_at is not None
@@ -351,8 +348,7 @@ async def test_a_rolled_back_change_emits_nothing(
         " (SELECT count(*) FROM jobs) AS jobs",
     )
     assert tuple(counts[0]) == (0, 0, 0)
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 0
+    assert await deliver(delivery_settings) == 0
     assert receiver.hits("/ok") == []
 
 
@@ -361,8 +357,7 @@ async def test_redirects_are_failed_attempts(
 ) -> None:
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/redirect"))
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings, config=DeliveryConfig())
     [message] = await messages(sessionmaker)
     [attempt] = await attempts(sessionmaker, message.id)
     assert (attempt.status_code, attempt.error) == (301, "redirects are not followed")
@@ -376,8 +371,7 @@ async def test_an_address_refused_by_the_ssrf_guard_is_a_failed_attempt(
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     # No allowlist: loopback receivers are refused.
-    async with make_delivery_worker(settings, config=DeliveryConfig()) as worker:
-        await worker.run_pending()
+    await deliver(settings, config=DeliveryConfig())
     [message] = await messages(sessionmaker)
     [attempt] = await attempts(sessionmaker, message.id)
     assert attempt.status_code is None
@@ -402,8 +396,7 @@ async def test_messages_of_a_disabled_endpoint_fail_unsent(
         "UPDATE webhook_endpoints SET enabled = false, disabled_reason = 'manual' WHERE id = $1",
         endpoint.id,
     )
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(delivery_settings) == 1
     [message] = await messages(sessionmaker)
     assert (message.status, message.attempts) == ("failed", 0)
     assert await attempts(sessionmaker) == []
@@ -488,8 +481,7 @@ async def test_a_message_of_a_deleted_endpoint_is_skipped(
     endpoint = await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     await sql(database_url, "DELETE FROM webhook_endpoints WHERE id = $1", endpoint.id)
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(delivery_settings) == 1
     [job] = await jobs_of(sessionmaker, outbox.DELIVER_JOB)
     assert job.status == "done"
     assert receiver.hits("/ok") == []
@@ -500,8 +492,7 @@ async def test_a_malformed_payload_fails_the_job_at_once(
 ) -> None:
     async with sessionmaker.begin() as session:
         session.add(Job(kind=outbox.DELIVER_JOB, payload={"messageId": 7}, max_attempts=5))
-    async with make_delivery_worker(delivery_settings) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings)
     [job] = await jobs_of(sessionmaker, outbox.DELIVER_JOB)
     assert (job.status, job.attempts) == ("failed", 1)
 
@@ -519,8 +510,7 @@ async def test_ping_goes_to_one_endpoint_only(
             audience=[owner.id],
             endpoint_id=target.id,
         )
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(delivery_settings) == 1
     [hit] = receiver.hits("/ok")
     assert json.loads(hit.body)["type"] == "webhook.ping"
     assert receiver.hits("/status/200") == []
@@ -581,8 +571,7 @@ async def test_owner_mail_is_skipped_when_the_endpoint_is_gone_or_enabled_again(
             )
         session.add(Job(kind="webhook.disabled_mail", payload={"endpointId": "nope"}))
     mailer = mail_settings(delivery_settings, smtp_server)
-    async with make_delivery_worker(delivery_settings, mailer=mailer) as worker:
-        assert await worker.run_pending() == 4
+    assert await deliver(delivery_settings, mailer=mailer) == 4
     jobs = await jobs_of(sessionmaker, "webhook.disabled_mail")
     # Enabled again or deleted: nothing to say. Refused by the server, or malformed: failed.
     assert [(job.status, job.attempts) for job in jobs] == [
@@ -618,8 +607,7 @@ async def test_an_unusable_secret_is_a_failed_attempt_without_a_request(
         sessionmaker, owner_id=owner.id, url=receiver.url("/ok"), secret="whsec_short"
     )
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings, config=DeliveryConfig()) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings, config=DeliveryConfig())
     [attempt] = await attempts(sessionmaker)
     assert (attempt.status_code, attempt.error) == (
         None,

@@ -18,7 +18,7 @@ from service.settings import Settings
 from tests.factories import TestUser
 from tests.jobs.support import SmtpServer
 from tests.webhooks.receivers import Receiver
-from tests.webhooks.support import make_delivery_worker
+from tests.webhooks.support import deliver
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 API = "/api/v1"
@@ -49,11 +49,6 @@ async def post_article(api: httpx.AsyncClient, author: TestUser, title: str) -> 
     body = {"article": {"title": title, "description": "d", "body": "b", "tagList": []}}
     slug: str = (await call(api, "POST", "/articles", author, body))["article"]["slug"]
     return slug
-
-
-async def deliver(settings: Settings, mailer: Mailer | None = None) -> None:
-    async with make_delivery_worker(settings, mailer=mailer) as worker:
-        await worker.run_pending()
 
 
 def verified_events(receiver: Receiver, secret: str) -> list[dict[str, Any]]:
@@ -148,7 +143,7 @@ async def test_an_event_raised_after_a_410_disabled_the_webhook_is_recovered(
     since = datetime.now(UTC)
     slug = await post_article(api, alice, "Gone")
     mailer = Mailer(delivery_settings.model_copy(update={"smtp_url": smtp_server.url}))
-    await deliver(delivery_settings, mailer)
+    await deliver(delivery_settings, mailer=mailer)
     shown = (await call(api, "GET", path, alice))["webhook"]
     assert (shown["enabled"], shown["disabledReason"]) == (False, "gone")
     [mail] = smtp_server.received
@@ -159,12 +154,12 @@ async def test_an_event_raised_after_a_410_disabled_the_webhook_is_recovered(
 
     # Raised while the service keeps the webhook disabled.
     await call(api, "POST", f"/articles/{slug}/favorite", bob)
-    await deliver(delivery_settings, mailer)
+    await deliver(delivery_settings, mailer=mailer)
     assert len(receiver.hits("/status/410")) == 1
     body = {"webhook": {"enabled": True, "url": receiver.url("/verify")}}
     await call(api, "PATCH", path, alice, body)
     assert await recover(api, alice, webhook, since) == 2
-    await deliver(delivery_settings, mailer)
+    await deliver(delivery_settings, mailer=mailer)
 
     events = verified_events(receiver, webhook["secret"])
     assert sorted(e["type"] for e in events) == ["article.created", "article.favorited"]

@@ -26,6 +26,7 @@ from tests.webhooks.support import (
     Sessions,
     add_endpoint,
     attempts,
+    deliver,
     emit,
     eventually,
     make_delivery_worker,
@@ -116,8 +117,7 @@ async def test_a_delivery_job_that_keeps_crashing_fails_its_message_for_recovery
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
     crashing = Crashing()
-    async with make_delivery_worker(delivery_settings, handler=crashing) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings, handler=crashing)
 
     assert crashing.calls == outbox.DELIVERY_JOB_ATTEMPTS
     [job] = await delivery_jobs(sessionmaker)
@@ -135,8 +135,7 @@ async def test_a_delivery_job_that_keeps_crashing_fails_its_message_for_recovery
     # Once the bug is fixed, the message can be recovered like any failed one.
     async with sessionmaker.begin() as session:
         assert await redeliver(session=session, message_ids=[message.id]) == 1
-    async with make_delivery_worker(delivery_settings) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings)
     [message] = await messages(sessionmaker)
     assert (message.status, message.attempts) == ("delivered", 2)
     [hit] = receiver.hits("/ok")
@@ -173,8 +172,7 @@ async def test_a_delivery_job_whose_worker_died_on_its_last_try_fails_its_messag
         "UPDATE jobs SET status = 'running', attempts = max_attempts, locked_by = 'dead',"
         " locked_until = now() - interval '1 second'",
     )
-    async with make_delivery_worker(delivery_settings) as worker:
-        assert await worker.run_pending() == 0
+    assert await deliver(delivery_settings) == 0
     [message] = await messages(sessionmaker)
     assert message.status == "failed"
     [attempt] = await attempts(sessionmaker, message.id)
@@ -189,8 +187,7 @@ async def test_the_failure_of_a_stale_or_malformed_job_changes_nothing(
 ) -> None:
     await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/ok"))
     await emit(sessionmaker)
-    async with make_delivery_worker(delivery_settings) as worker:
-        await worker.run_pending()
+    await deliver(delivery_settings)
     [delivered] = await messages(sessionmaker)
     handler = DeliveryHandler(FAST)
     async with make_delivery_worker(delivery_settings) as worker:

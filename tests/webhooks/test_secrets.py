@@ -35,8 +35,8 @@ from tests.webhooks.support import (
     Sessions,
     add_endpoint,
     attempts,
+    deliver,
     emit,
-    make_delivery_worker,
     messages,
     sql,
 )
@@ -198,8 +198,7 @@ async def test_created_and_rotated_secrets_are_sealed_and_deliveries_verify(
 
     receiver.state.secrets.append(second)
     await emit(sessionmaker)
-    async with make_delivery_worker(settings) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(settings) == 1
     [seen] = receiver.hits("/verify")
     assert seen.verified
     for shown in (first, second):  # both sign during the overlap
@@ -242,8 +241,7 @@ async def test_a_wrong_key_is_a_failed_attempt_not_a_garbage_signature(
     )
     await emit(sessionmaker)
     with caplog.at_level(logging.ERROR, logger="conduit.webhooks"):
-        async with make_delivery_worker(keyed(delivery_settings, KEY_B), config=SLOW) as worker:
-            await worker.run_pending()
+        await deliver(keyed(delivery_settings, KEY_B), config=SLOW)
     assert receiver.hits("/ok") == []  # nothing signed with anything else
     [attempt] = await attempts(sessionmaker)
     assert (attempt.status_code, attempt.error) == (None, CANNOT_DECRYPT)
@@ -265,8 +263,7 @@ async def test_an_unreadable_previous_secret_fails_the_same_way(
         previous_secret_expires_at=datetime.now(UTC) + timedelta(hours=1),
     )
     await emit(sessionmaker)
-    async with make_delivery_worker(keyed(delivery_settings, KEY_B), config=SLOW) as worker:
-        await worker.run_pending()
+    await deliver(keyed(delivery_settings, KEY_B), config=SLOW)
     assert receiver.hits("/ok") == []
     [attempt] = await attempts(sessionmaker)
     assert attempt.error == CANNOT_DECRYPT
@@ -344,8 +341,7 @@ async def test_reencrypt_moves_every_secret_to_the_first_key_in_batches(
     # The old key dropped: deliveries still verify with the secrets the owner was shown.
     receiver.state.secrets.append(current)
     await emit(sessionmaker)
-    async with make_delivery_worker(keyed(delivery_settings, KEY_B)) as worker:
-        assert await worker.run_pending() == 1
+    assert await deliver(keyed(delivery_settings, KEY_B)) == 1
     [seen] = receiver.hits("/verify")
     assert seen.verified
     Webhook(previous).verify(seen.body, seen.headers)
