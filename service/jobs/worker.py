@@ -66,6 +66,8 @@ PeriodicTask = Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[
 
 MAX_ERROR_LENGTH = 1000
 ABANDONED = "the worker running its last attempt stopped (lease expired)"
+# What the claiming and the abandoned-job UPDATEs return, read by ClaimedJob.from_row.
+_CLAIMED_COLUMNS = (Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
 # `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _jitter = random.SystemRandom()
@@ -456,7 +458,7 @@ class Worker:
                 locked_by=self.name,
                 updated_at=now,
             )
-            .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+            .returning(*_CLAIMED_COLUMNS)
         )
 
     async def _maintain(self, session: AsyncSession) -> list[ClaimedJob]:
@@ -473,7 +475,7 @@ class Worker:
                 Job.attempts >= Job.max_attempts,
             )
             .values(status="failed", locked_until=None, last_error=ABANDONED, updated_at=now)
-            .returning(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+            .returning(*_CLAIMED_COLUMNS)
         )
         failed: list[ClaimedJob] = []
         for row in abandoned:
