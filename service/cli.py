@@ -42,7 +42,9 @@ class CommandError(Exception):
     """A one-line reason to stop with a non-zero exit."""
 
 
-def _settings() -> Settings:
+def _settings(*, quiet: bool = False) -> Settings:
+    """The settings, with logging configured; `quiet` (warnings and up) for a command whose
+    printed lines are its output, not progress logs (embedded servers, migrations)."""
     try:
         settings = load_settings()
     except ValidationError as exc:
@@ -52,6 +54,9 @@ def _settings() -> Settings:
         log_format=settings.log_format,
         development=settings.app_env is Environment.DEVELOPMENT,
     )
+    if quiet:
+        root = logging.getLogger()
+        root.setLevel(max(root.level, logging.WARNING))
     return settings
 
 
@@ -269,10 +274,7 @@ ROLES = ("user", "moderator", "admin")
 def users_promote(args: argparse.Namespace) -> int:
     """Set a user's role (how the first admin is made), recorded in the audit log. Uses
     DATABASE_URL, or without it (not in production) the embedded PostgreSQL in DATA_DIR."""
-    settings = _settings()
-    # The one line this prints is the output: no progress logs (embedded database, migrations).
-    root = logging.getLogger()
-    root.setLevel(max(root.level, logging.WARNING))
+    settings = _settings(quiet=True)
     settings = _with_embedded_database(settings)
     return asyncio.run(_set_role(settings, args.name, args.role))
 
@@ -333,9 +335,7 @@ def seed(args: argparse.Namespace) -> int:
     unless --append. Uses DATABASE_URL, or without it (not in production) the embedded
     PostgreSQL in DATA_DIR (and without REDIS_URL either, resets the embedded Redis's cache).
     Hashes the password with the PASSWORD_* settings of the server."""
-    settings = _settings()
-    root = logging.getLogger()
-    root.setLevel(max(root.level, logging.WARNING))
+    settings = _settings(quiet=True)
     if not settings.database_url and not settings.redis_url:
         # The cache of a `conduit serve` on the embedded servers must drop what seeding changes.
         redis_url = _embedded_servers(settings).start_redis()
@@ -437,9 +437,7 @@ def webhooks_reencrypt_secrets(args: argparse.Namespace) -> int:
     overlap has ended; print the counts. Run it after putting a new key first, before dropping
     the old one, and once after upgrading from plain-text secrets; safe to repeat. Uses
     DATABASE_URL, or without it (not in production) the embedded PostgreSQL in DATA_DIR."""
-    settings = _settings()
-    root = logging.getLogger()
-    root.setLevel(max(root.level, logging.WARNING))
+    settings = _settings(quiet=True)
     settings = _with_embedded_database(settings)
     return asyncio.run(_reencrypt_secrets(settings, args.batch_size))
 
