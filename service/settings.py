@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 from collections.abc import Callable
@@ -215,13 +216,13 @@ class Settings(BaseSettings):
     def webhook_secret_box(self) -> SecretBox:
         """Seals and opens webhook signing secrets with WEBHOOK_SECRET_KEYS (outside
         production, when unset, with a key generated once into `data_dir`)."""
-        from service.webhooks.secret_box import box_for, generate_key
+        from service.webhooks.secret_box import box_for
 
         if self.webhook_secret_keys is not None:
             return box_for(self.webhook_secret_keys.get_secret_value())
         if self.is_production:
             raise ValueError(WEBHOOK_KEYS_REQUIRED)
-        return box_for(_dev_secret(self.data_dir / "webhook_secret_keys", generate_key))
+        return box_for(_dev_webhook_keys((self.data_dir / "webhook_secret_keys").resolve()))
 
     @property
     def webhook_policy(self) -> AddressPolicy:
@@ -306,6 +307,14 @@ def _dev_secret(path: Path, make: Callable[[], str]) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_secret_once(path, make())
     return path.read_text().strip()
+
+
+@functools.lru_cache(maxsize=8)
+def _dev_webhook_keys(path: Path) -> str:
+    # Read once per process: deliveries and webhook writes ask for the box on every call.
+    from service.webhooks.secret_box import generate_key
+
+    return _dev_secret(path, generate_key)
 
 
 def _write_secret_once(path: Path, value: str) -> None:
