@@ -344,7 +344,9 @@ def test_a_holder_that_died_releases_the_embedded_postgres(tmp_path: Path) -> No
     exited = subprocess.Popen(["true"])
     exited.wait()
     killed = subprocess.Popen(["sleep", "60"])
-    killed.kill()  # not reaped yet: a zombie, alive to kill(pid, 0)
+    killed.kill()
+    # Wait for it to die without reaping it: a zombie, still alive to kill(pid, 0).
+    os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)
     try:
         holders = tmp_path / embedded.HOLDERS_FILE
         holders.write_text(json.dumps([exited.pid, os.getpid(), killed.pid]))
