@@ -14,7 +14,7 @@ from typing import Any
 from asgiref.wsgi import WsgiToAsgi
 from flask import Flask
 
-from service.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
+from service.http.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
 
 SLEEP_SECONDS = 0.05
 THREADS = int(os.environ.get("BENCH_THREADS", "64"))

@@ -792,7 +792,7 @@ def server_env(args: argparse.Namespace, db_url: str, workdir: Path, cache: str)
 def cache_setting_known() -> bool:
     """Whether this build's settings have CACHE_ENABLED (the cache may not have landed)."""
     try:
-        from service.settings import Settings
+        from service.infra.settings import Settings
     except ImportError:
         return False
     return "cache_enabled" in Settings.model_fields
@@ -860,7 +860,7 @@ REFERENCE_TRIVIAL_RPS = 1500.0
 def bench_reference(args: argparse.Namespace, workdir: Path, name: str, app: str, path: str) -> Row:
     """wrk on one reference app (`REFERENCE_APPS`) under the same Hypercorn config."""
     row = Row(cache="-", name=name)
-    from service.settings import Settings
+    from service.infra.settings import Settings
 
     # The trivial view's adapter gets the API's default thread count.
     env = child_env(BENCH_THREADS=str(Settings.model_fields["threads"].default))

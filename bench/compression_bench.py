@@ -4,8 +4,8 @@ Builds a deterministic article-list-like JSON body (the shape of `GET /api/v1/ar
 compresses it with each level a number of times and prints the median time per body, the
 compressed size and the ratio; then the cost of hashing it for the ETag, and of handing one
 compression to a thread (`asyncio.to_thread`) instead of running it on a busy event loop, with
-the levels `service.http_cache` uses: wall time per body each way, and the longest time the loop
-could not run another task.
+the levels `service.http.conditional` uses: wall time per body each way, and the longest
+time the loop could not run another task.
 
     python -m bench.compression_bench [--size 102400] [--repeat 50]
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from service.http_cache import BROTLI_QUALITY, GZIP_LEVEL, OFFLOAD_MIN_BYTES, brotli
+from service.http.conditional import BROTLI_QUALITY, GZIP_LEVEL, OFFLOAD_MIN_BYTES, brotli
 
 VOCABULARY = (
     "dragon train believe angular react flask python async await database index query cache "
@@ -122,7 +122,7 @@ async def offload_figures(body: bytes, repeat: int) -> list[tuple[str, float, fl
 
 
 def codings(body: bytes) -> list[tuple[str, Callable[[], bytes]]]:
-    """The levels the middleware uses (service.http_cache)."""
+    """The levels the middleware uses (service.http.conditional)."""
     chosen: list[tuple[str, Callable[[], bytes]]] = [
         (f"gzip-{GZIP_LEVEL}", lambda: zlib.compress(body, GZIP_LEVEL, wbits=31))
     ]

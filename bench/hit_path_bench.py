@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.app import create_asgi
-from service.settings import Environment, Settings
+from service.infra.settings import Environment, Settings
 
 
 def scope_for(path: str) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def _with_database(url: str, name: str) -> str:
 
 async def create_database(admin_url: str) -> str:
     """A fresh, migrated scratch database; return its URL."""
-    from service.migrate import upgrade_async
+    from service.infra.migrate import upgrade_async
 
     name = f"conduit_bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(admin_url)
@@ -190,7 +190,7 @@ async def emit_events(
     commit time."""
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from service.settings import normalise_database_url
+    from service.infra.settings import normalise_database_url
     from service.webhooks import outbox
 
     engine = create_async_engine(normalise_database_url(url), pool_size=2)

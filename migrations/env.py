@@ -9,8 +9,8 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.infra.settings import load_settings, normalise_database_url
 from service.models import Base
-from service.settings import load_settings, normalise_database_url
 
 config = context.config
 target_metadata = Base.metadata

@@ -8,21 +8,23 @@ from typing import Any
 
 from flask import Flask
 
-from service import http_cache, observability, ratelimit, response_cache
-from service.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
 from service.api import errors, hardening
 from service.api.auth import auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
 from service.api.index import bp as index_bp
+from service.api.jsonprovider import OrjsonProvider
 from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
-from service.cache import cache
-from service.db import db
-from service.jsonprovider import OrjsonProvider
-from service.lifecycle import AppLifespan
-from service.redis import redis
-from service.settings import Settings
+from service.caching.store import cache
+from service.http import conditional as http_cache
+from service.http import ratelimit, response_cache
+from service.http.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
+from service.infra import observability
+from service.infra.db import db
+from service.infra.lifecycle import AppLifespan
+from service.infra.redis import redis
+from service.infra.settings import Settings
 
 
 class ConduitFlask(Flask):

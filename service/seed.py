@@ -21,7 +21,8 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.services import invalidation, slugs
+from service.caching import generations as invalidation
+from service.services import slugs
 from service.services.security import PasswordPolicy, Passwords
 
 DEFAULT_PASSWORD = "password123"  # noqa: S105 (documented test data)

@@ -17,7 +17,7 @@ from sqlalchemy import event
 
 from service.app import ConduitASGI
 from service.cli import HYPERCORN_TOML
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 

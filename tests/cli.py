@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from service import cli
-from service.settings import Settings
+from service.infra.settings import Settings
 from tests.jobs.support import free_port
 
 ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")

@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from service.app import ConduitASGI, create_asgi
-from service.db import DatabaseState
-from service.migrate import upgrade_async
+from service.infra.db import DatabaseState
+from service.infra.migrate import upgrade_async
+from service.infra.settings import Environment, Settings
 from service.models import Base
-from service.settings import Environment, Settings
 from tests import factories
 from tests.factories import TestUser
 from tests.jobs.support import SmtpServer, running_smtp_server
@@ -46,7 +46,7 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     servers = None
     if not database_url or not redis_url:
         warnings.filterwarnings("ignore", module="platformdirs")
-        from service.embedded import EmbeddedServers
+        from service.infra.embedded import EmbeddedServers
 
         servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
         database_url = database_url or servers.start_postgres()
@@ -87,7 +87,7 @@ def settings(
         threads=16,
         db_pool_size=16,
         # The suite makes many requests from one address within a minute; the limits are
-        # tested with apps of their own (tests/test_ratelimit.py).
+        # tested with apps of their own (tests/http/test_ratelimit.py).
         rate_limit_enabled=False,
     )
 

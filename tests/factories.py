@@ -9,9 +9,10 @@ from datetime import timedelta
 from argon2 import PasswordHasher
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.domain import scopes
+from service.infra.db import DatabaseState
 from service.models import Follow, User
-from service.services import scopes, sessions
+from service.services import sessions
 from service.services.security import Tokens
 
 DEFAULT_PASSWORD = "password123"

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from service.observability import JsonFormatter
+from service.infra.observability import JsonFormatter
 
 HandlerT = TypeVar("HandlerT", bound=logging.Handler)
 

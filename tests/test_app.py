@@ -19,13 +19,13 @@ import pytest_asyncio
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import event
 
+from service.api.jsonprovider import OrjsonProvider
 from service.app import ConduitASGI, create_app
-from service.db import DatabaseState, db
-from service.jsonprovider import OrjsonProvider
-from service.lifecycle import StartupError
+from service.domain.errors import Conflict
+from service.infra.db import DatabaseState, db
+from service.infra.lifecycle import StartupError
+from service.infra.settings import Settings
 from service.models import Tag
-from service.services.errors import Conflict
-from service.settings import Settings
 
 
 def _closed_port() -> int:

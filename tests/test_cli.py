@@ -18,10 +18,10 @@ import httpx
 import pytest
 import redis
 
-from service import embedded
 from service.cli import _check_port, _serving_message, main
-from service.embedded import EmbeddedServers, release_dead_holders
-from service.settings import Settings
+from service.infra import embedded
+from service.infra.embedded import EmbeddedServers, release_dead_holders
+from service.infra.settings import Settings
 from tests.cli import (
     ENV_VARIABLES,
     child_environment,

@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service import cli
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
+from service.infra.settings import Settings
 from service.models import ROLES, AuditEntry, User
-from service.settings import Settings
 from tests.cli import cli_environment, run, unreachable_database
 from tests.factories import TestUser
 

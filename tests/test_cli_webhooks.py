@@ -10,7 +10,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from service import cli
-from service.settings import Settings
+from service.infra.settings import Settings
 from service.webhooks.secret_box import SecretBox, generate_key
 from service.webhooks.signing import generate_secret
 from tests.cli import cli_environment, run, unreachable_database

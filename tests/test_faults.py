@@ -10,7 +10,7 @@ import httpx
 import pytest_asyncio
 
 from service.app import ConduitASGI, create_asgi
-from service.settings import Settings, normalise_database_url
+from service.infra.settings import Settings, normalise_database_url
 from tests.tcp_proxy import TcpProxy, postgres_socket, redis_proxy
 
 

@@ -15,10 +15,10 @@ import pytest
 import pytest_asyncio
 
 from service import cli
-from service.migrate import upgrade_async
+from service.infra.migrate import upgrade_async
+from service.infra.settings import Settings
 from service.seed import DEFAULT_PASSWORD, SeedError, SeedOptions, seed
 from service.services import slugs
-from service.settings import Settings
 from tests.cli import cli_environment, run
 
 SMALL = SeedOptions(

@@ -11,15 +11,15 @@ from flask import Flask, current_app, request
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import db
+from service.domain import scopes as scopes_service
+from service.domain.errors import NotAuthenticated, PermissionDenied
+from service.infra.db import db
+from service.infra.redis import redis
+from service.infra.settings import Settings
 from service.jobs.queue import enqueue
 from service.models import User
-from service.redis import redis
 from service.services import revocation, sessions
-from service.services import scopes as scopes_service
-from service.services.errors import NotAuthenticated, PermissionDenied
 from service.services.security import PasswordPolicy, Passwords, TokenClaims, Tokens
-from service.settings import Settings
 
 logger = logging.getLogger("conduit.auth")
 

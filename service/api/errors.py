@@ -16,8 +16,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from service.api.auth import challenge
-from service.db import DatabaseUnavailable, describe_error
-from service.services import errors as domain
+from service.domain import errors as domain
+from service.infra.db import DatabaseUnavailable, describe_error
 
 logger = logging.getLogger("conduit.errors")
 

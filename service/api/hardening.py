@@ -34,9 +34,9 @@ from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, current_app, request
 
+from service.domain.errors import InvalidInput, NotFound, OAuthError
+from service.infra.settings import Settings
 from service.schemas.common import NUL_MESSAGE
-from service.services.errors import InvalidInput, NotFound, OAuthError
-from service.settings import Settings
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

@@ -9,10 +9,10 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
 from service.api.errors import error_response
-from service.cache import cache
-from service.db import db, describe_error
-from service.redis import redis
-from service.response_cache import EXTENSION_KEY as RESPONSE_CACHE_KEY
+from service.caching.store import cache
+from service.http.response_cache import EXTENSION_KEY as RESPONSE_CACHE_KEY
+from service.infra.db import db, describe_error
+from service.infra.redis import redis
 
 logger = logging.getLogger("conduit.health")
 

@@ -2,7 +2,7 @@
 collections and the auth endpoints, so that the address the server prints leads somewhere.
 
 The answer is the same for every caller and changes only with a deployment: it may be kept
-for `MAX_AGE_SECONDS` (and revalidated with its `ETag` after that, `service.http_cache`). Its
+for `MAX_AGE_SECONDS` (and revalidated with its `ETag` after that, `service.http.conditional`). Its
 `Link` header names the OpenAPI document (`rel="service-desc"`) and the documentation pages
 (`rel="service-doc"`), RFC 8631, for clients that read headers rather than bodies.
 """

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from service.domain.errors import PermissionDenied
 from service.models import User
-from service.services.errors import PermissionDenied
 
 
 def require_role(viewer: User, *roles: str) -> None:

@@ -31,10 +31,10 @@ from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service import __version__
 from service.api.auth import load_viewer, verify_request
-from service.jsonprovider import loads_body
+from service.api.jsonprovider import loads_body
+from service.domain import scopes
 from service.schemas.common import ErrorBody
 from service.schemas.oauth import OAuthErrorOut
-from service.services import scopes
 from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]

@@ -51,11 +51,11 @@ from sqlalchemy import Row, Select, and_, case, delete, func, or_, select, updat
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from service.db import build_engine
+from service.infra.db import build_engine
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
 from service.jobs.queue import CHANNEL
-from service.mail import Mailer
 from service.models import Job
-from service.settings import Settings
 
 logger = logging.getLogger("conduit.jobs")
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, cast
 from pydantic import AfterValidator, Field, JsonValue, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
+from service.domain import scopes as scopes_service
 from service.schemas.common import NOT_BLANK_PATTERN, InModel, OutModel, Timestamp, no_nul
-from service.services import scopes as scopes_service
 
 if TYPE_CHECKING:
     from service.models import ApiClient

@@ -1,1 +1,1 @@
-"""Business rules: no Flask imports; raise the domain exceptions of `service.services.errors`."""
+"""Business rules: no Flask imports; raise the domain exceptions of `service.domain.errors`."""

@@ -14,11 +14,11 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from service.models import User
 from service.schemas.admin import AdminUserUpdate
 from service.schemas.user import is_valid_username
 from service.services import audit, sessions
-from service.services.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 
 ADMIN = "admin"
 # Roles whose holders may delete anyone's article or comment.

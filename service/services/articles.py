@@ -34,10 +34,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
+from service.caching import generations as invalidation
+from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import admin, audit, invalidation, profiles, slugs
-from service.services.errors import Conflict, NotFound, PermissionDenied
+from service.services import admin, audit, profiles, slugs
 from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import scopes as scopes_service
+from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.models import ApiClient, User
 from service.schemas.client import ClientCreate
-from service.services import scopes as scopes_service
 from service.services import sessions
-from service.services.errors import Conflict, NotFound, PermissionDenied
 
 CLIENT_ID_PREFIX = "cl_"
 SECRET_PREFIX = "cs_"  # noqa: S105 (a prefix, not a secret)

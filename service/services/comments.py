@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.caching import generations as invalidation
+from service.domain.errors import NotFound, PermissionDenied
 from service.models import Comment, User
 from service.schemas.comment import CommentCreate
-from service.services import admin, audit, invalidation, profiles
+from service.services import admin, audit, profiles
 from service.services.articles import find_article_id
-from service.services.errors import NotFound, PermissionDenied
 from service.webhooks import catalogue, outbox
 
 # Ids are BIGINT: a larger number in the URL names no comment (and must not reach asyncpg).

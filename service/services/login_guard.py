@@ -1,6 +1,6 @@
 """Per-account backoff after failed logins, against password guessing spread over many IPs.
 
-The per-IP limit (`service.ratelimit`) caps what one address may try; this caps what an
+The per-IP limit (`service.http.ratelimit`) caps what one address may try; this caps what an
 account may suffer. Every login attempt for an email counts as a failure until it succeeds:
 `check` counts it atomically *before* the password is verified, so a burst of concurrent
 guesses cannot all get in before the first failure is recorded, and `reset` clears the count
@@ -26,7 +26,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.services.errors import TooManyRequests
+from service.domain.errors import TooManyRequests
 
 logger = logging.getLogger("conduit.login_guard")
 

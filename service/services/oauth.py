@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import scopes as scopes_service
+from service.domain.errors import NotAuthenticated, OAuthError
 from service.models import ApiClient, AuthSession, User
 from service.services import clients as clients_service
-from service.services import scopes as scopes_service
 from service.services import sessions
-from service.services.errors import NotAuthenticated, OAuthError
 from service.services.security import Passwords, Tokens
 
 INVALID_CLIENT = "client authentication failed"

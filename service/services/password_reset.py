@@ -19,10 +19,10 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain.errors import PermissionDenied
+from service.infra.mail import Mailer
 from service.jobs.queue import enqueue
-from service.mail import Mailer
 from service.models import PasswordResetToken, User
-from service.services.errors import PermissionDenied
 from service.services.security import Passwords
 from service.services.sessions import revoke_all_sessions
 

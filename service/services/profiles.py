@@ -8,10 +8,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain.errors import NotFound, PermissionDenied
 from service.models import Follow, User
 from service.schemas.profile import ProfileOut
 from service.schemas.user import is_valid_username
-from service.services.errors import NotFound, PermissionDenied
 from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 

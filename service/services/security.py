@@ -14,7 +14,7 @@ import jwt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from service.services.errors import NotAuthenticated
+from service.domain.errors import NotAuthenticated
 
 JWT_ALGORITHM = "HS256"
 # A hash of a random password: verifying against it costs the same as a real check, so

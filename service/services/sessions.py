@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import scopes as scopes_service
 from service.models import ApiClient, AuthSession, RefreshToken, User
-from service.services import scopes as scopes_service
 
 REVOKED_KEY = "conduit.revoked_sessions"
 REUSE_REASON = "refresh_token_reuse"

@@ -14,16 +14,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.models import User
-from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
-from service.services import invalidation, sessions
-from service.services.errors import (
+from service.caching import generations as invalidation
+from service.domain.errors import (
     Conflict,
     DomainError,
     InvalidInput,
     NotAuthenticated,
     PermissionDenied,
 )
+from service.models import User
+from service.schemas.user import UPDATABLE, UserCreate, UserLogin, UserUpdate
+from service.services import sessions
 from service.services.security import Passwords
 from service.webhooks import catalogue, outbox
 

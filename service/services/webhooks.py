@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.jobs import queue
 from service.models import User, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.schemas.webhook import URL_PATTERN, WebhookCreate, WebhookUpdate
 from service.services import audit
 from service.services.admin import ADMIN
-from service.services.errors import Conflict, NotFound, PermissionDenied
 from service.webhooks import catalogue, delivery, outbox, signing
 from service.webhooks.secret_box import SecretBox
 from service.webhooks.ssrf import AddressPolicy, WebhookUrlRefused, check_url

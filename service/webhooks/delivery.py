@@ -47,7 +47,7 @@ One slow or dead endpoint never delays others (per worker process, in memory):
   durations, so a backlog comes back at the pace the endpoint takes it, not all at once. So
   one endpoint holds at most twice its cap of a worker's delivery slots, and only briefly more
   than its cap. Deliveries run in worker slots of their own (`kind_concurrency` in
-  `service.jobs.handlers`): they never hold up mail or other jobs either.
+  `service.job_registry`): they never hold up mail or other jobs either.
 - Circuit breaker: each failed attempt opens the endpoint's circuit for a cool-down (5 s,
   30 s, 2 min, then 5 min per consecutive failure; longer if the receiver sent Retry-After).
   While open, no attempt is made: jobs (first attempts and retries alike) are postponed
@@ -84,10 +84,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import Update, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.infra.settings import Settings
 from service.jobs.queue import CHANNEL, enqueue
 from service.jobs.worker import JobContext, PermanentJobError
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
-from service.settings import Settings
 from service.webhooks import http as webhook_http
 from service.webhooks.outbox import DELIVER_JOB, DELIVERY_JOB_ATTEMPTS
 from service.webhooks.secret_box import CANNOT_DECRYPT, UnreadableSecret

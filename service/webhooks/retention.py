@@ -20,8 +20,8 @@ from datetime import timedelta
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.infra.settings import Settings
 from service.jobs.worker import Periodic
-from service.settings import Settings
 
 logger = logging.getLogger("conduit.webhooks")
 

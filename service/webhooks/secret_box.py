@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from service.settings import split_list
+from service.infra.settings import split_list
 
 SEALED_PREFIX = "fernet:"
 CANNOT_DECRYPT = (

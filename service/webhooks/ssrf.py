@@ -43,7 +43,7 @@ from ipaddress import (
 )
 from urllib.parse import quote, urlsplit
 
-from service.services.errors import InvalidInput
+from service.domain.errors import InvalidInput
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network

@@ -12,8 +12,8 @@ import pytest
 import service
 from service.api.index import MAX_AGE_SECONDS, TARGETS
 from service.app import ConduitASGI, create_asgi
+from service.infra.settings import Settings
 from service.schemas.index import IndexResponse
-from service.settings import Settings
 from tests.apps import serving
 from tests.factories import TestUser
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest_asyncio
 
+from service.infra.settings import Settings
 from service.jobs.worker import Worker
-from service.settings import Settings
 
 
 @pytest_asyncio.fixture

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.settings import Settings
+from service.infra.settings import Settings
 from service.webhooks.secret_box import generate_key
 from tests.cli import ENV_VARIABLES
 from tests.factories import TestUser

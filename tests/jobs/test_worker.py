@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.infra.settings import Settings
 from service.jobs import JobContext, PermanentJobError, Worker, backoff_delay, enqueue
 from service.jobs.worker import Periodic, WorkerThread, describe_failure
-from service.settings import Settings
 
 MakeWorker = Callable[..., Worker]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.infra.settings import Settings
 from service.seed import SeedOptions, seed
-from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"

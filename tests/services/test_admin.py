@@ -11,10 +11,10 @@ import pytest_asyncio
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from service.models import AuditEntry, User
 from service.schemas.admin import AdminUserUpdate
 from service.services import admin
-from service.services.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]

@@ -12,11 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.domain.errors import NotFound, PermissionDenied
+from service.infra.db import DatabaseState
 from service.models import Article, ArticleTag, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
 from service.services import articles, tags
-from service.services.errors import NotFound, PermissionDenied
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]

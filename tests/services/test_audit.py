@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
 from service.models import AuditEntry, User
 from service.services import audit
 from tests.factories import TestUser

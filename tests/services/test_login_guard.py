@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from service.domain.errors import TooManyRequests
 from service.services import login_guard
-from service.services.errors import TooManyRequests
 
 EMAIL = "Jake@Jake.Jake"
 

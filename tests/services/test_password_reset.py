@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.mail import Mailer, MailNotConfigured
+from service.domain.errors import PermissionDenied
+from service.infra.mail import Mailer, MailNotConfigured
+from service.infra.settings import Environment, Settings
 from service.models import AuthSession, PasswordResetToken, User
 from service.services import password_reset
-from service.services.errors import PermissionDenied
 from service.services.security import PasswordPolicy, Passwords
 from service.services.sessions import revoke_all_sessions
-from service.settings import Environment, Settings
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.domain.errors import NotFound, PermissionDenied
+from service.infra.db import DatabaseState
 from service.models import Follow, User
 from service.services import profiles as profiles_service
-from service.services.errors import NotFound, PermissionDenied
 from service.services.profiles import SELF_FOLLOW
 from tests.factories import TestUser
 

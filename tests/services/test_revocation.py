@@ -23,12 +23,12 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.app import ConduitASGI, create_asgi
-from service.jobs.handlers import publish_revocations
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
+from service.job_registry import publish_revocations
 from service.jobs.worker import JobContext, PermanentJobError
-from service.mail import Mailer
 from service.models import AuthSession, User
 from service.services import revocation, sessions
-from service.settings import Settings
 from tests.api.v1.test_oauth import (
     REVOKED,
     USER,

@@ -11,11 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.domain.errors import Conflict, InvalidInput, NotAuthenticated
+from service.infra.db import DatabaseState
 from service.models import User
 from service.schemas.user import UserCreate, UserLogin, UserUpdate
 from service.services import users as users_service
-from service.services.errors import Conflict, InvalidInput, NotAuthenticated
 from service.services.security import PasswordPolicy, Passwords
 from tests.factories import TestUser
 

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from service.app import ConduitASGI
-from service.settings import Settings
+from service.infra.settings import Settings
 from service.webhooks.http import WebhookClient
 from service.webhooks.ssrf import AddressPolicy
 from tests.webhooks.receivers import (

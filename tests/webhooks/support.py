@@ -13,11 +13,11 @@ import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.jobs.handlers import webhook_disabled_mail
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
+from service.job_registry import webhook_disabled_mail
 from service.jobs.worker import Worker
-from service.mail import Mailer
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
-from service.settings import Settings
 from service.webhooks import outbox
 from service.webhooks.delivery import DISABLED_MAIL_JOB, DeliveryConfig, DeliveryHandler
 from service.webhooks.signing import generate_secret

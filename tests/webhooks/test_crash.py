@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from service.infra.settings import Settings
 from tests.factories import TestUser
 from tests.webhooks.receivers import Receiver
 from tests.webhooks.support import (

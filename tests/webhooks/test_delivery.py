@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service.mail import Mailer
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
 from service.models import Job, WebhookEvent, WebhookMessage
-from service.settings import Settings
 from service.webhooks import outbox
 from service.webhooks.delivery import (
     DISABLED_MAIL_SUBJECT,

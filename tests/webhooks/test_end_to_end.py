@@ -13,8 +13,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from service.mail import Mailer
-from service.settings import Settings
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
 from tests.factories import TestUser
 from tests.jobs.support import SmtpServer
 from tests.webhooks.receivers import Receiver

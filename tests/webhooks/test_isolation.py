@@ -13,9 +13,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from service.infra.settings import Settings
 from service.jobs import JobContext, enqueue
 from service.jobs.worker import Worker
-from service.settings import Settings
 from service.webhooks.delivery import (
     DeliveryConfig,
     DeliveryHandler,

@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from service.infra.settings import Settings
+from service.job_registry import create_worker
 from service.jobs import JobContext
-from service.jobs.handlers import create_worker
 from service.models import Job, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
-from service.settings import Settings
 from service.webhooks import outbox, retention
 from service.webhooks.delivery import POISON_ERROR, DeliveryHandler, redeliver
 from service.webhooks.http import DeliveryResult

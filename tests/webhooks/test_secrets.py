@@ -12,10 +12,10 @@ import pytest
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
+from service.infra.settings import Settings
 from service.models import User
 from service.schemas.webhook import WebhookCreate
 from service.services import webhooks as webhooks_service
-from service.settings import Settings
 from service.webhooks.delivery import DeliveryConfig
 from service.webhooks.reencrypt import ReencryptReport, reencrypt_secrets
 from service.webhooks.secret_box import (

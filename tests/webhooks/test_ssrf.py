@@ -6,7 +6,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from service.services.errors import InvalidInput
+from service.domain.errors import InvalidInput
 from service.webhooks.ssrf import (
     AddressPolicy,
     IPAddress,

@@ -8,7 +8,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from service.api.roles import require_role
 from service.api.spec import operation
-from service.db import db
+from service.domain import scopes
+from service.infra.db import db
 from service.models import User
 from service.schemas.admin import (
     AdminUserListQuery,
@@ -22,7 +23,6 @@ from service.schemas.admin import (
 )
 from service.services import admin as admin_service
 from service.services import audit as audit_service
-from service.services import scopes
 
 bp = Blueprint("admin", __name__)
 

@@ -7,8 +7,9 @@ from typing import Any, cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
-from service.api.v1 import shared
-from service.db import db
+from service.api.v1 import cached as shared
+from service.domain import scopes
+from service.infra.db import db
 from service.models import User
 from service.schemas.article import (
     ArticleCreateRequest,
@@ -21,7 +22,6 @@ from service.schemas.article import (
 )
 from service.schemas.common import PageQuery
 from service.services import articles as articles_service
-from service.services import scopes
 from service.services.articles import ArticlePage, ArticleView
 
 bp = Blueprint("articles", __name__)

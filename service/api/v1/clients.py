@@ -7,7 +7,8 @@ from typing import cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
-from service.db import db
+from service.domain import scopes
+from service.infra.db import db
 from service.models import User
 from service.schemas.client import (
     ClientCreatedOut,
@@ -17,7 +18,6 @@ from service.schemas.client import (
     ClientResponse,
 )
 from service.services import clients as clients_service
-from service.services import scopes
 
 bp = Blueprint("clients", __name__)
 

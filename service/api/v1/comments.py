@@ -7,8 +7,9 @@ from typing import cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
-from service.api.v1 import shared
-from service.db import db
+from service.api.v1 import cached as shared
+from service.domain import scopes
+from service.infra.db import db
 from service.models import User
 from service.schemas.comment import (
     CommentCreateRequest,
@@ -17,7 +18,6 @@ from service.schemas.comment import (
     MultipleCommentsResponse,
 )
 from service.services import comments as comments_service
-from service.services import scopes
 
 bp = Blueprint("comments", __name__)
 

@@ -19,13 +19,13 @@ from pydantic import BaseModel, ValidationError
 from service.api.auth import auth
 from service.api.errors import NO_STORE, oauth_error_response
 from service.api.spec import operation
-from service.db import db
+from service.domain import scopes as scopes_service
+from service.domain.errors import OAuthError
+from service.infra.db import db
+from service.infra.redis import redis
 from service.models import ApiClient
-from service.redis import redis
 from service.schemas.oauth import RevokeRequest, TokenOut, TokenRequest
 from service.services import login_guard, oauth
-from service.services import scopes as scopes_service
-from service.services.errors import OAuthError
 
 bp = Blueprint("oauth", __name__)
 

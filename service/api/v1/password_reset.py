@@ -8,7 +8,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from service.api.auth import auth
 from service.api.spec import operation
-from service.db import db
+from service.infra.db import db
 from service.schemas.password_reset import (
     PasswordResetAccepted,
     PasswordResetConfirm,

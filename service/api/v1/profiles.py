@@ -7,12 +7,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import shared
-from service.db import db
+from service.api.v1 import cached as shared
+from service.domain import scopes
+from service.infra.db import db
 from service.models import User
 from service.schemas.profile import ProfileOut, ProfileResponse
 from service.services import profiles as profiles_service
-from service.services import scopes
 
 bp = Blueprint("profiles", __name__)
 

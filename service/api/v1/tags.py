@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import shared
+from service.api.v1 import cached as shared
 from service.schemas.article import TagsResponse
 
 bp = Blueprint("tags", __name__)

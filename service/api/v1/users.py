@@ -8,9 +8,11 @@ from flask import Blueprint, Response, jsonify, request
 
 from service.api.auth import auth, bearer_token, current_claims, sign_in
 from service.api.spec import operation
-from service.db import db
+from service.domain import scopes
+from service.domain.errors import PermissionDenied
+from service.infra.db import db
+from service.infra.redis import redis
 from service.models import User
-from service.redis import redis
 from service.schemas.user import (
     UserCreateRequest,
     UserLoginRequest,
@@ -18,9 +20,8 @@ from service.schemas.user import (
     UserResponse,
     UserUpdateRequest,
 )
-from service.services import login_guard, oauth, scopes, sessions
+from service.services import login_guard, oauth, sessions
 from service.services import users as users_service
-from service.services.errors import PermissionDenied
 
 bp = Blueprint("users", __name__)
 

@@ -10,7 +10,9 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
 from service.api.spec import operation
-from service.db import db
+from service.domain import scopes
+from service.infra.db import db
+from service.infra.settings import Settings
 from service.models import User
 from service.schemas.common import PageQuery
 from service.schemas.webhook import (
@@ -32,9 +34,7 @@ from service.schemas.webhook import (
     WebhookSecretResponse,
     WebhookUpdateRequest,
 )
-from service.services import scopes
 from service.services import webhooks as webhooks_service
-from service.settings import Settings
 from service.webhooks.secret_box import SecretBox
 from service.webhooks.ssrf import AddressPolicy
 

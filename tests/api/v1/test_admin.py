@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
 from service.models import AuditEntry, AuthSession, User
 from service.services.admin import LAST_ADMIN, SELF_SUSPEND
 from tests.factories import TestUser

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
 from service.models import Article, ArticleTag, Comment, Favorite
 from tests.factories import TestUser, follow
 

@@ -14,8 +14,8 @@ import httpx
 from redis.asyncio import Redis
 
 from service.app import ConduitASGI
+from service.infra.settings import Settings
 from service.services.revocation import key
-from service.settings import Settings
 from tests.api.v1.test_oauth import (
     CLIENTS,
     FEED,

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from service.app import ConduitASGI
+from service.infra.settings import Settings
 from service.services.revocation import key
-from service.settings import Settings
 from tests.api.v1.test_oauth import (
     REVOKED,
     USER,

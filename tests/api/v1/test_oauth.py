@@ -24,9 +24,9 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from service.app import ConduitASGI, create_asgi
-from service.services import scopes
+from service.domain import scopes
+from service.infra.settings import Settings
 from service.services.revocation import SENTINEL, key
-from service.settings import Settings
 from tests.apps import serving
 from tests.factories import DEFAULT_PASSWORD, TestUser
 

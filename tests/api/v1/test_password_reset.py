@@ -13,10 +13,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.jobs.handlers import create_worker
-from service.mail import Mailer
+from service.infra.mail import Mailer
+from service.infra.settings import Settings
+from service.job_registry import create_worker
 from service.services.password_reset import hash_token
-from service.settings import Settings
 from tests.factories import TestUser
 from tests.jobs.support import SmtpServer
 

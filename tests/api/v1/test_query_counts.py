@@ -9,9 +9,9 @@ import httpx
 import pytest_asyncio
 
 from service.app import ConduitASGI, create_asgi
-from service.db import DatabaseState
+from service.infra.db import DatabaseState
+from service.infra.settings import Settings
 from service.models import Article, ArticleTag, Comment, Favorite, Follow, Tag
-from service.settings import Settings
 from tests.apps import count_statements, running
 from tests.factories import TestUser
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from service.app import ConduitASGI
-from service.services import scopes
+from service.domain import scopes
 from tests.api.v1.test_oauth import MakeUser, bearer, password_grant
 
 OPENAPI = "/api/v1/openapi.json"

@@ -17,7 +17,9 @@ from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
 from service.app import ConduitASGI
-from service.db import DatabaseState
+from service.domain import scopes
+from service.infra.db import DatabaseState
+from service.infra.settings import Settings
 from service.models import (
     AuditEntry,
     Job,
@@ -27,10 +29,9 @@ from service.models import (
     WebhookEvent,
     WebhookMessage,
 )
-from service.services import scopes, sessions
+from service.services import sessions
 from service.services.security import Tokens
 from service.services.webhooks import MAX_ENDPOINTS_PER_USER
-from service.settings import Settings
 from service.webhooks import outbox, signing
 from service.webhooks.secret_box import SEALED_PREFIX
 from tests.factories import TestUser

@@ -1,0 +1,142 @@
+"""Read answers in two parts: the shared part, the same for everyone and cached
+(`service.caching.store`), and the viewer's part (`favorited`, `following`), looked up per request
+and merged in. Anonymous reads of a cached answer touch no database at all."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
+from service.caching.store import cache, digest
+from service.infra.db import db
+from service.models import User
+from service.schemas.article import ArticleOut, ArticleSummary
+from service.schemas.comment import CommentOut
+from service.schemas.profile import ProfileOut
+from service.services import articles as articles_service
+from service.services import comments as comments_service
+from service.services import profiles as profiles_service
+from service.services import tags as tags_service
+from service.services.articles import ArticlePage
+
+Json = dict[str, Any]
+
+
+def _with_marks(
+    items: Sequence[Json],
+    ids: Sequence[int],
+    authors: Sequence[int],
+    favorited: set[int],
+    following: set[int],
+) -> list[Json]:
+    marked = []
+    for item, article_id, author_id in zip(items, ids, authors, strict=True):
+        if article_id in favorited or author_id in following:
+            item = {
+                **item,
+                "favorited": article_id in favorited,
+                "author": {**item["author"], "following": author_id in following},
+            }
+        marked.append(item)
+    return marked
+
+
+async def _article_marks(
+    viewer: User | None, ids: Sequence[int], authors: Sequence[int]
+) -> tuple[set[int], set[int]]:
+    if viewer is None or not ids:
+        return set(), set()
+    return await articles_service.viewer_marks(
+        session=db.session, viewer=viewer, article_ids=ids, author_ids=sorted(set(authors))
+    )
+
+
+async def article_page(
+    viewer: User | None, key: Sequence[Any], load: Callable[[], Awaitable[ArticlePage]]
+) -> Json:
+    """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`."""
+
+    async def shared() -> Json:
+        page = await load()
+        return {
+            "articles": [ArticleSummary.of(view).to_json() for view in page.articles],
+            "articlesCount": page.total,
+            "ids": [view.article.id for view in page.articles],
+            "authors": [view.author.id for view in page.articles],
+        }
+
+    page = await cache.fetch(ARTICLES, f"list:{digest(*key)}", shared)
+    favorited, following = await _article_marks(viewer, page["ids"], page["authors"])
+    articles = _with_marks(page["articles"], page["ids"], page["authors"], favorited, following)
+    return {"articles": articles, "articlesCount": page["articlesCount"]}
+
+
+async def article(viewer: User | None, slug: str) -> Json:
+    """`{"article"}` with `slug` (`NotFound` when there is none)."""
+
+    async def shared() -> Json:
+        view = await articles_service.get_article(session=db.session, viewer=None, slug=slug)
+        return {
+            "article": ArticleOut.of(view).to_json(),
+            "id": view.article.id,
+            "author": view.author.id,
+        }
+
+    found = await cache.fetch(ARTICLES, f"one:{digest(slug)}", shared)
+    favorited, following = await _article_marks(viewer, [found["id"]], [found["author"]])
+    [marked] = _with_marks(
+        [found["article"]], [found["id"]], [found["author"]], favorited, following
+    )
+    return {"article": marked}
+
+
+async def tags() -> Json:
+    """`{"tags"}`: the tags in use."""
+
+    async def shared() -> Json:
+        return {"tags": await tags_service.list_tags(session=db.session)}
+
+    result: Json = await cache.fetch(TAGS, "all", shared)
+    return result
+
+
+async def _following(viewer: User | None, user_ids: Sequence[int]) -> set[int]:
+    if viewer is None or not user_ids:
+        return set()
+    return await profiles_service.following_ids(
+        session=db.session, viewer=viewer, user_ids=set(user_ids)
+    )
+
+
+async def profile(viewer: User | None, username: str) -> Json:
+    """`{"profile"}` of `username` (any case; `NotFound` when there is none)."""
+
+    async def shared() -> Json:
+        user = await profiles_service.require_user(session=db.session, username=username)
+        return {"profile": ProfileOut.of(user, following=False).to_json(), "id": user.id}
+
+    found = await cache.fetch(PROFILES, f"user:{digest(username.lower())}", shared)
+    following = await _following(viewer, [found["id"]])
+    return {"profile": {**found["profile"], "following": found["id"] in following}}
+
+
+async def comments(viewer: User | None, slug: str) -> Json:
+    """`{"comments"}` on the article with `slug`, oldest first (`NotFound` for no article)."""
+
+    async def shared() -> Json:
+        views = await comments_service.list_comments(session=db.session, viewer=None, slug=slug)
+        return {
+            "comments": [CommentOut.of(view).to_json() for view in views],
+            "authors": [view.author.id for view in views],
+        }
+
+    found = await cache.fetch(COMMENTS, f"article:{digest(slug)}", shared)
+    following = await _following(viewer, found["authors"])
+    items = [
+        {**item, "author": {**item["author"], "following": True}}
+        if author_id in following
+        else item
+        for item, author_id in zip(found["comments"], found["authors"], strict=True)
+    ]
+    return {"comments": items}

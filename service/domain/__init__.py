@@ -1,0 +1,1 @@
+"""The small domain core that schemas, services and webhooks depend on: errors, scopes, views."""

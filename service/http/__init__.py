@@ -1,0 +1,1 @@
+"""The ASGI side: the adapter that serves Flask and the layers every request passes through."""

@@ -1,0 +1,127 @@
+"""The handlers of the service's job kinds, and the worker that runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import select
+
+from service.caching import generations as invalidation
+from service.infra.mail import MailRejected
+from service.infra.settings import Settings
+from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker
+from service.models import User, WebhookEndpoint
+from service.services import password_reset, revocation
+from service.webhooks import delivery, retention
+from service.webhooks.outbox import DELIVER_JOB
+
+# Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
+# slots of their own, beside WORKER_CONCURRENCY, so they neither starve nor are starved by mail.
+WEBHOOK_DELIVERY_CONCURRENCY = 32
+
+
+async def password_reset_request(payload: dict[str, Any], context: JobContext) -> None:
+    """Mail a reset link if the address has an account (`{"email": ...}`)."""
+    email = payload.get("email")
+    if not isinstance(email, str):
+        raise PermanentJobError("payload has no email")
+    settings = context.settings
+    try:
+        # The token commits only if the mail went out (a failed send rolls it back).
+        async with context.sessionmaker.begin() as session:
+            await password_reset.send_reset_mail(
+                session=session,
+                email=email,
+                mailer=context.mailer,
+                reset_url=settings.password_reset_url,
+                lifetime=timedelta(minutes=settings.password_reset_minutes),
+            )
+    except MailRejected as exc:
+        raise PermanentJobError(str(exc)) from exc
+
+
+async def publish_revocations(payload: dict[str, Any], context: JobContext) -> None:
+    """Write revocation markers that could not be written when their sessions were revoked
+    (`{"sessionIds": [...], "ttlSeconds": n}`); retried until Redis answers."""
+    try:
+        session_ids = [uuid.UUID(value) for value in payload["sessionIds"]]
+        ttl = int(payload["ttlSeconds"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
+    async with _redis(context) as client:
+        await revocation.publish(redis=client, session_ids=session_ids, ttl_seconds=ttl)
+
+
+async def bump_cache(payload: dict[str, Any], context: JobContext) -> None:
+    """Bump cache generations that could not be bumped after their commit
+    (`{"kinds": [...]}`); retried until Redis answers."""
+    kinds = payload.get("kinds")
+    if not isinstance(kinds, list) or not set(kinds) <= set(invalidation.KINDS):
+        raise PermanentJobError(f"malformed payload: {payload!r}")
+    async with _redis(context) as client:
+        await invalidation.bump(client=client, kinds=kinds)
+
+
+@contextlib.asynccontextmanager
+async def _redis(context: JobContext) -> AsyncIterator[Redis]:
+    url = context.settings.redis_url
+    if url is None:
+        raise PermanentJobError("REDIS_URL is not set")
+    timeout = context.settings.redis_socket_timeout
+    client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def webhook_disabled_mail(payload: dict[str, Any], context: JobContext) -> None:
+    """Tell an endpoint's owner that it was disabled (`{"endpointId": ...}`); nothing if it
+    was deleted or enabled again meanwhile."""
+    try:
+        endpoint_id = uuid.UUID(payload["endpointId"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
+    async with context.sessionmaker() as session:
+        row = (
+            await session.execute(
+                select(WebhookEndpoint, User.email)
+                .join(User, User.id == WebhookEndpoint.owner_id)
+                .where(WebhookEndpoint.id == endpoint_id)
+            )
+        ).one_or_none()
+    if row is None:
+        return
+    endpoint, email = row
+    if endpoint.enabled:
+        return
+    text = delivery.disabled_mail_text(
+        endpoint=endpoint, retention_days=context.settings.webhook_retention_days
+    )
+    try:
+        await context.mailer.send(email, delivery.DISABLED_MAIL_SUBJECT, text)
+    except MailRejected as exc:
+        raise PermanentJobError(str(exc)) from exc
+
+
+HANDLERS: dict[str, Handler] = {
+    password_reset.REQUEST_JOB: password_reset_request,
+    revocation.PUBLISH_JOB: publish_revocations,
+    invalidation.BUMP_JOB: bump_cache,
+    DELIVER_JOB: delivery.DeliveryHandler(),
+    delivery.DISABLED_MAIL_JOB: webhook_disabled_mail,
+}
+
+
+def create_worker(settings: Settings, **options: Any) -> Worker:
+    """A `Worker` with every handler of the service registered (`options` go to `Worker`);
+    webhook deliveries get WEBHOOK_DELIVERY_CONCURRENCY slots of their own, and the webhook
+    retention runs periodically."""
+    options.setdefault("kind_concurrency", {DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY})
+    options.setdefault("periodic", {"webhook retention": retention.PERIODIC})
+    return Worker(settings, handlers=HANDLERS, **options)
