@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -132,6 +132,18 @@ class LocustRun:
     slowest: list[str]
 
 
+@dataclass(frozen=True)
+class Tree:
+    """A checkout whose API is served: its root and the Python of its own environment."""
+
+    root: Path
+    python: str
+    suffix: str = ""  # added to the cache column of its rows ("" for this checkout)
+
+
+THIS_TREE = Tree(root=REPO_ROOT, python=sys.executable)
+
+
 @dataclass
 class Row:
     """One line of the result table: a cache mode and a load (rounds combined)."""
@@ -182,14 +194,15 @@ def free_port() -> int:
         return port
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment without settings that would leak into the child, plus extra."""
+def child_env(root: Path = REPO_ROOT, **extra: str) -> dict[str, str]:
+    """This process's environment without settings that would leak into the child, plus extra;
+    `root` is the checkout whose code the child runs."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("LOAD_", "RATE_LIMIT_", "DATABASE_", "REDIS_", "CACHE_"))
     }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env | {"PYTHONUNBUFFERED": "1"} | extra
 
 
@@ -362,12 +375,15 @@ def hypercorn_server(
     label: str,
     app: str = "service.asgi:app",
     ready_path: str = "/readyz",
+    tree: Tree | None = None,
 ) -> Iterator[Server]:
-    """`hypercorn --config hypercorn.toml <app>` on a free loopback port."""
+    """`hypercorn --config hypercorn.toml <app>` on a free loopback port, from `tree` (this
+    checkout by default)."""
+    tree = tree or THIS_TREE
     port = free_port()
     cmd = [
-        sys.executable, "-m", "hypercorn",
-        "--config", str(REPO_ROOT / "hypercorn.toml"),
+        tree.python, "-m", "hypercorn",
+        "--config", str(tree.root / "hypercorn.toml"),
         "--bind", f"{HOST}:{port}",
         "--workers", str(workers),
         app,
@@ -376,7 +392,7 @@ def hypercorn_server(
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO_ROOT,
+            cwd=tree.root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -517,9 +533,9 @@ def endpoints(slug: str) -> list[Endpoint]:
     ]
 
 
-def write_lua(workdir: Path, token: str | None) -> Path:
+def write_lua(workdir: Path, token: str | None, label: str = "") -> Path:
     """The wrk script: the report hook, and the Authorization header when `token` is set."""
-    name = "wrk-auth.lua" if token else "wrk-anon.lua"
+    name = f"wrk-auth{label}.lua" if token else "wrk-anon.lua"
     path = workdir / name
     header = f'wrk.headers["Authorization"] = "Token {token}"\n' if token else ""
     path.write_text(header + WRK_REPORT_LUA)
@@ -767,13 +783,22 @@ def print_targets(rows: Sequence[Row], args: argparse.Namespace) -> None:
 # Main
 
 
-def server_env(args: argparse.Namespace, db_url: str, workdir: Path, cache: str) -> dict[str, str]:
-    """The server's environment for one cache mode."""
+def server_env(
+    args: argparse.Namespace,
+    db_url: str,
+    workdir: Path,
+    cache: str,
+    *,
+    tree: Tree = THIS_TREE,
+    redis_url: str | None = None,
+) -> dict[str, str]:
+    """The server's environment for one cache mode, running `tree`'s code."""
     env = child_env(
+        tree.root,
         DATABASE_URL=db_url,
-        REDIS_URL=args.redis_url,
+        REDIS_URL=redis_url or args.redis_url,
         SECRET_KEY=secrets.token_urlsafe(48),
-        DATA_DIR=str(workdir / "data"),
+        DATA_DIR=str(workdir / f"data{tree.suffix.replace('/', '-')}"),
         ACCESS_LOG="false",
         LOG_LEVEL="WARNING",
         WORKER_IN_PROCESS="false",
@@ -799,52 +824,116 @@ def cache_setting_known() -> bool:
 
 
 def bench_cache_mode(args: argparse.Namespace, db_url: str, workdir: Path, cache: str) -> list[Row]:
-    """Start a server with the cache on or off; wrk rounds on each endpoint, then Locust."""
-    flush_redis(args.redis_url)
-    env = server_env(args, db_url, workdir, cache)
+    """Start a server with the cache on or off (one per checkout with --against); wrk rounds on
+    each endpoint, the checkouts taking turns per endpoint (who goes first alternates by round);
+    then Locust."""
+    trees = [THIS_TREE, *args.against]
     rows: list[Row] = []
-    with hypercorn_server(env, args.workers, workdir, f"cache-{cache}") as server:
-        token = login_token(server.port, "user1@example.com")
-        slug = first_slug(server.port)
-        lua = {False: write_lua(workdir, None), True: write_lua(workdir, token)}
-        print(f"cache {cache}: server on {server.base}, RSS {server.rss_mb():.1f} MB", flush=True)
+    with ExitStack() as stack:
+        servers: list[Server] = []
+        for tree in trees:
+            redis_url = tree_redis_url(args.redis_url, tree)
+            flush_redis(redis_url)
+            env = server_env(args, db_url, workdir, cache, tree=tree, redis_url=redis_url)
+            label = f"cache-{cache}{tree.suffix.replace('/', '-')}"
+            servers.append(
+                stack.enter_context(hypercorn_server(env, args.workers, workdir, label, tree=tree))
+            )
+        tokens: dict[int, str] = {}
+        lua: dict[tuple[int, bool], Path] = {}
+        for index, server in enumerate(servers):
+            tokens[index] = login_token(server.port, "user1@example.com")
+            lua[index, False] = write_lua(workdir, None)
+            lua[index, True] = write_lua(workdir, tokens[index], f"{index}")
+            print(
+                f"cache {cache}{trees[index].suffix}: server on {server.base} "
+                f"({trees[index].root}), RSS {server.rss_mb():.1f} MB",
+                flush=True,
+            )
+        slug = first_slug(servers[0].port)
         targets = endpoints(slug) if not args.no_wrk else []
-        by_name = {e.name: Row(cache=cache, name=e.name) for e in targets}
+        by_key = {
+            (index, e.name): Row(cache=f"{cache}{tree.suffix}", name=e.name)
+            for index, tree in enumerate(trees)
+            for e in targets
+        }
         for rnd in range(1, args.rounds + 1):
             for target in targets:
-                auth = token if target.authenticated else None
-                warm_up(server, target.path, auth)
-                result = run_wrk(args, server, target.path, lua[target.authenticated])
-                row = by_name[target.name]
-                row.runs.append(result)
-                row.rss_mb = server.rss_mb()
-                print(
-                    f"  round {rnd} cache {cache} {target.name:<10} {result.rps:8.1f} req/s "
-                    f"p50 {result.p50_ms:.1f} p95 {result.p95_ms:.1f} p99 {result.p99_ms:.1f} ms "
-                    f"non-2xx {result.non_2xx} errors {result.socket_errors} "
-                    f"RSS {row.rss_mb:.1f} MB",
-                    flush=True,
-                )
-                time.sleep(1)
-        rows.extend(by_name.values())
-        if not args.no_locust:
+                turns = list(enumerate(servers))
+                for index, server in turns if rnd % 2 else reversed(turns):
+                    auth = tokens[index] if target.authenticated else None
+                    warm_up(server, target.path, auth)
+                    result = run_wrk(args, server, target.path, lua[index, target.authenticated])
+                    row = by_key[index, target.name]
+                    row.runs.append(result)
+                    row.rss_mb = server.rss_mb()
+                    print(
+                        f"  round {rnd} cache {row.cache} {target.name:<10} {result.rps:8.1f} "
+                        f"req/s p50 {result.p50_ms:.1f} p95 {result.p95_ms:.1f} "
+                        f"p99 {result.p99_ms:.1f} ms non-2xx {result.non_2xx} "
+                        f"errors {result.socket_errors} RSS {row.rss_mb:.1f} MB",
+                        flush=True,
+                    )
+                    time.sleep(1)
+        rows.extend(by_key.values())
+        for index, server in enumerate(servers):
+            if args.no_locust:
+                break
+            label = f"{cache}{trees[index].suffix}"
             print(
                 f"  locust: {args.locust_users} users, {args.locust_time} s, "
                 f"think scale {args.locust_think_scale:g}",
                 flush=True,
             )
-            result_l = run_locust(args, server, workdir, f"cache-{cache}")
-            rows.append(
-                Row(cache=cache, name="locust mix", locust=result_l, rss_mb=server.rss_mb())
-            )
+            result_l = run_locust(args, server, workdir, f"cache-{label.replace('/', '-')}")
+            rss = server.rss_mb()
+            rows.append(Row(cache=label, name="locust mix", locust=result_l, rss_mb=rss))
             print(
-                f"  locust cache {cache}: {result_l.requests} requests, {result_l.rps:.1f} req/s, "
+                f"  locust cache {label}: {result_l.requests} requests, {result_l.rps:.1f} req/s, "
                 f"{result_l.failures} failures",
                 flush=True,
             )
-        if any(r.non_2xx or r.socket_errors for r in rows):
-            print_server_problems(server)
+        for index, server in enumerate(servers):
+            label = f"{cache}{trees[index].suffix}"
+            if any(r.non_2xx or r.socket_errors for r in rows if r.cache == label):
+                print_server_problems(server)
     return rows
+
+
+def tree_redis_url(base_url: str, tree: Tree) -> str:
+    """This checkout's server uses `base_url`; each other one the next database numbers, so
+    that no server answers from entries another one stored."""
+    if tree is THIS_TREE:
+        return base_url
+    parts = urlsplit(base_url)
+    number = int(parts.path.strip("/") or 0) + int(tree.suffix.strip("/") or 1)
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+def print_comparison(rows: Sequence[Row], args: argparse.Namespace) -> None:
+    """With --against: each load's median req/s here against the other checkout's, and the
+    round-by-round ratios (the same rounds, alternating, so noise shows as their spread)."""
+    references = {r.name: r for r in rows if r.cache == "-" and r.rps > 0}
+    for cache in args.cache:
+        here = {r.name: r for r in rows if r.cache == cache and r.runs}
+        for tree in args.against:
+            there = {r.name: r for r in rows if r.cache == f"{cache}{tree.suffix}" and r.runs}
+            print(f"cache {cache}: this checkout / {tree.root} (median req/s, per-round ratios)")
+            for name, row in here.items():
+                other = there.get(name)
+                if other is None:
+                    continue
+                per_round = "/".join(
+                    f"{a.rps / b.rps:.2f}" for a, b in zip(row.runs, other.runs, strict=False)
+                )
+                shares = "".join(
+                    f"; of {ref} {row.rps / reference.rps:.0%} vs {other.rps / reference.rps:.0%}"
+                    for ref, reference in references.items()
+                )
+                print(
+                    f"  {name:<10} {row.rps:8.1f} vs {other.rps:8.1f} = {row.rps / other.rps:.2f}"
+                    f" (rounds {per_round}){shares}"
+                )
 
 
 # The stack's reference points, each under the same Hypercorn config as the API: a bare ASGI
@@ -1063,6 +1152,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="wrk per-request timeout in s (10: wrk's 2 s default would count slow answers "
         "as errors instead of measuring them)",
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="CHECKOUT",
+        help="also serve the API from this other checkout (its own .venv; e.g. a `git worktree` "
+        "of the commit before a change), on the same database and its own Redis database, "
+        "taking turns with this one on every endpoint; prints both and their ratio "
+        "(repeatable; its migrations must match)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk runs")
     parser.add_argument("--no-locust", action="store_true", help="skip the Locust mix")
     parser.add_argument(
@@ -1114,6 +1213,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.cache = [c.strip() for c in args.cache.split(",") if c.strip()]
+    roots = [Path(path).resolve() for path in args.against]
+    args.against = [
+        Tree(root=root, python=str(root / ".venv" / "bin" / "python"), suffix=f"/{number}")
+        for number, root in enumerate(roots, start=1)
+    ]
     if not args.cache or any(c not in ("on", "off") for c in args.cache):
         parser.error("--cache takes off, on or off,on")
     for name in ("duration", "connections", "rounds", "workers", "locust_users", "locust_time"):
@@ -1212,6 +1316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print()
             print_table(rows, args)
             print_targets(rows, args)
+            print_comparison(rows, args)
             print(f"at the end: {load_average(judge=False)} (the benchmark's own load included)")
             return 0
         except BenchError as exc:
