@@ -103,6 +103,8 @@ class Endpoint:
     name: str
     path: str
     authenticated: bool = False
+    method: str = "GET"
+    body: str | None = None  # JSON
 
 
 @dataclass(frozen=True)
@@ -513,32 +515,60 @@ def login_token(port: int, email: str) -> str:
     return token
 
 
-def first_slug(port: int) -> str:
-    """The slug of the newest article."""
-    status, answer = http_request(port, "GET", f"{API}/articles?limit=1")
+def someone_elses_article(port: int, token: str) -> tuple[str, str]:
+    """The slug and author of the newest article the signed-in user did not write."""
+    status, answer = http_request(port, "GET", f"{API}/user", token=token)
+    if status != 200:
+        raise BenchError(f"GET {API}/user: HTTP {status} {answer[:300]!r}")
+    me = json.loads(answer)["user"]["username"]
+    status, answer = http_request(port, "GET", f"{API}/articles?limit=20")
     articles = json.loads(answer).get("articles") if status == 200 else None
-    if not articles:
-        raise BenchError(f"GET {API}/articles?limit=1: HTTP {status}, no article to open")
-    slug: str = articles[0]["slug"]
-    return slug
+    for article in articles or []:
+        if article["author"]["username"] != me:
+            return article["slug"], article["author"]["username"]
+    raise BenchError(f"GET {API}/articles?limit=20: HTTP {status}, no article by another user")
 
 
-def endpoints(slug: str) -> list[Endpoint]:
-    """The wrk targets."""
+COMMENT_BODY = json.dumps({"comment": {"body": "Measured by bench.api_bench"}})
+
+
+def endpoints(slug: str, author: str) -> list[Endpoint]:
+    """The wrk targets: anonymous reads, signed-in reads and signed-in writes."""
     return [
         Endpoint("list", f"{API}/articles?limit=20"),
         Endpoint("tags", f"{API}/tags"),
         Endpoint("single", f"{API}/articles/{slug}"),
         Endpoint("list auth", f"{API}/articles?limit=20", authenticated=True),
+        Endpoint("feed auth", f"{API}/articles/feed?limit=20", authenticated=True),
+        Endpoint("single auth", f"{API}/articles/{slug}", authenticated=True),
+        Endpoint(
+            "comment",
+            f"{API}/articles/{slug}/comments",
+            authenticated=True,
+            method="POST",
+            body=COMMENT_BODY,
+        ),
+        # Favoriting and following again are answered like the first time (200, no change):
+        # the write path without the table growing under the benchmark.
+        Endpoint("favorite", f"{API}/articles/{slug}/favorite", authenticated=True, method="POST"),
+        Endpoint("follow", f"{API}/profiles/{author}/follow", authenticated=True, method="POST"),
     ]
 
 
-def write_lua(workdir: Path, token: str | None, label: str = "") -> Path:
-    """The wrk script: the report hook, and the Authorization header when `token` is set."""
-    name = f"wrk-auth{label}.lua" if token else "wrk-anon.lua"
-    path = workdir / name
-    header = f'wrk.headers["Authorization"] = "Token {token}"\n' if token else ""
-    path.write_text(header + WRK_REPORT_LUA)
+ROW_NAMES = [e.name for e in endpoints("slug", "author")]
+
+
+def write_lua(workdir: Path, target: Endpoint, token: str | None, label: str = "") -> Path:
+    """The wrk script of one target: method, body and Authorization header, and the report
+    hook."""
+    path = workdir / f"wrk-{target.name.replace(' ', '-')}{label}.lua"
+    lines = [f'wrk.method = "{target.method}"']
+    if token and target.authenticated:
+        lines.append(f'wrk.headers["Authorization"] = "Token {token}"')
+    if target.body is not None:
+        lines.append('wrk.headers["Content-Type"] = "application/json"')
+        lines.append(f"wrk.body = {json.dumps(target.body)}")
+    path.write_text("\n".join(lines) + "\n" + WRK_REPORT_LUA)
     return path
 
 
@@ -578,12 +608,16 @@ def run_wrk(args: argparse.Namespace, server: Server, path: str, lua: Path) -> W
     return parse_wrk(done.stdout)
 
 
-def warm_up(server: Server, path: str, token: str | None) -> None:
+def warm_up(server: Server, target: Endpoint, token: str | None) -> None:
     """A few requests first: connections pooled, statements prepared, caches filled."""
+    body = target.body.encode() if target.body is not None else None
+    token = token if target.authenticated else None
     for _ in range(WARMUP_REQUESTS):
-        status, body = http_request(server.port, "GET", path, token=token)
-        if status != 200:
-            raise BenchError(f"warm-up GET {path}: HTTP {status} {body[:300]!r}")
+        status, answer = http_request(server.port, target.method, target.path, body, token)
+        if not 200 <= status < 300:
+            raise BenchError(
+                f"warm-up {target.method} {target.path}: HTTP {status} {answer[:300]!r}"
+            )
 
 
 def visitor_kinds(server: Server) -> str:
@@ -693,22 +727,25 @@ def run_locust(
 
 def print_table(rows: Sequence[Row], args: argparse.Namespace) -> None:
     """The result table: one line per cache mode and load."""
+    bare = next((r for r in rows if r.cache == "-" and r.name == "bare asgi" and r.runs), None)
     header = (
-        f"{'cache':<5} {'load':<12} {'req/s':>8} {'rounds req/s':>17} {'p50 ms':>8} "
-        f"{'p95 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} {'RSS MB':>7}"
+        f"{'cache':<5} {'load':<12} {'req/s':>8} {'of bare':>7} {'rounds req/s':>17} "
+        f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} {'RSS MB':>7}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
         rounds = "/".join(f"{r.rps:.0f}" for r in row.runs) if row.runs else "locust"
+        share = f"{row.rps / bare.rps:.3f}" if bare is not None and row.runs else "-"
         print(
-            f"{row.cache:<5} {row.name:<12} {row.rps:>8.1f} {rounds:>17} {row.pct('p50_ms'):>8.1f} "
-            f"{row.pct('p95_ms'):>8.1f} {row.pct('p99_ms'):>8.1f} {row.non_2xx:>8} "
-            f"{row.socket_errors:>8} {row.rss_mb:>7.1f}"
+            f"{row.cache:<5} {row.name:<12} {row.rps:>8.1f} {share:>7} {rounds:>17} "
+            f"{row.pct('p50_ms'):>8.1f} {row.pct('p95_ms'):>8.1f} {row.pct('p99_ms'):>8.1f} "
+            f"{row.non_2xx:>8} {row.socket_errors:>8} {row.rss_mb:>7.1f}"
         )
     print(
-        f"(req/s and latencies: median over {args.rounds} wrk rounds; non-2xx and socket errors: "
-        "summed; locust rows: non-2xx = failures; RSS: server workers after the row)"
+        f"(req/s and latencies: median over {args.rounds} wrk rounds; of bare: req/s as a share "
+        "of the bare ASGI app's in this run; non-2xx and socket errors: summed; locust rows: "
+        "non-2xx = failures; RSS: server workers after the row)"
     )
     for row in rows:
         if row.locust is None:
@@ -840,18 +877,21 @@ def bench_cache_mode(args: argparse.Namespace, db_url: str, workdir: Path, cache
                 stack.enter_context(hypercorn_server(env, args.workers, workdir, label, tree=tree))
             )
         tokens: dict[int, str] = {}
-        lua: dict[tuple[int, bool], Path] = {}
         for index, server in enumerate(servers):
             tokens[index] = login_token(server.port, "user1@example.com")
-            lua[index, False] = write_lua(workdir, None)
-            lua[index, True] = write_lua(workdir, tokens[index], f"{index}")
             print(
                 f"cache {cache}{trees[index].suffix}: server on {server.base} "
                 f"({trees[index].root}), RSS {server.rss_mb():.1f} MB",
                 flush=True,
             )
-        slug = first_slug(servers[0].port)
-        targets = endpoints(slug) if not args.no_wrk else []
+        slug, author = someone_elses_article(servers[0].port, tokens[0])
+        chosen = endpoints(slug, author) if not args.no_wrk else []
+        targets = [e for e in chosen if e.name in args.rows]
+        lua = {
+            (index, e.name): write_lua(workdir, e, tokens[index], f"-{index}")
+            for index in range(len(servers))
+            for e in targets
+        }
         by_key = {
             (index, e.name): Row(cache=f"{cache}{tree.suffix}", name=e.name)
             for index, tree in enumerate(trees)
@@ -861,9 +901,8 @@ def bench_cache_mode(args: argparse.Namespace, db_url: str, workdir: Path, cache
             for target in targets:
                 turns = list(enumerate(servers))
                 for index, server in turns if rnd % 2 else reversed(turns):
-                    auth = tokens[index] if target.authenticated else None
-                    warm_up(server, target.path, auth)
-                    result = run_wrk(args, server, target.path, lua[index, target.authenticated])
+                    warm_up(server, target, tokens[index])
+                    result = run_wrk(args, server, target.path, lua[index, target.name])
                     row = by_key[index, target.name]
                     row.runs.append(result)
                     row.rss_mb = server.rss_mb()
@@ -955,9 +994,10 @@ def bench_reference(args: argparse.Namespace, workdir: Path, name: str, app: str
     env = child_env(BENCH_THREADS=str(Settings.model_fields["threads"].default))
     label = name.replace(" ", "-")
     with hypercorn_server(env, args.workers, workdir, label, app, ready_path=path) as server:
-        lua = write_lua(workdir, None)
+        target = Endpoint(name, path)
+        lua = write_lua(workdir, target, None)
         for rnd in range(1, args.rounds + 1):
-            warm_up(server, path, None)
+            warm_up(server, target, None)
             result = run_wrk(args, server, path, lua)
             row.runs.append(result)
             row.rss_mb = server.rss_mb()
@@ -1162,6 +1202,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "taking turns with this one on every endpoint; prints both and their ratio "
         "(repeatable; its migrations must match)",
     )
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_NAMES),
+        help=f"the wrk rows to run, comma-separated (default all: {', '.join(ROW_NAMES)})",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="skip the wrk runs")
     parser.add_argument("--no-locust", action="store_true", help="skip the Locust mix")
     parser.add_argument(
@@ -1213,6 +1258,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.cache = [c.strip() for c in args.cache.split(",") if c.strip()]
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    if not args.rows or any(r not in ROW_NAMES for r in args.rows):
+        parser.error(f"--rows takes names from: {', '.join(ROW_NAMES)}")
     roots = [Path(path).resolve() for path in args.against]
     args.against = [
         Tree(root=root, python=str(root / ".venv" / "bin" / "python"), suffix=f"/{number}")
