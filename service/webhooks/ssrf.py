@@ -44,12 +44,12 @@ from ipaddress import (
 from urllib.parse import quote, urlsplit
 
 from service.domain.errors import InvalidInput
+from service.domain.webhooks import MAX_URL_LENGTH
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
-MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
