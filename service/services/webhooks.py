@@ -26,14 +26,15 @@ from service.domain.webhooks import (
     MessagePage,
     MessageView,
 )
+from service.infra.address_policy import AddressPolicy
+from service.infra.secret_box import SecretBox
 from service.jobs import queue
 from service.models import User, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.schemas.webhook import URL_PATTERN, WebhookCreate, WebhookUpdate
 from service.services import audit
 from service.services.admin import ADMIN
 from service.webhooks import catalogue, delivery, outbox, signing
-from service.webhooks.secret_box import SecretBox
-from service.webhooks.ssrf import AddressPolicy, WebhookUrlRefused, check_url
+from service.webhooks.ssrf import WebhookUrlRefused, check_url
 
 MAX_ENDPOINTS_PER_USER = 20
 # How long the secret before a rotation keeps signing alongside the new one.

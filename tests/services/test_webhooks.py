@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from service.domain import events
+from service.infra.address_policy import AddressPolicy
 from service.models import Article, Comment, User
 from service.schemas.webhook import (
     EVENT_FILTERS,
@@ -26,7 +27,7 @@ from service.schemas.webhook import (
 )
 from service.services.webhooks import check_endpoint_url
 from service.webhooks import catalogue
-from service.webhooks.ssrf import AddressPolicy, WebhookUrlRefused
+from service.webhooks.ssrf import WebhookUrlRefused
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 UPDATED = datetime(2026, 1, 3, 3, 4, 5, tzinfo=UTC)

@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 from service.app import ConduitASGI
 from service.domain import events, scopes
 from service.infra.db import DatabaseState
+from service.infra.secret_box import SEALED_PREFIX
 from service.infra.settings import Settings
 from service.models import (
     AuditEntry,
@@ -33,7 +34,6 @@ from service.services import sessions
 from service.services.security import Tokens
 from service.services.webhooks import MAX_ENDPOINTS_PER_USER
 from service.webhooks import outbox, signing
-from service.webhooks.secret_box import SEALED_PREFIX
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
