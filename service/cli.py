@@ -472,7 +472,7 @@ async def _reencrypt_secrets(settings: Settings, batch_size: int) -> int:
 
 def webhooks_generate_key(args: argparse.Namespace) -> int:
     """Print a new random key for WEBHOOK_SECRET_KEYS."""
-    from service.webhooks.secret_box import generate_key
+    from service.infra.secret_box import generate_key
 
     print(generate_key())
     return 0

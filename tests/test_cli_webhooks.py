@@ -10,8 +10,8 @@ import pytest
 from cryptography.fernet import Fernet
 
 from service import cli
+from service.infra.secret_box import SecretBox, generate_key
 from service.infra.settings import Settings
-from service.webhooks.secret_box import SecretBox, generate_key
 from service.webhooks.signing import generate_secret
 from tests.cli import cli_environment, run, unreachable_database
 from tests.factories import TestUser

@@ -9,15 +9,14 @@ import secrets
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from service.webhooks.secret_box import SecretBox
-    from service.webhooks.ssrf import AddressPolicy
+from service.infra.address_policy import AddressPolicy
+from service.infra.secret_box import SecretBox, box_for, generate_key, parse_keys
 
 # Values that look like a secret but are copied from examples; refused outside development.
 PLACEHOLDER_SECRETS = frozenset(
@@ -197,16 +196,12 @@ class Settings(BaseSettings):
     @field_validator("webhook_allowlist")
     @classmethod
     def _webhook_allowlist(cls, value: str) -> str:
-        from service.webhooks.ssrf import AddressPolicy
-
         AddressPolicy.build(allowlist=split_list(value))  # raises ValueError naming the entry
         return value
 
     @field_validator("webhook_secret_keys")
     @classmethod
     def _webhook_secret_keys(cls, value: SecretStr | None) -> SecretStr | None:
-        from service.webhooks.secret_box import parse_keys
-
         if value is None or not value.get_secret_value().strip():
             return None
         parse_keys(value.get_secret_value())  # raises ValueError, never quoting a key
@@ -216,8 +211,6 @@ class Settings(BaseSettings):
     def webhook_secret_box(self) -> SecretBox:
         """Seals and opens webhook signing secrets with WEBHOOK_SECRET_KEYS (outside
         production, when unset, with a key generated once into `data_dir`)."""
-        from service.webhooks.secret_box import box_for
-
         if self.webhook_secret_keys is not None:
             return box_for(self.webhook_secret_keys.get_secret_value())
         if self.is_production:
@@ -227,8 +220,6 @@ class Settings(BaseSettings):
     @property
     def webhook_policy(self) -> AddressPolicy:
         """The SSRF guard's settings."""
-        from service.webhooks.ssrf import AddressPolicy
-
         allow_http = (
             self.webhook_allow_http
             if self.webhook_allow_http is not None
@@ -312,8 +303,6 @@ def _dev_secret(path: Path, make: Callable[[], str]) -> str:
 @functools.lru_cache(maxsize=8)
 def _dev_webhook_keys(path: Path) -> str:
     # Read once per process: deliveries and webhook writes ask for the box on every call.
-    from service.webhooks.secret_box import generate_key
-
     return _dev_secret(path, generate_key)
 
 

@@ -44,7 +44,7 @@ class WebhookEndpoint(TimestampMixin, Base):
     disabled_reason: Mapped[str | None] = mapped_column(String(32))
     # Deliveries per second at most; None: no limit but the service's own.
     rate_limit: Mapped[int | None] = mapped_column(Integer)
-    # The `whsec_...` secret sealed by service.webhooks.secret_box (`fernet:...`; a plain value
+    # The `whsec_...` secret sealed by service.infra.secret_box (`fernet:...`; a plain value
     # is one from before encryption). Signing needs it back, so it is encrypted, not hashed;
     # never logged, shown once.
     secret: Mapped[str] = mapped_column(Text, nullable=False)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, StrictBool, field_validator
 
+from service.domain.audit import AuditRecord
 from service.models import User
 from service.schemas.article import optional, reject_null
 from service.schemas.common import InModel, OutModel, PageQuery, Timestamp, no_nul
-
-if TYPE_CHECKING:
-    from service.services.audit import AuditRecord
 
 Role = Literal["user", "moderator", "admin"]
 QueryText = Annotated[str, AfterValidator(no_nul)]

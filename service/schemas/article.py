@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
+from service.domain.articles import ArticleView
 from service.models.article import DESCRIPTION_MAX, TAG_MAX, TITLE_MAX
 from service.schemas.common import (
     NOT_BLANK_PATTERN,
@@ -21,9 +22,6 @@ from service.schemas.common import (
     trimmed,
 )
 from service.schemas.profile import ProfileOut
-
-if TYPE_CHECKING:
-    from service.services.articles import ArticleView
 
 BODY_MAX = 100_000
 TAGS_MAX = 20

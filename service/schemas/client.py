@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated, cast
 
 from pydantic import AfterValidator, Field, JsonValue, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from service.domain import scopes as scopes_service
+from service.models import ApiClient
 from service.schemas.common import NOT_BLANK_PATTERN, InModel, OutModel, Timestamp, no_nul
-
-if TYPE_CHECKING:
-    from service.models import ApiClient
 
 _CLIENT_SCOPES = cast(
     "list[JsonValue]", sorted(scopes_service.ALL - scopes_service.NOT_FOR_CLIENTS)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, StringConstraints
 
+from service.domain.comments import CommentView
 from service.schemas.common import (
     NOT_BLANK_PATTERN,
     InModel,
@@ -16,9 +17,6 @@ from service.schemas.common import (
     not_blank,
 )
 from service.schemas.profile import ProfileOut
-
-if TYPE_CHECKING:
-    from service.services.comments import CommentView
 
 COMMENT_MAX = 10_000
 

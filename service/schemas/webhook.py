@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -19,19 +19,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.domain import events
+from service.domain.events import EventType, rfc3339
+from service.domain.webhooks import (
+    MAX_URL_LENGTH,
+    EndpointSecretView,
+    EndpointView,
+    MessageDetail,
+    MessageView,
+)
 from service.schemas.article import optional, reject_null
 from service.schemas.common import InModel, OutModel, PageQuery, SchemaExtra, Timestamp, no_nul
-from service.webhooks import outbox, signing
-from service.webhooks.ssrf import MAX_URL_LENGTH
-
-if TYPE_CHECKING:
-    from service.services.webhooks import (
-        EndpointSecretView,
-        EndpointView,
-        MessageDetail,
-        MessageView,
-    )
-    from service.webhooks.catalogue import EventType
 
 DESCRIPTION_MAX = 500
 RATE_LIMIT_MAX = 1000
@@ -59,7 +57,7 @@ URL_DESCRIPTION = (
     "(lower-case host, percent-encoded path)."
 )
 # Every value of `events`: the catalogue's types, or "*" for all of them.
-EVENT_FILTERS: tuple[str, ...] = (outbox.ALL_EVENTS, *outbox.EVENT_TYPES)
+EVENT_FILTERS: tuple[str, ...] = (events.ALL_EVENTS, *events.EVENT_TYPES)
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
@@ -81,7 +79,7 @@ def _unique_events(values: list[str]) -> list[str]:
     if len(set(values)) != len(values):
         raise PydanticCustomError("duplicate_event_type", "must not repeat an event type")
     # "*" already covers every type.
-    return [outbox.ALL_EVENTS] if outbox.ALL_EVENTS in values else values
+    return [events.ALL_EVENTS] if events.ALL_EVENTS in values else values
 
 
 def json_integer(value: Any) -> Any:
@@ -358,7 +356,7 @@ class WebhookMessageDetailOut(WebhookMessageOut):
         return cls(
             **WebhookMessageOut.of(detail.view).model_dump(),
             payload=WebhookPayloadOut(
-                type=event.type, timestamp=signing.rfc3339(event.created_at), data=event.data
+                type=event.type, timestamp=rfc3339(event.created_at), data=event.data
             ),
             attempts=[
                 WebhookAttemptOut(

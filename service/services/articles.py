@@ -13,7 +13,6 @@ violation, so concurrent creates with one title all succeed with distinct slugs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from service.caching import generations as invalidation
+from service.domain import events
+from service.domain.articles import ArticlePage, ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
@@ -43,26 +44,6 @@ from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 
 SLUG_CONSTRAINT = "uq_articles_slug"
-
-
-@dataclass(frozen=True)
-class ArticleView:
-    """An article as one viewer sees it."""
-
-    article: Article
-    author: User
-    tags: list[str]
-    favorited: bool
-    favorites_count: int
-    following: bool
-
-
-@dataclass(frozen=True)
-class ArticlePage:
-    """One page of articles and the number of articles on all pages."""
-
-    articles: list[ArticleView]
-    total: int
 
 
 def _storable(key: str) -> bool:
@@ -291,7 +272,7 @@ async def create_article(
         following=False,
     )
     invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
-    await _emit(session, outbox.ARTICLE_CREATED, view)
+    await _emit(session, events.ARTICLE_CREATED, view)
     return view
 
 
@@ -344,7 +325,7 @@ async def update_article(
         await _attach_tags(session, article.id, tag_list)
     view = await _one(session, viewer, slug)
     invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
-    await _emit(session, outbox.ARTICLE_UPDATED, view)
+    await _emit(session, events.ARTICLE_UPDATED, view)
     return view
 
 
@@ -378,7 +359,7 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
             details={"author": author_name, "title": title},
         )
     # The event reports the article as it was.
-    await _emit(session, outbox.ARTICLE_DELETED, await _one(session, viewer, slug))
+    await _emit(session, events.ARTICLE_DELETED, await _one(session, viewer, slug))
     invalidation.note_changed(
         session, invalidation.ARTICLES, invalidation.TAGS, invalidation.COMMENTS
     )
@@ -406,7 +387,7 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
     view = await _one(session, viewer, slug)
     if added is not None:
         invalidation.note_changed(session, invalidation.ARTICLES)
-        await _emit_favorite(session, outbox.ARTICLE_FAVORITED, viewer, view)
+        await _emit_favorite(session, events.ARTICLE_FAVORITED, viewer, view)
     return view
 
 
@@ -440,5 +421,5 @@ async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> Artic
     view = await _one(session, viewer, slug)
     if removed is not None:
         invalidation.note_changed(session, invalidation.ARTICLES)
-        await _emit_favorite(session, outbox.ARTICLE_UNFAVORITED, viewer, view)
+        await _emit_favorite(session, events.ARTICLE_UNFAVORITED, viewer, view)
     return view

@@ -6,40 +6,18 @@ cannot disagree: a rolled-back action leaves no entry, a committed one always ha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain.audit import AuditPage, AuditRecord
 from service.models import AuditEntry, User
 from service.schemas.user import is_valid_username
 
 # Details are shown to every admin and kept indefinitely: no key that may name a credential.
 _SECRET_WORDS = ("password", "secret", "token", "hash", "key")
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """An entry as listed: the actor's current username (None: the CLI, or a deleted user)."""
-
-    id: int
-    actor: str | None
-    action: str
-    target_type: str
-    target_id: str
-    details: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    """One page of entries and the number of entries on all pages."""
-
-    entries: list[AuditRecord]
-    total: int
 
 
 def _check_no_secrets(details: dict[str, Any]) -> None:

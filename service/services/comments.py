@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.caching import generations as invalidation
+from service.domain import events
+from service.domain.comments import CommentView
 from service.domain.errors import NotFound, PermissionDenied
 from service.models import Comment, User
 from service.schemas.comment import CommentCreate
@@ -17,15 +17,6 @@ from service.webhooks import catalogue, outbox
 
 # Ids are BIGINT: a larger number in the URL names no comment (and must not reach asyncpg).
 BIGINT_MAX = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class CommentView:
-    """A comment as one viewer sees it."""
-
-    comment: Comment
-    author: User
-    following: bool
 
 
 async def list_comments(
@@ -66,7 +57,7 @@ async def add_comment(
     invalidation.note_changed(session, invalidation.COMMENTS)
     await outbox.emit(
         session=session,
-        event_type=outbox.COMMENT_CREATED,
+        event_type=events.COMMENT_CREATED,
         data=catalogue.comment_data(comment, author=author, article_slug=slug),
         audience=None,
     )
@@ -77,7 +68,7 @@ async def _emit_deleted(session: AsyncSession, comment: Comment, author: User, s
     invalidation.note_changed(session, invalidation.COMMENTS)
     await outbox.emit(
         session=session,
-        event_type=outbox.COMMENT_DELETED,
+        event_type=events.COMMENT_DELETED,
         data=catalogue.comment_data(comment, author=author, article_slug=slug),
         audience=None,
     )

@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import events
 from service.domain.errors import NotFound, PermissionDenied
 from service.models import Follow, User
 from service.schemas.profile import ProfileOut
@@ -73,7 +74,7 @@ async def follow(*, session: AsyncSession, follower: User, username: str) -> Pro
         .returning(Follow.followee_id)
     )
     if added is not None:
-        await _emit(session, outbox.PROFILE_FOLLOWED, follower, user)
+        await _emit(session, events.PROFILE_FOLLOWED, follower, user)
     return ProfileOut.of(user, following=True)
 
 
@@ -101,5 +102,5 @@ async def unfollow(*, session: AsyncSession, follower: User, username: str) -> P
         .returning(Follow.followee_id)
     )
     if removed is not None:
-        await _emit(session, outbox.PROFILE_UNFOLLOWED, follower, user)
+        await _emit(session, events.PROFILE_UNFOLLOWED, follower, user)
     return ProfileOut.of(user, following=False)

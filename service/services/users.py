@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.caching import generations as invalidation
+from service.domain import events
 from service.domain.errors import (
     Conflict,
     DomainError,
@@ -158,7 +159,7 @@ async def update_user(
     # The user's own endpoints only: the event carries the email address.
     await outbox.emit(
         session=session,
-        event_type=outbox.USER_UPDATED,
+        event_type=events.USER_UPDATED,
         data=catalogue.user_data(user),
         audience=[user.id],
     )

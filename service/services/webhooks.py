@@ -9,22 +9,32 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import events
 from service.domain.errors import Conflict, NotFound, PermissionDenied
+from service.domain.events import EventType
+from service.domain.webhooks import (
+    EndpointPage,
+    EndpointSecretView,
+    EndpointView,
+    MessageDetail,
+    MessagePage,
+    MessageView,
+)
+from service.infra.address_policy import AddressPolicy
+from service.infra.secret_box import SecretBox
 from service.jobs import queue
 from service.models import User, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.schemas.webhook import URL_PATTERN, WebhookCreate, WebhookUpdate
 from service.services import audit
 from service.services.admin import ADMIN
 from service.webhooks import catalogue, delivery, outbox, signing
-from service.webhooks.secret_box import SecretBox
-from service.webhooks.ssrf import AddressPolicy, WebhookUrlRefused, check_url
+from service.webhooks.ssrf import WebhookUrlRefused, check_url
 
 MAX_ENDPOINTS_PER_USER = 20
 # How long the secret before a rotation keeps signing alongside the new one.
@@ -35,55 +45,6 @@ _URL = re.compile(URL_PATTERN)
 # Message ids are `msg_` + 32 hex digits; anything that could not be one is simply not found
 # (and never reaches PostgreSQL, which cannot store NUL).
 _MESSAGE_ID = re.compile(r"[!-+\--~]{1,40}")
-
-
-@dataclass(frozen=True)
-class EndpointView:
-    """An endpoint and its owner's username."""
-
-    endpoint: WebhookEndpoint
-    owner: str
-
-
-@dataclass(frozen=True)
-class EndpointSecretView(EndpointView):
-    """An endpoint just created or rotated, with its signing secret in clear (shown once)."""
-
-    secret: str
-
-
-@dataclass(frozen=True)
-class EndpointPage:
-    """One page of endpoints and the number of endpoints on all pages."""
-
-    endpoints: list[EndpointView]
-    total: int
-
-
-@dataclass(frozen=True)
-class MessageView:
-    """A message, the type of its event and how many attempts it has had."""
-
-    message: WebhookMessage
-    event_type: str
-    attempt_count: int
-
-
-@dataclass(frozen=True)
-class MessagePage:
-    """One page of the delivery log and the number of messages on all pages."""
-
-    messages: list[MessageView]
-    total: int
-
-
-@dataclass(frozen=True)
-class MessageDetail:
-    """A message with its event and its attempts, oldest first."""
-
-    view: MessageView
-    event: WebhookEvent
-    attempts: list[WebhookAttempt]
 
 
 def check_endpoint_url(url: str, *, policy: AddressPolicy) -> str:
@@ -328,7 +289,7 @@ async def ping(*, session: AsyncSession, viewer: User, endpoint_id: uuid.UUID) -
         raise Conflict(DISABLED, field="webhook")
     event_id = await session.scalar(
         insert(WebhookEvent)
-        .values(type=outbox.WEBHOOK_PING, data=catalogue.ping_data(webhook_id=endpoint_id))
+        .values(type=events.WEBHOOK_PING, data=catalogue.ping_data(webhook_id=endpoint_id))
         .returning(WebhookEvent.id)
     )
     message = (
@@ -346,7 +307,7 @@ async def ping(*, session: AsyncSession, viewer: User, endpoint_id: uuid.UUID) -
         )
     ).one()
     await _enqueue_delivery(session, message.id)
-    return MessageView(message=message, event_type=outbox.WEBHOOK_PING, attempt_count=0)
+    return MessageView(message=message, event_type=events.WEBHOOK_PING, attempt_count=0)
 
 
 def _attempt_count() -> Any:
@@ -464,6 +425,6 @@ async def recover(
     return await delivery.redeliver(session=session, message_ids=list(failed))
 
 
-def event_types() -> tuple[catalogue.EventType, ...]:
+def event_types() -> tuple[EventType, ...]:
     """The catalogue of event types."""
     return catalogue.EVENT_TYPES

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.domain import events
+from service.domain.articles import ArticleView
+from service.domain.events import EventType
+from service.models import Article, Comment, User
 from service.schemas.common import Timestamp
-from service.webhooks import outbox
-
-if TYPE_CHECKING:
-    from service.models import Article, Comment, User
 
 _EXAMPLE_TIME = "2026-01-02T03:04:05.678Z"
 
@@ -134,53 +133,7 @@ class PingData(EventData):
     message: str = Field(examples=["ping"])
 
 
-@dataclass(frozen=True, slots=True)
-class EventType:
-    """One entry of the catalogue."""
-
-    name: str
-    description: str
-    model: type[EventData]
-    example: dict[str, Any]
-
-    def data_schema(self) -> dict[str, Any]:
-        """The JSON schema of the `data` of this type, self-contained (no `$ref`)."""
-        return inline_refs(self.model.model_json_schema(by_alias=True, mode="serialization"))
-
-
-def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with every local `#/$defs/...` reference replaced by its definition."""
-    definitions: dict[str, Any] = schema.get("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            reference = node.get("$ref")
-            if isinstance(reference, str) and reference.startswith("#/$defs/"):
-                rest = {key: value for key, value in node.items() if key != "$ref"}
-                return {**resolve(definitions[reference.removeprefix("#/$defs/")]), **rest}
-            return {key: resolve(value) for key, value in node.items() if key != "$defs"}
-        if isinstance(node, list):
-            return [resolve(item) for item in node]
-        return node
-
-    resolved: dict[str, Any] = resolve(schema)
-    return resolved
-
-
 # --- builders: model objects in, the `data` of an event out --------------------------------
-
-
-class ArticleViewLike(Protocol):
-    """What `article_view_data` reads (`service.services.articles.ArticleView` fits)."""
-
-    @property
-    def article(self) -> Article: ...
-    @property
-    def author(self) -> User: ...
-    @property
-    def tags(self) -> list[str]: ...
-    @property
-    def favorites_count(self) -> int: ...
 
 
 def _author(user: User) -> AuthorData:
@@ -211,7 +164,7 @@ def article_data(
     ).to_data()
 
 
-def article_view_data(view: ArticleViewLike) -> dict[str, Any]:
+def article_view_data(view: ArticleView) -> dict[str, Any]:
     """`article_data` of an article as the article services return it."""
     return article_data(
         view.article, author=view.author, tags=view.tags, favorites_count=view.favorites_count
@@ -301,67 +254,67 @@ def _favorite(count: int) -> dict[str, Any]:
 
 EVENT_TYPES: tuple[EventType, ...] = (
     EventType(
-        outbox.ARTICLE_CREATED, f"An article was published. {_PUBLIC}", ArticleEventData, _ARTICLE
+        events.ARTICLE_CREATED, f"An article was published. {_PUBLIC}", ArticleEventData, _ARTICLE
     ),
     EventType(
-        outbox.ARTICLE_UPDATED,
+        events.ARTICLE_UPDATED,
         f"An article was edited; `data` is the article after the change. {_PUBLIC}",
         ArticleEventData,
         _ARTICLE,
     ),
     EventType(
-        outbox.ARTICLE_DELETED,
+        events.ARTICLE_DELETED,
         f"An article was deleted (by its author or a moderator); `data` is the article as it "
         f"was. {_PUBLIC}",
         ArticleEventData,
         _ARTICLE,
     ),
     EventType(
-        outbox.COMMENT_CREATED,
+        events.COMMENT_CREATED,
         f"A comment was added to an article. {_PUBLIC}",
         CommentEventData,
         _COMMENT,
     ),
     EventType(
-        outbox.COMMENT_DELETED,
+        events.COMMENT_DELETED,
         f"A comment was deleted; `data` is the comment as it was. {_PUBLIC}",
         CommentEventData,
         _COMMENT,
     ),
     EventType(
-        outbox.ARTICLE_FAVORITED,
+        events.ARTICLE_FAVORITED,
         f"A user favorited an article; `favoritesCount` is the count after it. {_PUBLIC}",
         FavoriteEventData,
         _favorite(1),
     ),
     EventType(
-        outbox.ARTICLE_UNFAVORITED,
+        events.ARTICLE_UNFAVORITED,
         f"A user removed an article from their favorites. {_PUBLIC}",
         FavoriteEventData,
         _favorite(0),
     ),
     EventType(
-        outbox.PROFILE_FOLLOWED,
+        events.PROFILE_FOLLOWED,
         "The endpoint's owner followed a profile. Sent only to the follower's endpoints "
         "(who follows whom is visible to the follower alone).",
         FollowEventData,
         {"profile": {"username": "jake"}},
     ),
     EventType(
-        outbox.PROFILE_UNFOLLOWED,
+        events.PROFILE_UNFOLLOWED,
         "The endpoint's owner unfollowed a profile. Sent only to the follower's endpoints.",
         FollowEventData,
         {"profile": {"username": "jake"}},
     ),
     EventType(
-        outbox.USER_UPDATED,
+        events.USER_UPDATED,
         "The endpoint's owner changed their account; `data` is the account after the change. "
         "Sent only to that user's endpoints.",
         UserEventData,
         {"user": {**_AUTHOR, "email": "jake@jake.jake"}},
     ),
     EventType(
-        outbox.WEBHOOK_PING,
+        events.WEBHOOK_PING,
         "A test event, sent by `POST /webhooks/{id}/ping` to that endpoint alone, whatever "
         "event types it subscribed to.",
         PingData,

@@ -84,13 +84,13 @@ from redis.exceptions import RedisError
 from sqlalchemy import Update, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.infra.secret_box import CANNOT_DECRYPT, UnreadableSecret
 from service.infra.settings import Settings
 from service.jobs.queue import CHANNEL, enqueue
 from service.jobs.worker import JobContext, PermanentJobError
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.webhooks import http as webhook_http
 from service.webhooks.outbox import DELIVER_JOB, DELIVERY_JOB_ATTEMPTS
-from service.webhooks.secret_box import CANNOT_DECRYPT, UnreadableSecret
 from service.webhooks.signing import InvalidWebhookSecret, build_headers, build_payload
 
 logger = logging.getLogger("conduit.webhooks")

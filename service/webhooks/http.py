@@ -40,9 +40,8 @@ from typing import Any, cast
 import httpcore
 import httpx
 
+from service.infra.address_policy import AddressPolicy, IPAddress
 from service.webhooks.ssrf import (
-    AddressPolicy,
-    IPAddress,
     ResolutionFailed,
     Resolver,
     WebhookUrlRefused,

@@ -20,36 +20,10 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.domain import events
 from service.jobs.queue import CHANNEL
 
 DELIVER_JOB = "webhook.deliver"
-ALL_EVENTS = "*"
-
-ARTICLE_CREATED = "article.created"
-ARTICLE_UPDATED = "article.updated"
-ARTICLE_DELETED = "article.deleted"
-COMMENT_CREATED = "comment.created"
-COMMENT_DELETED = "comment.deleted"
-ARTICLE_FAVORITED = "article.favorited"
-ARTICLE_UNFAVORITED = "article.unfavorited"
-PROFILE_FOLLOWED = "profile.followed"
-PROFILE_UNFOLLOWED = "profile.unfollowed"
-USER_UPDATED = "user.updated"
-WEBHOOK_PING = "webhook.ping"
-
-EVENT_TYPES = (
-    ARTICLE_CREATED,
-    ARTICLE_UPDATED,
-    ARTICLE_DELETED,
-    COMMENT_CREATED,
-    COMMENT_DELETED,
-    ARTICLE_FAVORITED,
-    ARTICLE_UNFAVORITED,
-    PROFILE_FOLLOWED,
-    PROFILE_UNFOLLOWED,
-    USER_UPDATED,
-    WEBHOOK_PING,
-)
 
 # One statement: the matching endpoints, the event (only when some endpoint wants it), a
 # message per endpoint (failed at once for a disabled one) and a delivery job per message to
@@ -101,7 +75,7 @@ async def emit(
     `audience` is the ids of the users allowed to see the event; None means anyone can (it
     reports public data). `endpoint_id` restricts it to one endpoint (pings).
     """
-    if event_type not in EVENT_TYPES:
+    if event_type not in events.EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     result = await session.execute(
         _EMIT,

@@ -10,8 +10,8 @@ from typing import cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.infra.secret_box import SecretBox, UnreadableSecret
 from service.models import WebhookEndpoint
-from service.webhooks.secret_box import SecretBox, UnreadableSecret
 
 
 @dataclass

@@ -17,10 +17,12 @@ import secrets as _secrets
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
+
+from service.domain.events import rfc3339
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 SECRET_BYTES = 32
@@ -104,13 +106,6 @@ def build_headers(
         HEADER_TIMESTAMP: str(ts),
         HEADER_SIGNATURE: signature_header(secrets=secrets, msg_id=msg_id, timestamp=ts, body=body),
     }
-
-
-def rfc3339(moment: datetime) -> str:
-    """Format an aware datetime as RFC 3339 in UTC with microseconds and a `Z` suffix."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError("event timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def build_payload(*, event_type: str, timestamp: datetime, data: Mapping[str, Any]) -> bytes:

@@ -31,25 +31,28 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
-    IPv4Network,
     IPv6Address,
-    IPv6Network,
     ip_address,
     ip_network,
 )
 from urllib.parse import quote, urlsplit
 
 from service.domain.errors import InvalidInput
+from service.domain.webhooks import MAX_URL_LENGTH
+from service.infra.address_policy import (
+    AddressPolicy,
+    IPAddress,
+    IPNetwork,
+    embedded_ipv4,
+    unscoped,
+)
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
-MAX_URL_LENGTH = 2048
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -117,25 +120,6 @@ _IPV6_RULES = _nets(
     ("ff00::/8", "a multicast address"),
 )
 _IPV6_GLOBAL_UNICAST = ip_network("2000::/3")
-_NAT64 = ip_network("64:ff9b::/96")
-
-
-def _unscoped(address: IPAddress) -> IPAddress:
-    # A zone id (fe80::1%eth0) makes equality and membership tests surprising; rules ignore it.
-    if isinstance(address, IPv6Address) and address.scope_id is not None:
-        return IPv6Address(int(address))
-    return address
-
-
-def _embedded_ipv4(address: IPv6Address) -> tuple[str, IPv4Address] | None:
-    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), with the form's name."""
-    if address.ipv4_mapped is not None:
-        return "IPv4-mapped", address.ipv4_mapped
-    if address in _NAT64:
-        return "NAT64", IPv4Address(int(address) & 0xFFFFFFFF)
-    if address.sixtofour is not None:
-        return "6to4", address.sixtofour
-    return None
 
 
 def _ipv4_refusal(address: IPv4Address) -> str | None:
@@ -156,58 +140,17 @@ def _ipv6_refusal(address: IPv6Address) -> str | None:
 
 def address_refusal(address: IPAddress) -> str | None:
     """Why `address` may not be contacted (ignoring any allowlist), or None if it may."""
-    address = _unscoped(address)
+    address = unscoped(address)
     if address in _METADATA:
         return "a cloud metadata address"
     if isinstance(address, IPv4Address):
         return _ipv4_refusal(address)
-    embedded = _embedded_ipv4(address)
+    embedded = embedded_ipv4(address)
     if embedded is not None:
         form, ipv4 = embedded
         inner = "a cloud metadata address" if ipv4 in _METADATA else _ipv4_refusal(ipv4)
         return None if inner is None else f"the {form} form of {ipv4}, {inner}"
     return _ipv6_refusal(address)
-
-
-def parse_network(value: str | IPAddress | IPNetwork) -> IPNetwork:
-    """Parse one allowlist entry: an IP address or a network in CIDR form (host bits clear)."""
-    if isinstance(value, IPv4Network | IPv6Network):
-        return value
-    if isinstance(value, IPv4Address | IPv6Address):
-        return ip_network(_unscoped(value))
-    try:
-        return ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(
-            f"allowlist entry {value!r} is not an IP address or network: {exc}"
-        ) from None
-
-
-@dataclass(frozen=True, slots=True)
-class AddressPolicy:
-    """Settings of the guard: whether plain http is allowed and which addresses are exempt."""
-
-    allow_http: bool = False
-    allowlist: tuple[IPNetwork, ...] = ()
-
-    @classmethod
-    def build(
-        cls, *, allow_http: bool = False, allowlist: Iterable[str | IPAddress | IPNetwork] = ()
-    ) -> AddressPolicy:
-        """Build a policy from settings values; raise ValueError on a malformed allowlist entry."""
-        return cls(allow_http=allow_http, allowlist=tuple(parse_network(v) for v in allowlist))
-
-    def allows(self, address: IPAddress) -> bool:
-        """Whether the allowlist names `address` (or the IPv4 address it embeds)."""
-        address = _unscoped(address)
-        candidates: list[IPAddress] = [address]
-        if isinstance(address, IPv6Address) and (embedded := _embedded_ipv4(address)):
-            candidates.append(embedded[1])
-        return any(
-            candidate.version == network.version and candidate in network
-            for candidate in candidates
-            for network in self.allowlist
-        )
 
 
 def check_address(address: IPAddress, *, policy: AddressPolicy, host: str | None = None) -> None:
@@ -216,7 +159,7 @@ def check_address(address: IPAddress, *, policy: AddressPolicy, host: str | None
         return
     reason = address_refusal(address)
     if reason is not None:
-        shown = str(_unscoped(address))
+        shown = str(unscoped(address))
         where = f"{host} resolves to {shown}" if host and host != shown else shown
         raise WebhookUrlRefused(f"{where}, {reason}, may not receive webhooks")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from service.infra.mail import Mailer, MailError, MailNotConfigured, MailRejected, SmtpConfig
+from service.infra.secret_box import generate_key
 from service.infra.settings import Environment, Settings
-from service.webhooks.secret_box import generate_key
 from tests.jobs.support import SmtpServer, running_smtp_server
 
 SECRET_LINK = "https://conduit.example/reset-password?token=s3cr3t-t0ken"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.infra.secret_box import SecretBox, UnreadableSecret, generate_key
 from service.infra.settings import (
     MIN_SECRET_LENGTH,
     WEBHOOK_KEYS_REQUIRED,
@@ -19,7 +20,6 @@ from service.infra.settings import (
     load_settings,
     mask_url,
 )
-from service.webhooks.secret_box import SecretBox, UnreadableSecret, generate_key
 from service.webhooks.signing import generate_secret
 from tests.cli import ENV_VARIABLES
 

@@ -16,8 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
+from service.infra.secret_box import generate_key
 from service.infra.settings import Settings
-from service.webhooks.secret_box import generate_key
 from tests.cli import ENV_VARIABLES
 from tests.factories import TestUser
 from tests.jobs.support import TOKEN_IN_LINK, SmtpServer, eventually, free_port

@@ -13,9 +13,9 @@ import pytest
 import pytest_asyncio
 
 from service.app import ConduitASGI
+from service.infra.address_policy import AddressPolicy
 from service.infra.settings import Settings
 from service.webhooks.http import WebhookClient
-from service.webhooks.ssrf import AddressPolicy
 from tests.webhooks.receivers import (
     CertificateFiles,
     Receiver,

@@ -12,6 +12,7 @@ from ipaddress import ip_address
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.infra.address_policy import AddressPolicy, IPAddress
 from service.webhooks import http as webhook_http
 from service.webhooks.http import (
     DeliveryErrorKind,
@@ -22,7 +23,7 @@ from service.webhooks.http import (
     parse_retry_after,
 )
 from service.webhooks.signing import build_headers, build_payload, generate_secret, new_message_id
-from service.webhooks.ssrf import AddressPolicy, IPAddress, ResolutionFailed, Resolver
+from service.webhooks.ssrf import ResolutionFailed, Resolver
 from tests.webhooks.conftest import LOOPBACK
 from tests.webhooks.receivers import HUGE_BYTES, CertificateFiles, Receiver
 

@@ -12,13 +12,7 @@ import pytest
 from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
-from service.infra.settings import Settings
-from service.models import User
-from service.schemas.webhook import WebhookCreate
-from service.services import webhooks as webhooks_service
-from service.webhooks.delivery import DeliveryConfig
-from service.webhooks.reencrypt import ReencryptReport, reencrypt_secrets
-from service.webhooks.secret_box import (
+from service.infra.secret_box import (
     CANNOT_DECRYPT,
     SEALED_PREFIX,
     SecretBox,
@@ -27,6 +21,12 @@ from service.webhooks.secret_box import (
     generate_key,
     parse_keys,
 )
+from service.infra.settings import Settings
+from service.models import User
+from service.schemas.webhook import WebhookCreate
+from service.services import webhooks as webhooks_service
+from service.webhooks.delivery import DeliveryConfig
+from service.webhooks.reencrypt import ReencryptReport, reencrypt_secrets
 from service.webhooks.signing import SECRET_PREFIX, generate_secret
 from tests.factories import TestUser
 from tests.webhooks.conftest import LOOPBACK

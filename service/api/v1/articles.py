@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 from service.api.spec import operation
 from service.api.v1 import cached as shared
 from service.domain import scopes
+from service.domain.articles import ArticlePage, ArticleView
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import (
@@ -22,7 +23,6 @@ from service.schemas.article import (
 )
 from service.schemas.common import PageQuery
 from service.services import articles as articles_service
-from service.services.articles import ArticlePage, ArticleView
 
 bp = Blueprint("articles", __name__)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
+from service.domain.articles import ArticlePage
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import ArticleOut, ArticleSummary
@@ -18,7 +19,6 @@ from service.services import articles as articles_service
 from service.services import comments as comments_service
 from service.services import profiles as profiles_service
 from service.services import tags as tags_service
-from service.services.articles import ArticlePage
 
 Json = dict[str, Any]
 

@@ -11,7 +11,9 @@ from werkzeug.routing import UUIDConverter
 
 from service.api.spec import operation
 from service.domain import scopes
+from service.infra.address_policy import AddressPolicy
 from service.infra.db import db
+from service.infra.secret_box import SecretBox
 from service.infra.settings import Settings
 from service.models import User
 from service.schemas.common import PageQuery
@@ -35,8 +37,6 @@ from service.schemas.webhook import (
     WebhookUpdateRequest,
 )
 from service.services import webhooks as webhooks_service
-from service.webhooks.secret_box import SecretBox
-from service.webhooks.ssrf import AddressPolicy
 
 bp = Blueprint("webhooks", __name__)
 

@@ -17,8 +17,9 @@ from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
 from service.app import ConduitASGI
-from service.domain import scopes
+from service.domain import events, scopes
 from service.infra.db import DatabaseState
+from service.infra.secret_box import SEALED_PREFIX
 from service.infra.settings import Settings
 from service.models import (
     AuditEntry,
@@ -33,7 +34,6 @@ from service.services import sessions
 from service.services.security import Tokens
 from service.services.webhooks import MAX_ENDPOINTS_PER_USER
 from service.webhooks import outbox, signing
-from service.webhooks.secret_box import SEALED_PREFIX
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -133,7 +133,7 @@ async def add_message(
     *,
     status: str = "delivered",
     created_at: datetime | None = None,
-    event_type: str = outbox.ARTICLE_CREATED,
+    event_type: str = events.ARTICLE_CREATED,
     attempts: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """Insert an event and its message (and attempts) for the endpoint; return the message id."""
@@ -1055,7 +1055,7 @@ async def test_event_type_catalogue(client: httpx.AsyncClient) -> None:
     response = await client.get(f"{BASE}/event-types")
     assert response.status_code == 200
     entries = response.json()["eventTypes"]
-    assert [entry["type"] for entry in entries] == list(outbox.EVENT_TYPES)
+    assert [entry["type"] for entry in entries] == list(events.EVENT_TYPES)
     for entry in entries:
         assert set(entry) == {"type", "description", "schema", "example"}
         assert entry["description"]

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from service.infra.settings import split_list
-
 SEALED_PREFIX = "fernet:"
 CANNOT_DECRYPT = (
     "the endpoint's signing secret cannot be decrypted with any key of WEBHOOK_SECRET_KEYS"
@@ -35,7 +33,8 @@ def generate_key() -> str:
 
 def parse_keys(value: str) -> list[str]:
     """The keys of a WEBHOOK_SECRET_KEYS value; ValueError (never quoting it) if malformed."""
-    keys = split_list(value)
+    # Comma-separated, blanks dropped (as settings.split_list: settings imports this module).
+    keys = [key.strip() for key in value.split(",") if key.strip()]
     if not keys:
         raise ValueError(f"must be {KEYS_FORMAT}")
     for number, key in enumerate(keys, start=1):

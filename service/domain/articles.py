@@ -1,0 +1,31 @@
+"""What the article services return: an article as one viewer sees it, and a page of them.
+
+Here, below schemas and services, so that services build them and schemas render them without
+either importing the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.models import Article, User
+
+
+@dataclass(frozen=True)
+class ArticleView:
+    """An article as one viewer sees it."""
+
+    article: Article
+    author: User
+    tags: list[str]
+    favorited: bool
+    favorites_count: int
+    following: bool
+
+
+@dataclass(frozen=True)
+class ArticlePage:
+    """One page of articles and the number of articles on all pages."""
+
+    articles: list[ArticleView]
+    total: int
