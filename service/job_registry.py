@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -12,9 +13,9 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 
 from service.caching import generations as invalidation
-from service.infra.mail import MailRejected
+from service.infra.mail import Mailer, MailRejected
 from service.infra.settings import Settings
-from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker
+from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
 from service.models import User, WebhookEndpoint
 from service.services import password_reset, revocation
 from service.webhooks import delivery, retention
@@ -118,10 +119,18 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-def create_worker(settings: Settings, **options: Any) -> Worker:
-    """A `Worker` with every handler of the service registered (`options` go to `Worker`);
-    webhook deliveries get WEBHOOK_DELIVERY_CONCURRENCY slots of their own, and the webhook
-    retention runs periodically."""
-    options.setdefault("kind_concurrency", {DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY})
-    options.setdefault("periodic", {"webhook retention": retention.PERIODIC})
-    return Worker(settings, handlers=HANDLERS, **options)
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The service's worker configuration: the settings', with WEBHOOK_DELIVERY_CONCURRENCY
+    slots of their own for webhook deliveries and the webhook retention as a periodic task."""
+    return WorkerConfig.from_settings(
+        settings,
+        kind_concurrency={DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY},
+        periodic={"webhook retention": retention.PERIODIC},
+    )
+
+
+def create_worker(settings: Settings, *, mailer: Mailer | None = None, **changes: Any) -> Worker:
+    """A `Worker` with every handler of the service registered, configured by `worker_config`
+    with `changes` to fields of its `WorkerConfig` (tests shrink timings)."""
+    config = replace(worker_config(settings), **changes)
+    return Worker(settings, config, handlers=HANDLERS, mailer=mailer)

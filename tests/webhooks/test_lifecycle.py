@@ -308,7 +308,7 @@ async def test_the_service_worker_purges_periodically_with_the_configured_retent
     kept, _ = await add_logged(sessionmaker, a, age=timedelta(days=6), status="delivered")
     configured = settings.model_copy(update={"webhook_retention_days": 7})
     worker = create_worker(configured, poll_interval=30)
-    assert worker.periodic == {"webhook retention": retention.PERIODIC}
+    assert worker.config.periodic == {"webhook retention": retention.PERIODIC}
     task = asyncio.create_task(worker.run())
     try:
 
