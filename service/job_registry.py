@@ -10,15 +10,15 @@ from datetime import timedelta
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import select
 
 from service.caching import generations as invalidation
 from service.infra.mail import Mailer, MailRejected
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
-from service.models import User, WebhookEndpoint
 from service.services import password_reset, revocation
-from service.webhooks import delivery, retention
+from service.webhooks import retention
+from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.outbox import DELIVER_JOB
 
 # Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
@@ -81,41 +81,12 @@ async def _redis(context: JobContext) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-async def webhook_disabled_mail(payload: dict[str, Any], context: JobContext) -> None:
-    """Tell an endpoint's owner that it was disabled (`{"endpointId": ...}`); nothing if it
-    was deleted or enabled again meanwhile."""
-    try:
-        endpoint_id = uuid.UUID(payload["endpointId"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
-    async with context.sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(WebhookEndpoint, User.email)
-                .join(User, User.id == WebhookEndpoint.owner_id)
-                .where(WebhookEndpoint.id == endpoint_id)
-            )
-        ).one_or_none()
-    if row is None:
-        return
-    endpoint, email = row
-    if endpoint.enabled:
-        return
-    text = delivery.disabled_mail_text(
-        endpoint=endpoint, retention_days=context.settings.webhook_retention_days
-    )
-    try:
-        await context.mailer.send(email, delivery.DISABLED_MAIL_SUBJECT, text)
-    except MailRejected as exc:
-        raise PermanentJobError(str(exc)) from exc
-
-
 HANDLERS: dict[str, Handler] = {
     password_reset.REQUEST_JOB: password_reset_request,
     revocation.PUBLISH_JOB: publish_revocations,
     invalidation.BUMP_JOB: bump_cache,
-    DELIVER_JOB: delivery.DeliveryHandler(),
-    delivery.DISABLED_MAIL_JOB: webhook_disabled_mail,
+    DELIVER_JOB: DeliveryHandler(),
+    DISABLED_MAIL_JOB: send_disabled_mail,
 }
 
 

@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.infra.mail import Mailer
 from service.infra.settings import Settings
-from service.job_registry import webhook_disabled_mail
 from service.jobs import Worker, WorkerConfig
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from service.webhooks import outbox
-from service.webhooks.delivery import DISABLED_MAIL_JOB, DeliveryConfig, DeliveryHandler
+from service.webhooks.config import DeliveryConfig
+from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.signing import generate_secret
 
 T = TypeVar("T")
@@ -115,7 +116,7 @@ def make_delivery_worker(
         replace(worker_config, **changes),
         handlers={
             outbox.DELIVER_JOB: handler or DeliveryHandler(config),
-            DISABLED_MAIL_JOB: webhook_disabled_mail,
+            DISABLED_MAIL_JOB: send_disabled_mail,
         },
         mailer=mailer,
         name=name,

@@ -15,14 +15,10 @@ from redis.asyncio import Redis
 
 from service.infra.settings import Settings
 from service.jobs import JobContext, Worker, WorkerConfig, enqueue
-from service.webhooks.delivery import (
-    DeliveryConfig,
-    DeliveryHandler,
-    EndpointGates,
-    Postponed,
-    RateLimiter,
-    Ticket,
-)
+from service.webhooks.config import DeliveryConfig
+from service.webhooks.gates import EndpointGates, Postponed, Ticket
+from service.webhooks.handler import DeliveryHandler
+from service.webhooks.rate_limit import RateLimiter
 from tests.factories import TestUser
 from tests.webhooks.receivers import Receiver, running_receiver
 from tests.webhooks.support import (

@@ -15,8 +15,10 @@ from service.job_registry import create_worker
 from service.jobs import JobContext
 from service.models import Job, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.webhooks import outbox, retention
-from service.webhooks.delivery import POISON_ERROR, DeliveryHandler, redeliver
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.http import DeliveryResult
+from service.webhooks.outcomes import POISON_ERROR
+from service.webhooks.redelivery import redeliver
 from service.webhooks.retention import Purged, purge
 from service.webhooks.signing import new_message_id
 from tests.factories import TestUser
