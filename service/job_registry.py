@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import select
 
 from service.caching import generations as invalidation
-from service.infra.mail import MailRejected
+from service.infra.mail import Mailer, MailRejected
 from service.infra.settings import Settings
-from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker
-from service.models import User, WebhookEndpoint
+from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
 from service.services import password_reset, revocation
-from service.webhooks import delivery, retention
+from service.webhooks import retention
+from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.outbox import DELIVER_JOB
 
 # Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
@@ -80,48 +81,27 @@ async def _redis(context: JobContext) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-async def webhook_disabled_mail(payload: dict[str, Any], context: JobContext) -> None:
-    """Tell an endpoint's owner that it was disabled (`{"endpointId": ...}`); nothing if it
-    was deleted or enabled again meanwhile."""
-    try:
-        endpoint_id = uuid.UUID(payload["endpointId"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
-    async with context.sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(WebhookEndpoint, User.email)
-                .join(User, User.id == WebhookEndpoint.owner_id)
-                .where(WebhookEndpoint.id == endpoint_id)
-            )
-        ).one_or_none()
-    if row is None:
-        return
-    endpoint, email = row
-    if endpoint.enabled:
-        return
-    text = delivery.disabled_mail_text(
-        endpoint=endpoint, retention_days=context.settings.webhook_retention_days
-    )
-    try:
-        await context.mailer.send(email, delivery.DISABLED_MAIL_SUBJECT, text)
-    except MailRejected as exc:
-        raise PermanentJobError(str(exc)) from exc
-
-
 HANDLERS: dict[str, Handler] = {
     password_reset.REQUEST_JOB: password_reset_request,
     revocation.PUBLISH_JOB: publish_revocations,
     invalidation.BUMP_JOB: bump_cache,
-    DELIVER_JOB: delivery.DeliveryHandler(),
-    delivery.DISABLED_MAIL_JOB: webhook_disabled_mail,
+    DELIVER_JOB: DeliveryHandler(),
+    DISABLED_MAIL_JOB: send_disabled_mail,
 }
 
 
-def create_worker(settings: Settings, **options: Any) -> Worker:
-    """A `Worker` with every handler of the service registered (`options` go to `Worker`);
-    webhook deliveries get WEBHOOK_DELIVERY_CONCURRENCY slots of their own, and the webhook
-    retention runs periodically."""
-    options.setdefault("kind_concurrency", {DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY})
-    options.setdefault("periodic", {"webhook retention": retention.PERIODIC})
-    return Worker(settings, handlers=HANDLERS, **options)
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The service's worker configuration: the settings', with WEBHOOK_DELIVERY_CONCURRENCY
+    slots of their own for webhook deliveries and the webhook retention as a periodic task."""
+    return WorkerConfig.from_settings(
+        settings,
+        kind_concurrency={DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY},
+        periodic={"webhook retention": retention.PERIODIC},
+    )
+
+
+def create_worker(settings: Settings, *, mailer: Mailer | None = None, **changes: Any) -> Worker:
+    """A `Worker` with every handler of the service registered, configured by `worker_config`
+    with `changes` to fields of its `WorkerConfig` (tests shrink timings)."""
+    config = replace(worker_config(settings), **changes)
+    return Worker(settings, config, handlers=HANDLERS, mailer=mailer)

@@ -6,6 +6,7 @@ inside `conduit serve`) claim due jobs with `FOR UPDATE SKIP LOCKED`, are woken 
 `NOTIFY conduit_jobs`, and run each job at least once, retrying with backoff.
 """
 
+from service.jobs.config import Periodic, WorkerConfig
 from service.jobs.queue import CHANNEL, enqueue
 from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker, backoff_delay
 
@@ -13,8 +14,10 @@ __all__ = [
     "CHANNEL",
     "Handler",
     "JobContext",
+    "Periodic",
     "PermanentJobError",
     "Worker",
+    "WorkerConfig",
     "backoff_delay",
     "enqueue",
 ]

@@ -1,5 +1,8 @@
 """The job worker: claims due jobs from PostgreSQL and runs their handlers.
 
+Its tunings named below (`concurrency`, `job_timeout`, ...) are one `WorkerConfig`
+(`service.jobs.config`).
+
 Guarantees and how they are kept:
 - At least once: a job is marked done only after its handler returned. A worker that dies
   mid-job leaves it `running` with a lease (`locked_until`); once the lease expires any worker
@@ -54,15 +57,13 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from service.infra.db import build_engine
 from service.infra.mail import Mailer
 from service.infra.settings import Settings
+from service.jobs.config import Periodic, WorkerConfig
 from service.jobs.queue import CHANNEL
 from service.models import Job
 
 logger = logging.getLogger("conduit.jobs")
 
 Handler = Callable[[dict[str, Any], "JobContext"], Awaitable[None]]
-# Work the worker does on a schedule rather than from jobs: gets the worker's sessions and
-# settings.
-PeriodicTask = Callable[[async_sessionmaker[AsyncSession], Settings], Awaitable[object]]
 
 MAX_ERROR_LENGTH = 1000
 ABANDONED = "the worker running its last attempt stopped (lease expired)"
@@ -75,14 +76,6 @@ _jitter = random.SystemRandom()
 
 class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot succeed: the job fails at once."""
-
-
-@dataclass(frozen=True)
-class Periodic:
-    """A task `run()` starts every `interval` seconds (the first time when it starts)."""
-
-    interval: float
-    task: PeriodicTask
 
 
 @dataclass(frozen=True)
@@ -150,53 +143,26 @@ def asyncpg_url(database_url: str) -> str:
 
 
 class Worker:
-    """Runs jobs of the registered kinds; see the module docstring for the guarantees."""
+    """Runs jobs of the registered kinds, tuned by `config`; see the module docstring for the
+    guarantees. `name` identifies it in the rows it holds (default: host, pid and a nonce)."""
 
     def __init__(
         self,
         settings: Settings,
+        config: WorkerConfig,
         *,
-        handlers: Mapping[str, Handler] | None = None,
+        handlers: Mapping[str, Handler],
         mailer: Mailer | None = None,
         name: str | None = None,
-        concurrency: int | None = None,
-        kind_concurrency: Mapping[str, int] | None = None,
-        poll_interval: float = 5.0,
-        lease_seconds: float = 60.0,
-        job_timeout: float = 300.0,
-        backoff_base: float = 10.0,
-        backoff_max: float = 3600.0,
-        shutdown_grace: float | None = None,
-        maintenance_interval: float = 60.0,
-        done_retention: timedelta = timedelta(days=7),
-        failed_retention: timedelta = timedelta(days=30),
-        periodic: Mapping[str, Periodic] | None = None,
     ) -> None:
         if settings.database_url is None:
             raise ValueError("DATABASE_URL is not set")
         self.settings = settings
+        self.config = config
         self.mailer = mailer or Mailer(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.concurrency = concurrency or settings.worker_concurrency
-        # Kinds with slots of their own, not counted against `concurrency`.
-        self.kind_concurrency = dict(kind_concurrency or {})
-        if any(limit < 1 for limit in self.kind_concurrency.values()):
-            raise ValueError("kind_concurrency limits must be at least 1")
-        if any(periodic.interval <= 0 for periodic in (periodic or {}).values()):
-            raise ValueError("periodic intervals must be positive")
-        self.poll_interval = poll_interval
-        self.lease = timedelta(seconds=lease_seconds)
-        self.job_timeout = job_timeout
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.shutdown_grace = (
-            settings.shutdown_grace_seconds if shutdown_grace is None else shutdown_grace
-        )
-        self.maintenance_interval = maintenance_interval
-        self.done_retention = done_retention
-        self.failed_retention = failed_retention
-        self._handlers: dict[str, Handler] = dict(handlers or {})
-        self.periodic = dict(periodic or {})
+        self.lease = timedelta(seconds=config.lease_seconds)
+        self._handlers: dict[str, Handler] = dict(handlers)
         self._periodic_due: dict[str, float] = {}
         self._periodic_tasks: dict[str, asyncio.Task[None]] = {}
         self._engine: AsyncEngine | None = None
@@ -224,18 +190,20 @@ class Worker:
     @property
     def total_concurrency(self) -> int:
         """How many jobs may run at once, over every slot pool."""
-        own = [limit for kind, limit in self.kind_concurrency.items() if kind in self._handlers]
-        return self.concurrency + sum(own)
+        own = [
+            limit for kind, limit in self.config.kind_concurrency.items() if kind in self._handlers
+        ]
+        return self.config.concurrency + sum(own)
 
     def _lanes(self) -> list[tuple[list[str], int]]:
         """Each slot pool's kinds with its free slots: the shared pool, then one per kind
         with its own slots."""
         running = Counter(job.kind for job in self._in_flight.values())
-        shared = [kind for kind in self.kinds if kind not in self.kind_concurrency]
-        lanes = [(shared, self.concurrency - sum(running[kind] for kind in shared))]
+        shared = [kind for kind in self.kinds if kind not in self.config.kind_concurrency]
+        lanes = [(shared, self.config.concurrency - sum(running[kind] for kind in shared))]
         lanes += [
             ([kind], limit - running[kind])
-            for kind, limit in sorted(self.kind_concurrency.items())
+            for kind, limit in sorted(self.config.kind_concurrency.items())
             if kind in self._handlers
         ]
         return [(kinds, free) for kinds, free in lanes if kinds and free > 0]
@@ -257,9 +225,9 @@ class Worker:
         # Running jobs, the claim loop, the heartbeat, and one spare. Kinds with their own
         # slots add at most 8: their handlers (webhook deliveries) hold no connection while
         # they wait on the network, and many workers must fit in the server's connections.
-        own = min(self.total_concurrency - self.concurrency, 8)
+        own = min(self.total_concurrency - self.config.concurrency, 8)
         pool = self.settings.model_copy(
-            update={"db_pool_size": self.concurrency + own + 3, "db_max_overflow": 2}
+            update={"db_pool_size": self.config.concurrency + own + 3, "db_max_overflow": 2}
         )
         self._engine = build_engine(pool, self.settings.database_url)
         self._sessionmaker = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -307,8 +275,8 @@ class Worker:
             extra={
                 "worker": self.name,
                 "kinds": self.kinds,
-                "concurrency": self.concurrency,
-                "kind_concurrency": self.kind_concurrency,
+                "concurrency": self.config.concurrency,
+                "kind_concurrency": self.config.kind_concurrency,
             },
         )
         if not self.mailer.configured:
@@ -356,7 +324,7 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
-            delay = min(self.poll_interval, self._start_periodic())
+            delay = min(self.config.poll_interval, self._start_periodic())
             lanes = self._lanes()
             if lanes:
                 try:
@@ -366,7 +334,10 @@ class Worker:
                     # The database is away: keep trying, without flooding the log.
                     failures += 1
                     logger.warning("claiming jobs failed: %s", describe_failure(exc))
-                    jobs, next_due = [], min(self.poll_interval, 0.5 * 2.0 ** min(failures, 5))
+                    jobs, next_due = (
+                        [],
+                        min(self.config.poll_interval, 0.5 * 2.0 ** min(failures, 5)),
+                    )
                 for job in jobs:
                     self._spawn(job)
                 claimed = Counter(job.kind for job in jobs)
@@ -382,13 +353,15 @@ class Worker:
         """Start the periodic tasks that are due and not running; return the seconds until
         the next one is due."""
         now = time.monotonic()
-        for name, periodic in self.periodic.items():
+        for name, periodic in self.config.periodic.items():
             if name in self._periodic_tasks or self._periodic_due.get(name, now) > now:
                 continue
             self._periodic_due[name] = now + periodic.interval
             task = asyncio.create_task(self._run_periodic(name, periodic), name=f"periodic-{name}")
             self._periodic_tasks[name] = task
-        waits = [due - now for name, due in self._periodic_due.items() if name in self.periodic]
+        waits = [
+            due - now for name, due in self._periodic_due.items() if name in self.config.periodic
+        ]
         return max(min(waits, default=float("inf")), 0.0)
 
     async def _run_periodic(self, name: str, periodic: Periodic) -> None:
@@ -416,7 +389,7 @@ class Worker:
             return [], None
         abandoned: list[ClaimedJob] = []
         async with self.sessionmaker.begin() as session:
-            if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
+            if time.monotonic() - self._last_maintenance >= self.config.maintenance_interval:
                 abandoned = await self._maintain(session)
             rows: list[Row[Any]] = []
             for kinds, free in lanes:
@@ -491,8 +464,10 @@ class Worker:
         await session.execute(
             delete(Job).where(
                 or_(
-                    and_(Job.status == "done", Job.updated_at < now - self.done_retention),
-                    and_(Job.status == "failed", Job.updated_at < now - self.failed_retention),
+                    and_(Job.status == "done", Job.updated_at < now - self.config.done_retention),
+                    and_(
+                        Job.status == "failed", Job.updated_at < now - self.config.failed_retention
+                    ),
                 )
             )
         )
@@ -525,7 +500,7 @@ class Worker:
         context = self._context(job)
         try:
             try:
-                async with asyncio.timeout(self.job_timeout):
+                async with asyncio.timeout(self.config.job_timeout):
                     await handler(job.payload, context)
             except asyncio.CancelledError:
                 # Only shutdown cancels a job: hand it back for another worker, uncounted.
@@ -566,7 +541,9 @@ class Worker:
             if await self._record_outcome(job, status="failed", error=error, delay=None):
                 await self._failed_for_good(job, error)
             return
-        delay = backoff_delay(job.attempts, base=self.backoff_base, maximum=self.backoff_max)
+        delay = backoff_delay(
+            job.attempts, base=self.config.backoff_base, maximum=self.config.backoff_max
+        )
         logger.warning(
             "job %d (%s) attempt %d/%d failed, retrying in %.1f s: %s",
             job.id,
@@ -585,7 +562,7 @@ class Worker:
         if not isinstance(handler, FailureAware):
             return
         try:
-            async with asyncio.timeout(self.job_timeout):
+            async with asyncio.timeout(self.config.job_timeout):
                 await handler.job_failed(job.payload, self._context(job), error)
         except Exception as exc:
             logger.error(
@@ -644,7 +621,7 @@ class Worker:
         tasks = set(self._in_flight)
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
         for task in pending:
             task.cancel()
         if pending:

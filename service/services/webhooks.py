@@ -33,7 +33,7 @@ from service.models import User, WebhookAttempt, WebhookEndpoint, WebhookEvent, 
 from service.schemas.webhook import URL_PATTERN, WebhookCreate, WebhookUpdate
 from service.services import audit
 from service.services.admin import ADMIN
-from service.webhooks import catalogue, delivery, outbox, signing
+from service.webhooks import catalogue, outbox, redelivery, signing
 from service.webhooks.ssrf import WebhookUrlRefused, check_url
 
 MAX_ENDPOINTS_PER_USER = 20
@@ -389,7 +389,7 @@ async def redeliver(
     *, session: AsyncSession, viewer: User, endpoint_id: uuid.UUID, message_id: str
 ) -> MessageView:
     """Queue one more attempt of a message now, with the same message id (see
-    `delivery.redeliver`: a pending message's next retry is brought forward)."""
+    `redelivery.redeliver`: a pending message's next retry is brought forward)."""
     view = await _endpoint(session, viewer, endpoint_id)
     if not view.endpoint.enabled:
         raise Conflict(DISABLED, field="webhook")
@@ -402,7 +402,7 @@ async def redeliver(
         )
     if found is None:
         raise NotFound("message not found", field="message")
-    await delivery.redeliver(session=session, message_ids=[message_id])
+    await redelivery.redeliver(session=session, message_ids=[message_id])
     requeued, _ = await _message(session, endpoint_id, message_id)
     return requeued
 
@@ -422,7 +422,7 @@ async def recover(
             WebhookMessage.created_at >= since,
         )
     )
-    return await delivery.redeliver(session=session, message_ids=list(failed))
+    return await redelivery.redeliver(session=session, message_ids=list(failed))
 
 
 def event_types() -> tuple[EventType, ...]:

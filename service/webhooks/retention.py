@@ -21,7 +21,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.infra.settings import Settings
-from service.jobs.worker import Periodic
+from service.jobs.config import Periodic
 
 logger = logging.getLogger("conduit.webhooks")
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,8 +19,16 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.infra.settings import Settings
-from service.jobs import JobContext, PermanentJobError, Worker, backoff_delay, enqueue
-from service.jobs.worker import Periodic, WorkerThread, describe_failure
+from service.jobs import (
+    JobContext,
+    Periodic,
+    PermanentJobError,
+    Worker,
+    WorkerConfig,
+    backoff_delay,
+    enqueue,
+)
+from service.jobs.worker import WorkerThread, describe_failure
 
 MakeWorker = Callable[..., Worker]
 
@@ -455,9 +464,8 @@ async def test_worker_thread_runs_jobs_and_stops(
     async def handler(payload: dict[str, Any], context: JobContext) -> None:
         ran.set()
 
-    thread = WorkerThread(
-        lambda: Worker(settings, handlers={"test.thread": handler}, poll_interval=30)
-    )
+    config = replace(WorkerConfig.from_settings(settings), poll_interval=30)
+    thread = WorkerThread(lambda: Worker(settings, config, handlers={"test.thread": handler}))
     thread.start()
     try:
         [job_id] = await add_jobs(sessionmaker, "test.thread", [{}])

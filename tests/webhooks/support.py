@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -15,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.infra.mail import Mailer
 from service.infra.settings import Settings
-from service.job_registry import webhook_disabled_mail
-from service.jobs.worker import Worker
+from service.jobs import Worker, WorkerConfig
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from service.webhooks import outbox
-from service.webhooks.delivery import DISABLED_MAIL_JOB, DeliveryConfig, DeliveryHandler
+from service.webhooks.config import DeliveryConfig
+from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.signing import generate_secret
 
 T = TypeVar("T")
@@ -98,21 +100,26 @@ def make_delivery_worker(
     config: DeliveryConfig = FAST,
     handler: DeliveryHandler | None = None,
     mailer: Mailer | None = None,
-    **options: Any,
+    name: str | None = None,
+    **changes: Any,
 ) -> Worker:
-    """A worker running webhook deliveries (and the owner mails) only."""
-    options.setdefault("poll_interval", 0.2)
-    options.setdefault("shutdown_grace", 5.0)
-    options.setdefault("backoff_base", 0.0)
-    options.setdefault("kind_concurrency", {outbox.DELIVER_JOB: 16})
+    """A worker running webhook deliveries (and the owner mails) only; `config` is the
+    deliveries' timings, `changes` are fields of the worker's `WorkerConfig`."""
+    worker_config = replace(
+        WorkerConfig.from_settings(settings, kind_concurrency={outbox.DELIVER_JOB: 16}),
+        poll_interval=0.2,
+        shutdown_grace=5.0,
+        backoff_base=0.0,
+    )
     return Worker(
         settings,
+        replace(worker_config, **changes),
         handlers={
             outbox.DELIVER_JOB: handler or DeliveryHandler(config),
-            DISABLED_MAIL_JOB: webhook_disabled_mail,
+            DISABLED_MAIL_JOB: send_disabled_mail,
         },
         mailer=mailer,
-        **options,
+        name=name,
     )
 
 

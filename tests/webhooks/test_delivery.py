@@ -17,14 +17,10 @@ from service.infra.mail import Mailer
 from service.infra.settings import Settings
 from service.models import Job, WebhookEvent, WebhookMessage
 from service.webhooks import outbox
-from service.webhooks.delivery import (
-    DISABLED_MAIL_SUBJECT,
-    DeliveryConfig,
-    DeliveryHandler,
-    display_url,
-    redeliver,
-    retry_delay,
-)
+from service.webhooks.config import DeliveryConfig, retry_delay
+from service.webhooks.disabling import DISABLED_MAIL_SUBJECT, display_url
+from service.webhooks.handler import DeliveryHandler
+from service.webhooks.redelivery import redeliver
 from service.webhooks.signing import generate_secret
 from tests.factories import TestUser
 from tests.jobs.support import SmtpServer

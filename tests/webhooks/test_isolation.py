@@ -14,16 +14,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.infra.settings import Settings
-from service.jobs import JobContext, enqueue
-from service.jobs.worker import Worker
-from service.webhooks.delivery import (
-    DeliveryConfig,
-    DeliveryHandler,
-    EndpointGates,
-    Postponed,
-    RateLimiter,
-    Ticket,
-)
+from service.jobs import JobContext, Worker, WorkerConfig, enqueue
+from service.webhooks.config import DeliveryConfig
+from service.webhooks.gates import EndpointGates, Postponed, Ticket
+from service.webhooks.handler import DeliveryHandler
+from service.webhooks.rate_limit import RateLimiter
 from tests.factories import TestUser
 from tests.webhooks.receivers import Receiver, running_receiver
 from tests.webhooks.support import (
@@ -273,14 +268,13 @@ async def test_kinds_with_their_own_slots_do_not_starve_others(
     async with sessionmaker.begin() as session:
         for _ in range(5):
             await enqueue(session=session, kind="test.hook", payload={})
-    worker = Worker(
-        settings,
-        handlers={"test.hook": hook, "test.mail": mail},
+    config = replace(
+        WorkerConfig.from_settings(settings, kind_concurrency={"test.hook": 3}),
         concurrency=1,
-        kind_concurrency={"test.hook": 3},
         poll_interval=0.2,
         shutdown_grace=1.0,
     )
+    worker = Worker(settings, config, handlers={"test.hook": hook, "test.mail": mail})
     assert worker.total_concurrency == 4
     async with running(worker):
         await eventually(lambda: running_now["hook"] == 3)

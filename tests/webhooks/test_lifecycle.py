@@ -15,8 +15,10 @@ from service.job_registry import create_worker
 from service.jobs import JobContext
 from service.models import Job, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.webhooks import outbox, retention
-from service.webhooks.delivery import POISON_ERROR, DeliveryHandler, redeliver
+from service.webhooks.handler import DeliveryHandler
 from service.webhooks.http import DeliveryResult
+from service.webhooks.outcomes import POISON_ERROR
+from service.webhooks.redelivery import redeliver
 from service.webhooks.retention import Purged, purge
 from service.webhooks.signing import new_message_id
 from tests.factories import TestUser
@@ -308,7 +310,7 @@ async def test_the_service_worker_purges_periodically_with_the_configured_retent
     kept, _ = await add_logged(sessionmaker, a, age=timedelta(days=6), status="delivered")
     configured = settings.model_copy(update={"webhook_retention_days": 7})
     worker = create_worker(configured, poll_interval=30)
-    assert worker.periodic == {"webhook retention": retention.PERIODIC}
+    assert worker.config.periodic == {"webhook retention": retention.PERIODIC}
     task = asyncio.create_task(worker.run())
     try:
 

@@ -25,7 +25,7 @@ from service.infra.settings import Settings
 from service.models import User
 from service.schemas.webhook import WebhookCreate
 from service.services import webhooks as webhooks_service
-from service.webhooks.delivery import DeliveryConfig
+from service.webhooks.config import DeliveryConfig
 from service.webhooks.reencrypt import ReencryptReport, reencrypt_secrets
 from service.webhooks.signing import SECRET_PREFIX, generate_secret
 from tests.factories import TestUser

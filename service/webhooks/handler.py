@@ -1,0 +1,216 @@
+"""The `webhook.deliver` job handler: one job delivers one message once, or postpones it.
+
+`outbox.emit` queues the first job of each message; every later one (a retry, or a
+postponement) is queued by `outcomes` in the transaction that records the outcome, so a message
+has one live job whatever crashes when (a manual redelivery may add a second: the first to
+attempt wins, the other finds itself stale). A job whose message has moved on (delivered,
+failed, or attempted since) is stale and does nothing.
+
+Before sending, the endpoint's gates (in-flight cap, circuit breaker: `gates`) and its rate
+limit (`rate_limit`) may postpone the job. The `webhook-id` header is the message id, the
+same on every attempt; `webhook-timestamp` is the time of the attempt, and the body is the
+event as stored (identical on every try). Per-endpoint ordering is not promised (retries and
+postponements reorder messages): receivers de-duplicate on `webhook-id` and order by the
+event `timestamp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select
+
+from service.infra.secret_box import CANNOT_DECRYPT, UnreadableSecret
+from service.infra.settings import Settings
+from service.jobs import JobContext, PermanentJobError
+from service.models import WebhookEndpoint, WebhookEvent, WebhookMessage
+from service.webhooks import http as webhook_http
+from service.webhooks import outcomes
+from service.webhooks.config import DeliveryConfig
+from service.webhooks.gates import EndpointGates, Postponed
+from service.webhooks.outcomes import DeliveryJob
+from service.webhooks.rate_limit import RateLimiter
+from service.webhooks.signing import InvalidWebhookSecret, build_headers, build_payload
+
+logger = logging.getLogger("conduit.webhooks")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a delivery needs of its message, endpoint and event (one query, no ORM objects)."""
+
+    status: str
+    attempts: int
+    endpoint_id: uuid.UUID
+    url: str
+    enabled: bool
+    rate_limit: int | None
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    failing_since: datetime | None
+    event_type: str
+    data: dict[str, Any]
+    event_created_at: datetime
+
+
+_LOAD = (
+    select(
+        WebhookMessage.status,
+        WebhookMessage.attempts,
+        WebhookEndpoint.id.label("endpoint_id"),
+        WebhookEndpoint.url,
+        WebhookEndpoint.enabled,
+        WebhookEndpoint.rate_limit,
+        WebhookEndpoint.secret,
+        WebhookEndpoint.previous_secret,
+        WebhookEndpoint.previous_secret_expires_at,
+        WebhookEndpoint.failing_since,
+        WebhookEvent.type.label("event_type"),
+        WebhookEvent.data,
+        WebhookEvent.created_at.label("event_created_at"),
+    )
+    .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
+    .join(WebhookEvent, WebhookEvent.id == WebhookMessage.event_id)
+    .where(WebhookMessage.id == bindparam("id"))
+)
+
+
+class DeliveryHandler:
+    """The `webhook.deliver` job handler (see the module docstring); its gates and rate
+    limiter hold this process's per-endpoint state."""
+
+    def __init__(
+        self,
+        config: DeliveryConfig | None = None,
+        *,
+        gates: EndpointGates | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.config = config or DeliveryConfig()
+        self.gates = gates or EndpointGates(self.config)
+        self.limiter = limiter or RateLimiter()
+
+    async def __call__(self, payload: dict[str, Any], context: JobContext) -> None:
+        """Make one attempt to deliver the job's message, or postpone it, or skip it."""
+        job = DeliveryJob.parse(payload)
+        async with context.sessionmaker() as session:
+            row = (await session.execute(_LOAD, {"id": job.message_id})).one_or_none()
+        if row is None:
+            return  # deleted with its endpoint
+        target = _Target(**row._asdict())
+        if target.status != "pending" or target.attempts != job.attempt:
+            return  # handled already: this job is stale
+        if not target.enabled:
+            await outcomes.fail_unsent(sessions=context.sessionmaker, job=job)
+            return
+        settings = context.settings
+        admitted = await self.gates.admit(
+            target.endpoint_id,
+            cap=settings.webhook_endpoint_concurrency,
+            failing=target.failing_since is not None,
+            manual=job.manual,
+        )
+        if isinstance(admitted, Postponed):
+            await self._postpone(context, job, admitted.delay, admitted.reason)
+            return
+        ticket = admitted
+        try:
+            if target.rate_limit:
+                wait = await self.limiter.reserve(
+                    target.endpoint_id,
+                    rate=target.rate_limit,
+                    max_wait=self.config.max_rate_wait,
+                    settings=settings,
+                )
+                if wait < 0:
+                    ticket.release(failed=None)
+                    await self._postpone(context, job, -wait, "rate limit")
+                    return
+                await asyncio.sleep(wait)
+            started = self.config.clock()
+            result = await self._send(settings, job, target, started)
+        except BaseException:
+            ticket.release(failed=None)
+            raise
+        retry_after = (
+            float(result.retry_after)
+            if result.retry_after is not None and result.status_code in (429, 503)
+            else None
+        )
+        ticket.release(failed=not result.ok, retry_after=retry_after)
+        await outcomes.record_attempt(
+            sessions=context.sessionmaker,
+            config=self.config,
+            job=job,
+            endpoint_id=target.endpoint_id,
+            failing_since=target.failing_since,
+            result=result,
+            started=started,
+            retry_after=retry_after,
+        )
+
+    async def job_failed(self, payload: dict[str, Any], context: JobContext, error: str) -> None:
+        """The message's delivery job failed for good (it kept raising, timed out, or its
+        worker died): fail the message, with an attempt saying so, for redeliver/recover."""
+        try:
+            job = DeliveryJob.parse(payload)
+        except PermanentJobError:
+            return  # no message to speak of
+        await outcomes.fail_for_good(
+            sessions=context.sessionmaker,
+            config=self.config,
+            job=job,
+            runs=context.attempt,
+            error=error,
+        )
+
+    async def _postpone(
+        self, context: JobContext, job: DeliveryJob, delay: float, reason: str
+    ) -> None:
+        await outcomes.postpone(
+            sessions=context.sessionmaker, config=self.config, job=job, delay=delay, reason=reason
+        )
+
+    async def _send(
+        self, settings: Settings, job: DeliveryJob, target: _Target, started: datetime
+    ) -> webhook_http.DeliveryResult:
+        box = settings.webhook_secret_box
+        try:
+            secrets = [box.open(target.secret)]
+            expires = target.previous_secret_expires_at
+            if target.previous_secret and expires is not None and expires > started:
+                secrets.append(box.open(target.previous_secret))
+        except UnreadableSecret:
+            logger.error("webhook %s: %s", target.endpoint_id, CANNOT_DECRYPT)
+            return webhook_http.DeliveryResult(
+                status_code=None, duration_ms=0, error=CANNOT_DECRYPT
+            )
+        body = build_payload(
+            event_type=target.event_type, timestamp=target.event_created_at, data=target.data
+        )
+        try:
+            headers = build_headers(
+                secrets=secrets,
+                msg_id=job.message_id,
+                body=body,
+                timestamp=int(started.timestamp()),
+            )
+        except InvalidWebhookSecret:
+            return webhook_http.DeliveryResult(
+                status_code=None, duration_ms=0, error="the endpoint's signing secret is invalid"
+            )
+        return await webhook_http.deliver(
+            url=target.url,
+            headers=headers,
+            body=body,
+            policy=settings.webhook_policy,
+            timeout=settings.webhook_timeout_seconds,
+            max_response_bytes=settings.webhook_max_response_bytes,
+            excerpt_bytes=settings.webhook_response_excerpt_bytes,
+        )

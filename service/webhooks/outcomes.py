@@ -1,0 +1,279 @@
+"""What a delivery attempt leads to, written in one transaction per outcome.
+
+A job's payload is `{"messageId", "attempt", "manual"}` (`DeliveryJob`); `attempt` (default 0)
+is the number of attempts the message had when the job was queued. Every outcome is written
+with `... WHERE attempts = <expected>` (`_claim`): of two jobs racing for one message only one
+records and schedules what comes next, and a job re-run after a crash between our commit and
+the worker marking it done finds its message moved on and cannot fork a second chain.
+
+Every attempt (an HTTP request, or its failure to happen: refused address, DNS, timeout) is
+written to `webhook_attempts`: time, status, duration, the first bytes of the answer, and the
+error. Never the headers (signatures), the secret, or the URL.
+
+- 2xx: the message is delivered and the endpoint's `failing_since` cleared.
+- 410 Gone: the message failed and the endpoint is disabled ("gone").
+- Anything else (other statuses, 3xx too: redirects are not followed, or no answer): the next
+  attempt is scheduled (`config.retry_delay`) and queued in the same transaction, so a message
+  has one live job whatever crashes when. `failing_since` is set at the first failure of a
+  run. When the last retry fails, or the endpoint has been failing for 5 days, the message
+  fails and the endpoint is disabled ("failing"; `disabling`). A manual redelivery whose
+  message's schedule is used up fails again without disabling the endpoint.
+- Postponed (the endpoint's gates or rate limit said not now): a new job, no attempt counted;
+  the message keeps its place in the retry schedule, postponing never uses up retries.
+- A delivery job that fails for good without recording an outcome (it kept raising: a bug, or
+  data it cannot handle; or it timed out, or its worker died on the last try) fails its message
+  with an attempt saying so (`fail_for_good`), so that it is visible and can be redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Update, func, insert, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from service.jobs import PermanentJobError, enqueue
+from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
+from service.webhooks.config import DeliveryConfig, retry_delay
+from service.webhooks.disabling import DISABLED_FAILING, DISABLED_GONE, disable
+from service.webhooks.http import DeliveryResult
+from service.webhooks.outbox import DELIVER_JOB, DELIVERY_JOB_ATTEMPTS
+
+logger = logging.getLogger("conduit.webhooks")
+
+Sessions = async_sessionmaker[AsyncSession]
+
+# Start of the attempt error of a message whose delivery job itself kept failing.
+POISON_ERROR = "not sent: the delivery failed inside the service"
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """A `webhook.deliver` job: its message, and the attempts that message had when queued."""
+
+    message_id: str
+    attempt: int  # attempts the message had when this job was queued
+    manual: bool
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> DeliveryJob:
+        """The job a payload describes; a malformed one fails the job at once."""
+        message_id = payload.get("messageId")
+        attempt = payload.get("attempt", 0)
+        manual = payload.get("manual", False)
+        if (
+            not isinstance(message_id, str)
+            or not isinstance(attempt, int)
+            or attempt < 0
+            or not isinstance(manual, bool)
+        ):
+            raise PermanentJobError("malformed webhook delivery payload")
+        return cls(message_id=message_id, attempt=attempt, manual=manual)
+
+    def payload_after(self, *, attempt: int, manual: bool) -> dict[str, Any]:
+        """The payload of a later job of the same message."""
+        payload: dict[str, Any] = {"messageId": self.message_id, "attempt": attempt}
+        if manual:
+            payload["manual"] = True
+        return payload
+
+
+def _claim(job: DeliveryJob, *, ok: bool = False) -> Update:
+    """UPDATE of the job's message, only while it is still this job's to record."""
+    statuses = ("pending", "failed") if ok else ("pending",)
+    return update(WebhookMessage).where(
+        WebhookMessage.id == job.message_id,
+        WebhookMessage.attempts == job.attempt,
+        WebhookMessage.status.in_(statuses),
+    )
+
+
+def _attempt_error(result: DeliveryResult) -> str | None:
+    if result.error is not None:
+        return result.error
+    status = result.status_code
+    if status is not None and 300 <= status < 400:
+        return "redirects are not followed"
+    return None
+
+
+async def _next_job(
+    session: AsyncSession, job: DeliveryJob, run_at: datetime, **after: Any
+) -> None:
+    await enqueue(
+        session=session,
+        kind=DELIVER_JOB,
+        payload=job.payload_after(**after),
+        run_at=run_at,
+        max_attempts=DELIVERY_JOB_ATTEMPTS,
+    )
+
+
+async def record_attempt(
+    *,
+    sessions: Sessions,
+    config: DeliveryConfig,
+    job: DeliveryJob,
+    endpoint_id: uuid.UUID,
+    failing_since: datetime | None,
+    result: DeliveryResult,
+    started: datetime,
+    retry_after: float | None,
+) -> None:
+    """Log the attempt that started at `started` and act on its result (see the module
+    docstring); `failing_since` is the endpoint's as loaded before the attempt."""
+    number = job.attempt + 1
+    finished = config.clock()
+    # The attempt is logged by a CTE of the message's UPDATE: one statement, always run.
+    logged = (
+        insert(WebhookAttempt)
+        .values(
+            message_id=job.message_id,
+            attempt=number,
+            started_at=started,
+            duration_ms=result.duration_ms,
+            status_code=result.status_code,
+            response_excerpt=result.response_excerpt or None,
+            error=_attempt_error(result),
+        )
+        .returning(WebhookAttempt.id)
+        .cte("attempt")
+    )
+
+    async def settle(session: AsyncSession, ok: bool = False, **values: Any) -> bool:
+        statement = (
+            _claim(job, ok=ok)
+            .values(attempts=WebhookMessage.attempts + 1, last_attempt_at=started, **values)
+            .returning(WebhookMessage.id)
+            .add_cte(logged)
+        )
+        return await session.scalar(statement) is not None
+
+    async with sessions.begin() as session:
+        if result.ok:
+            delivered = {"status": "delivered", "delivered_at": finished}
+            won = await settle(session, ok=True, next_attempt_at=None, **delivered)
+            if won and failing_since is not None:
+                await session.execute(
+                    update(WebhookEndpoint)
+                    .where(
+                        WebhookEndpoint.id == endpoint_id,
+                        WebhookEndpoint.failing_since.is_not(None),
+                    )
+                    .values(failing_since=None, updated_at=WebhookEndpoint.updated_at)
+                )
+            return
+        if result.status_code == 410:
+            if await settle(session, status="failed", next_attempt_at=None):
+                await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_GONE)
+            return
+        failing_since = failing_since or await _mark_failing(session, endpoint_id, started)
+        delay = retry_delay(number, config=config, retry_after=retry_after)
+        too_long = failing_since is not None and finished - failing_since >= config.disable_after
+        if delay is None or too_long:
+            won = await settle(session, status="failed", next_attempt_at=None)
+            if won and (too_long or not job.manual):
+                await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_FAILING)
+            return
+        run_at = finished + timedelta(seconds=delay)
+        won = await settle(session, next_attempt_at=run_at)
+        if won:
+            await _next_job(session, job, run_at, attempt=number, manual=False)
+    logger.info(
+        "webhook %s attempt %d failed (%s); %s",
+        job.message_id,
+        number,
+        result.status_code or result.error_kind,
+        f"retrying in {delay:.0f} s" if won else "handled elsewhere",
+        extra={"message_id": job.message_id, "endpoint_id": str(endpoint_id)},
+    )
+
+
+async def postpone(
+    *, sessions: Sessions, config: DeliveryConfig, job: DeliveryJob, delay: float, reason: str
+) -> None:
+    """Queue the job again in `delay` seconds, no attempt counted (`reason` is logged)."""
+    run_at = config.clock() + timedelta(seconds=delay)
+    async with sessions.begin() as session:
+        won = await session.scalar(
+            _claim(job).values(next_attempt_at=run_at).returning(WebhookMessage.id)
+        )
+        if won is not None:
+            await _next_job(session, job, run_at, attempt=job.attempt, manual=job.manual)
+    logger.debug(
+        "webhook %s postponed %.1f s: %s",
+        job.message_id,
+        delay,
+        reason,
+        extra={"message_id": job.message_id},
+    )
+
+
+async def fail_for_good(
+    *, sessions: Sessions, config: DeliveryConfig, job: DeliveryJob, runs: int, error: str
+) -> None:
+    """The message's delivery job failed for good after `runs` runs (it kept raising, timed
+    out, or its worker died): fail the message, with an attempt saying so, for
+    redeliver/recover."""
+    # Only the kind of error: its text may quote internals (SQL, addresses) that are the
+    # operators' business, in the worker's log, not the endpoint owner's.
+    cause = error.split(":", 1)[0]
+    times = f"{runs} time{'s' if runs != 1 else ''}"
+    now = config.clock()
+    async with sessions.begin() as session:
+        # Unlike a delivery attempt, logged only if the message was still this job's.
+        failed = await session.scalar(
+            _claim(job)
+            .values(
+                status="failed",
+                attempts=WebhookMessage.attempts + 1,
+                last_attempt_at=now,
+                next_attempt_at=None,
+            )
+            .returning(WebhookMessage.id)
+        )
+        if failed is not None:
+            session.add(
+                WebhookAttempt(
+                    message_id=job.message_id,
+                    attempt=job.attempt + 1,
+                    started_at=now,
+                    duration_ms=0,
+                    error=f"{POISON_ERROR} ({times}, {cause}); redeliver or recover it to "
+                    "try again",
+                )
+            )
+    if failed is not None:
+        logger.error(
+            "webhook %s failed: its delivery job failed for good: %s",
+            job.message_id,
+            error,
+            extra={"message_id": job.message_id},
+        )
+
+
+async def fail_unsent(*, sessions: Sessions, job: DeliveryJob) -> None:
+    """The endpoint is disabled: the message fails unsent (recoverable after enabling)."""
+    async with sessions.begin() as session:
+        await session.execute(_claim(job).values(status="failed", next_attempt_at=None))
+
+
+async def _mark_failing(
+    session: AsyncSession, endpoint_id: uuid.UUID, started: datetime
+) -> datetime | None:
+    """Start the endpoint's run of failures at `started` unless one is running; return its
+    start (None if the endpoint is gone)."""
+    # Health bookkeeping, not an edit by the owner: `updated_at` stays as it was.
+    return await session.scalar(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(
+            failing_since=func.coalesce(WebhookEndpoint.failing_since, started),
+            updated_at=WebhookEndpoint.updated_at,
+        )
+        .returning(WebhookEndpoint.failing_since)
+    )
