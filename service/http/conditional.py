@@ -1,7 +1,7 @@
 """Conditional requests (`ETag` / `If-None-Match`) and compression, as ASGI middleware.
 
 It wraps the adapter directly, inside the rate limiter and the security-header wrapper
-(`service.app.ConduitASGI`): a 304 it makes gets the RateLimit headers like any answer, keeps
+(`service.http.pipeline`): a 304 it makes gets the RateLimit headers like any answer, keeps
 the security, CORS and `X-Request-ID` headers Flask set on the full response, and a
 revalidation counts against the rate limit (it still runs the view: the ETag is a hash of the
 body, so a 304 saves the transfer and the client's parsing, not the query).
@@ -69,8 +69,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
-from service.api.hardening import ASGIApp
-from service.http.adapter import Message, Receive, Scope, Send
+from service.http.types import ASGIApp, Message, Receive, Scope, Send
 
 try:
     import brotli  # type: ignore[import-untyped]
@@ -387,8 +386,3 @@ def is_streamable(start: Message) -> bool:
     """True for a response that must not be buffered (an event stream)."""
     content_type = _first(list(start.get("headers", ())), b"content-type") or b""
     return content_type.partition(b";")[0].strip().lower() == b"text/event-stream"
-
-
-def install(app: ASGIApp) -> ASGIApp:
-    """Wrap `app` (the adapter) in the conditional-request and compression middleware."""
-    return HttpCacheMiddleware(app)
