@@ -20,15 +20,10 @@ per /64 (one host usually owns a whole /64).
 
 Algorithm: GCRA (a token bucket as one timestamp per key) in one Lua script, so every
 policy of a request is checked and charged atomically, with Redis's clock shared by all
-processes and instances. A refused request charges nothing. The requests that arrive in one
-turn of the event loop are decided by one script call (`service.infra.batching.TurnBatch`), in
-arrival order: under load a round trip serves many requests. Keys are
-`rl:<policy>:<identity>` and expire once the bucket is full again.
-
-The response cache behind the limiter needs the cache generations for each anonymous read,
-read after the request arrived. When it is on, the limiter's script reads them too, after
-charging the batch, and hands them on through `service.http.generations.RequestGenerations`:
-one Redis round trip per loop turn serves both layers.
+processes and instances. A refused request charges nothing. The requests of one turn of the
+event loop are decided by one script call (`TurnBatch`), in arrival order, which also reads
+the cache generations for the response cache behind (`service.http.generations`). Keys are
+`rl:<policy>:<identity>` and expire once the bucket is full again. Costs: docs/performance.md.
 
 Every limited response carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
 ratelimit-headers: `"default";q=300;w=60` and `"default";r=299;t=1`); a refusal is a 429 with
@@ -89,8 +84,7 @@ AUTH_PATHS = frozenset(
 )
 TOKEN_SCHEMES = (b"token", b"bearer")
 # How long a request waits for Redis's answer. It also absorbs the event loop's own lag under
-# a burst (measured: 100 ms was exceeded by a 50-request burst in one process), which must not
-# switch the shared limits off.
+# a burst (docs/performance.md: 100 ms was too short), which must not switch the limits off.
 REDIS_TIMEOUT_SECONDS = 0.25
 # A refused connection fails at once; this only bounds a host that does not answer at all.
 CONNECT_TIMEOUT_SECONDS = 1.0

@@ -12,16 +12,10 @@ was computed, so a write that commits meanwhile (and bumps the counter before it
 is sent) makes it unreachable. The invalidation state is shared with `service.caching.store`
 too: after a Redis failure, or while a bump of this process is pending, requests go to Flask.
 
-Where entries live, and what a hit costs:
-- Generations: read from Redis for every request, but by a `GenerationFence`: each caller is
-  served by a read sent after it arrived (so it sees every bump finished before its request
-  came in), one round trip shared by all requests that arrived in the same turn of the event
-  loop. Under load that is a fraction of a Redis call per request. With rate limits on, the
-  limiter's own batched script (also sent after the request arrived) reads them and hands
-  them on (`service.http.generations`): no round trip of this layer's own at all.
-- Entries: in Redis (shared by all processes, `CACHE_TTL_SECONDS`), and the recently served
-  ones in this process too (`LocalEntries`, bounded LRU): keyed by generation, a local copy is
-  as exact as the Redis original. A hit usually costs no Redis call of its own.
+Where entries live: generations are read after each request arrived, by the rate limiter's
+script (`service.http.generations`) or this layer's `GenerationFence`; entries in Redis
+(shared, `CACHE_TTL_SECONDS`) and the recently served ones in this process (`LocalEntries`),
+exact because keyed by generation. What a hit costs: docs/performance.md.
 
 What is cached, and what is not:
 - Only requests without `Authorization` (anything personal needs a token), only `200`
