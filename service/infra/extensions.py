@@ -7,7 +7,7 @@ casts what it finds.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from flask import Flask, current_app
 
@@ -24,38 +24,29 @@ class Extension(Generic[T]):
 
     def bind(self, app: Flask, value: T) -> T:
         """Store `value` on `app`; returns it."""
-        app.extensions[self.key] = value
+        self._slots(app)[self.key] = value
         return value
 
     def get(self, app: Flask | None = None) -> T:
         """The value bound to `app` (default: the current app); KeyError when unbound."""
-        return cast(T, (app or current_app).extensions[self.key])
+        return cast(T, self._slots(app or current_app)[self.key])
 
     def find(self, app: Flask | None = None) -> T | None:
         """The value bound to `app` (default: the current app), or None when unbound."""
-        return cast(T | None, (app or current_app).extensions.get(self.key))
+        return cast(T | None, self._slots(app or current_app).get(self.key))
+
+    def _slots(self, app: Flask) -> dict[str, Any]:
+        return app.extensions
 
     def __repr__(self) -> str:
-        return f"Extension({self.key!r})"
+        return f"{type(self).__name__}({self.key!r})"
 
 
-class ConfigEntry(Generic[T]):
+class ConfigEntry(Extension[T]):
     """One typed entry of `Flask.config`, under `key` (for values tests swap per app)."""
 
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def bind(self, app: Flask, value: T) -> T:
-        """Store `value` in `app`'s config; returns it."""
-        app.config[self.key] = value
-        return value
-
-    def get(self, app: Flask | None = None) -> T:
-        """The value in `app`'s config (default: the current app); KeyError when unset."""
-        return cast(T, (app or current_app).config[self.key])
-
-    def __repr__(self) -> str:
-        return f"ConfigEntry({self.key!r})"
+    def _slots(self, app: Flask) -> dict[str, Any]:
+        return app.config
 
 
 # The app's validated settings (`service.app.create_app` binds them).
