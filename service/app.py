@@ -9,21 +9,22 @@ from typing import Any
 from flask import Flask
 
 from service.api import errors, hardening
-from service.api.auth import auth
+from service.api.auth import AUTH, auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
 from service.api.index import bp as index_bp
 from service.api.jsonprovider import OrjsonProvider
 from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
-from service.caching.store import cache
-from service.http import conditional as http_cache
-from service.http import ratelimit, response_cache
-from service.http.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send, run_on_serving_loop
+from service.caching.store import CACHE, cache
+from service.http.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
+from service.http.pipeline import build_pipeline
+from service.http.types import Receive, Scope, Send
 from service.infra import observability
 from service.infra.db import db
-from service.infra.lifecycle import AppLifespan
-from service.infra.redis import redis
+from service.infra.extensions import SETTINGS
+from service.infra.lifecycle import AppLifespan, register_lifespan
+from service.infra.redis import REDIS, redis
 from service.infra.settings import Settings
 
 
@@ -50,11 +51,8 @@ def create_app(settings: Settings) -> ConduitFlask:
     database_url, redis_url, secret_key = settings.require()
 
     app = ConduitFlask("service")
-    app.config.update(
-        SECRET_KEY=secret_key,
-        MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        CONDUIT_SETTINGS=settings,
-    )
+    app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    SETTINGS.bind(app, settings)
     db.init_app(app, settings, database_url)
     redis.init_app(app, settings, redis_url)
     auth.init_app(app, settings, secret_key)
@@ -83,19 +81,20 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
             shutdown_grace_seconds=settings.shutdown_grace_seconds,
         )
         self.flask_app = flask_app
-        # On the event loop, before the body is read or a thread taken: the rate limiter may
-        # answer 429 and the response cache a repeated anonymous read, both without Flask;
-        # responses Flask did not make still get the security headers.
-        self._serve_http = hardening.protect(
-            ratelimit.install(
-                response_cache.install(http_cache.install(super().http), flask_app), flask_app
-            ),
-            flask_app,
+        # The layers on the event loop in front of the adapter (`service.http.pipeline`).
+        self.pipeline = build_pipeline(
+            super().http,
+            settings=settings,
+            tokens=AUTH.get(flask_app).tokens,
+            redis=REDIS.get(flask_app),
+            cache=CACHE.get(flask_app),
         )
+        for resource in self.pipeline.resources:
+            register_lifespan(flask_app, resource)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one HTTP request: security headers, rate limits, then the adapter."""
-        await self._serve_http(scope, receive, send)
+        """Serve one HTTP request through the pipeline, the adapter last."""
+        await self.pipeline.app(scope, receive, send)
 
 
 def create_asgi(settings: Settings) -> ConduitASGI:

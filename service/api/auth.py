@@ -7,13 +7,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain import scopes as scopes_service
 from service.domain.errors import NotAuthenticated, PermissionDenied
 from service.infra.db import db
+from service.infra.extensions import Extension
 from service.infra.redis import redis
 from service.infra.settings import Settings
 from service.jobs.queue import enqueue
@@ -23,7 +24,6 @@ from service.services.security import PasswordPolicy, Passwords, TokenClaims, To
 
 logger = logging.getLogger("conduit.auth")
 
-EXTENSION_KEY = "conduit.auth"
 SCHEMES = ("token", "bearer")
 REALM = "conduit"
 
@@ -48,6 +48,9 @@ class AuthState:
     revocations: revocation.RevocationCheck
 
 
+AUTH: Extension[AuthState] = Extension("conduit.auth")
+
+
 class Auth:
     """Flask extension holding the app's `Passwords`, `Tokens` and revocation check."""
 
@@ -60,22 +63,24 @@ class Auth:
             max_concurrent=settings.password_max_concurrent,
         )
         longest = max(settings.access_token_minutes, settings.oauth_access_token_minutes)
-        app.extensions[EXTENSION_KEY] = AuthState(
-            passwords=Passwords(policy),
-            tokens=Tokens(secret_key, timedelta(minutes=settings.access_token_minutes)),
-            oauth_token_lifetime=timedelta(minutes=settings.oauth_access_token_minutes),
-            refresh_lifetime=timedelta(days=settings.refresh_token_days),
-            refresh_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
-            # A marker outlives the longest-lived access token (plus clock skew).
-            revocations=revocation.RevocationCheck(ttl_seconds=longest * 60 + 60),
+        AUTH.bind(
+            app,
+            AuthState(
+                passwords=Passwords(policy),
+                tokens=Tokens(secret_key, timedelta(minutes=settings.access_token_minutes)),
+                oauth_token_lifetime=timedelta(minutes=settings.oauth_access_token_minutes),
+                refresh_lifetime=timedelta(days=settings.refresh_token_days),
+                refresh_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
+                # A marker outlives the longest-lived access token (plus clock skew).
+                revocations=revocation.RevocationCheck(ttl_seconds=longest * 60 + 60),
+            ),
         )
         db.on_commit(app, publish_revocations)
 
     @property
     def state(self) -> AuthState:
         """The current app's auth state."""
-        state: AuthState = current_app.extensions[EXTENSION_KEY]
-        return state
+        return AUTH.get()
 
     @property
     def passwords(self) -> Passwords:

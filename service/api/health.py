@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from service.api.errors import error_response
 from service.caching.store import cache
-from service.http.response_cache import EXTENSION_KEY as RESPONSE_CACHE_KEY
 from service.infra.db import db, describe_error
 from service.infra.redis import redis
 
@@ -72,11 +71,11 @@ def metrics() -> Response:
         "Cache reads by outcome, since the process started.",
         cache.stats(),
     )
-    layer = current_app.extensions.get(RESPONSE_CACHE_KEY)
-    if layer is not None:
+    response_stats = cache.state.response_stats
+    if response_stats is not None:
         lines += _counter_lines(
             "conduit_response_cache_total",
             "Anonymous reads by outcome at the response cache.",
-            layer.stats.as_dict(),
+            response_stats.as_dict(),
         )
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -33,12 +33,14 @@ from service import __version__
 from service.api.auth import load_viewer, verify_request
 from service.api.jsonprovider import loads_body
 from service.domain import scopes
+from service.infra.extensions import Extension
 from service.schemas.common import ErrorBody
 from service.schemas.oauth import OAuthErrorOut
 from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]
-DOCUMENT_KEY = "conduit.openapi"
+# The generated document, per app.
+DOCUMENT: Extension[dict[str, Any]] = Extension("conduit.openapi")
 SECURITY_SCHEME = "Token"
 OAUTH2_SCHEME = "OAuth2"
 TOKEN_URL = "/api/v1/oauth/token"  # noqa: S105
@@ -168,12 +170,12 @@ class ConduitSpec(FlaskPydanticSpec):  # type: ignore[misc]
         flask-pydantic-spec keeps one app and one cached document per spec object; keeping the
         document per app lets several apps share the module-level `spec` (tests build many).
         """
-        document: dict[str, Any] | None = app.extensions.get(DOCUMENT_KEY)
+        document: dict[str, Any] | None = DOCUMENT.find(app)
         if document is None:
             with self._generating:
                 self.app = self.backend.app = app
                 document = self._generate_spec()
-                app.extensions[DOCUMENT_KEY] = document
+                DOCUMENT.bind(app, document)
         return document
 
     def _generate_spec(self) -> dict[str, Any]:

@@ -30,13 +30,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from flask import Flask, current_app
+from flask import Flask
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,14 +48,15 @@ from service.caching.generations import (
     generation_key,
 )
 from service.infra.db import db
-from service.infra.redis import redis
+from service.infra.extensions import Extension
+from service.infra.redis import RedisBreaker, redis
 from service.infra.settings import Settings
 from service.jobs.queue import enqueue
 
 logger = logging.getLogger("conduit.cache")
 
-EXTENSION_KEY = "conduit.cache"
-# After a Redis failure, reads go straight to the database for this long.
+# After a Redis failure, reads go straight to the database for this long: short, as every
+# read skipping Redis costs a query (revocation checks, a cheap query, wait 5 s).
 RETRY_REDIS_AFTER_SECONDS = 1.0
 # How long a miss waits for another process that is loading the same entry.
 LOCK_WAIT_SECONDS = 0.05
@@ -109,6 +109,17 @@ class CacheStats(Counters):
 
 
 @dataclass
+class ResponseStats(Counters):
+    """The counters of the whole-response cache (`service.http.response_cache`)."""
+
+    hits: int = 0
+    not_modified: int = 0
+    misses: int = 0
+    stored: int = 0
+    bypassed: int = 0
+
+
+@dataclass
 class CacheState:
     """The cache of one app."""
 
@@ -116,10 +127,16 @@ class CacheState:
     ttl_seconds: int
     timeout: float
     stats: CacheStats = field(default_factory=CacheStats)
-    skip_until: float = 0.0
+    breaker: RedisBreaker = field(default_factory=lambda: RedisBreaker(RETRY_REDIS_AFTER_SECONDS))
     timeouts_in_a_row: int = 0
     pending_bumps: set[str] = field(default_factory=set)
     inflight: dict[str, asyncio.Future[Json]] = field(default_factory=dict)
+    # The response cache's counters, when it is on (it shares this state; `/metrics` reads
+    # them here).
+    response_stats: ResponseStats | None = None
+
+
+CACHE: Extension[CacheState] = Extension("conduit.cache")
 
 
 class Cache:
@@ -127,23 +144,24 @@ class Cache:
 
     def init_app(self, app: Flask, settings: Settings) -> None:
         """Bind the cache settings to `app`; bump generations after each commit."""
-        app.extensions[EXTENSION_KEY] = CacheState(
-            enabled=settings.cache_enabled,
-            ttl_seconds=settings.cache_ttl_seconds,
-            timeout=settings.cache_timeout_ms / 1000,
+        CACHE.bind(
+            app,
+            CacheState(
+                enabled=settings.cache_enabled,
+                ttl_seconds=settings.cache_ttl_seconds,
+                timeout=settings.cache_timeout_ms / 1000,
+            ),
         )
         db.on_commit(app, bump_changed)
 
     @property
     def state(self) -> CacheState:
         """The current app's cache state."""
-        state: CacheState = current_app.extensions[EXTENSION_KEY]
-        return state
+        return CACHE.get()
 
     def stats(self, app: Flask | None = None) -> dict[str, int]:
         """Hit/miss/error counters of `app` (default: the current app)."""
-        state: CacheState = (app or current_app).extensions[EXTENSION_KEY]
-        return state.stats.as_dict()
+        return CACHE.get(app).stats.as_dict()
 
     async def fetch(self, kind: str, key: str, load: Loader) -> Json:
         """The cached value of (`kind`, `key`), or `load()`'s, which is then cached.
@@ -230,7 +248,7 @@ class Cache:
         return value
 
     async def _usable(self, state: CacheState) -> bool:
-        if time.monotonic() < state.skip_until:
+        if not state.breaker.allows():
             return False
         if state.pending_bumps:
             # A change this process made is not yet visible to the cache: bump first.
@@ -253,12 +271,10 @@ class Cache:
             if state.timeouts_in_a_row < TIMEOUTS_BEFORE_BACKOFF:
                 return
         state.timeouts_in_a_row = 0
-        now = time.monotonic()
-        if now >= state.skip_until:
+        if state.breaker.trip():
             logger.warning(
                 "cache: redis unavailable (%s); reading from the database", type(exc).__name__
             )
-        state.skip_until = now + RETRY_REDIS_AFTER_SECONDS
 
 
 cache = Cache()

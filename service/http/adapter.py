@@ -24,7 +24,7 @@ import asyncio
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from tempfile import SpooledTemporaryFile
@@ -34,14 +34,11 @@ import orjson
 from asgiref.sync import async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
 
+from service.http.types import Message, Receive, Scope, Send
 from service.infra.observability import request_id_from
 
 logger = logging.getLogger("conduit.adapter")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # The loop serving the current request; set by the adapter before it hands the request to

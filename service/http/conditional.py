@@ -1,7 +1,7 @@
 """Conditional requests (`ETag` / `If-None-Match`) and compression, as ASGI middleware.
 
 It wraps the adapter directly, inside the rate limiter and the security-header wrapper
-(`service.app.ConduitASGI`): a 304 it makes gets the RateLimit headers like any answer, keeps
+(`service.http.pipeline`): a 304 it makes gets the RateLimit headers like any answer, keeps
 the security, CORS and `X-Request-ID` headers Flask set on the full response, and a
 revalidation counts against the rate limit (it still runs the view: the ETag is a hash of the
 body, so a 304 saves the transfer and the client's parsing, not the query).
@@ -15,8 +15,7 @@ Conditional requests (RFC 9110 §8.8, §13.1.2):
   has one (the documentation's static assets carry Flask's own, and Flask answers their
   conditional and range requests itself). Weak, because the gzip, brotli and identity
   encodings of a body share it (they are semantically equivalent, not byte-identical). SHA-256
-  rather than BLAKE2b: with the CPU's SHA extensions it measured twice as fast here
-  (`bench/compression_bench.py`: 0.06 ms per 100 KB).
+  rather than BLAKE2b: faster here (docs/performance.md, "The HTTP layers").
 - `If-None-Match` (every occurrence; a list of entity tags or `*`) is compared weakly; values
   that do not parse simply do not match. A match gives `304 Not Modified` with no body and
   the 200's headers minus the representation ones (`Content-Type`, `Content-Length`,
@@ -32,24 +31,19 @@ Conditional requests (RFC 9110 §8.8, §13.1.2):
 
 Compression:
 - brotli (`br`) or gzip, whichever the client weighs higher in `Accept-Encoding`
-  (q-values parsed, `*` honoured, `x-gzip` taken as gzip); brotli on a tie: at the levels
-  below it is 5-7 % smaller than gzip for the same time. No `Accept-Encoding`: no compression
+  (q-values parsed, `*` honoured, `x-gzip` taken as gzip); brotli on a tie: smaller than
+  gzip for the same time. No `Accept-Encoding`: no compression
   (RFC 9110 allows any coding then, but plain HTTP clients such as curl would get gzip bytes).
 - Only compressible types (JSON, `text/*`, JavaScript, XML, SVG), only without an existing
   `Content-Encoding` or `Cache-Control: no-transform`, and only from `MIN_COMPRESS_BYTES`
   up: below that the headers cost about what gzip saves. Sent compressed only if smaller.
   A client that refuses identity (`identity;q=0`, or `*;q=0` without `identity`) gets a
   supported coding whatever the size; if none is acceptable it still gets identity (never 406).
-- Levels tuned for speed, from `bench/compression_bench.py` on a 100 KB article list:
-  gzip 5 (about 1.6-2.0 ms, ratio 4.6; level 6 takes 2.8-3.0 ms for 4.8), brotli 5 (about
-  1.7 ms, ratio 4.8; quality 4 is faster but no smaller than gzip 5). A 20-article page
-  (10 KB) takes about 0.1 ms.
-- This middleware runs on the event loop. Bodies from `OFFLOAD_MIN_BYTES` (256 KiB, about
-  4 ms of compression) are compressed in a thread (`asyncio.to_thread`; zlib and brotli release
-  the GIL). Measured with the loop kept busy: at 1 MB the thread cuts the loop's longest stall
-  from about 17-22 ms to 0.5-8 ms; at 100 KB it doubles the wall time (about 1.7 to 3.3 ms)
-  and the stall stays about the same, so API answers (a 100-article page is about 50 KB) stay
-  on the loop; the documentation's script bundles (0.9-1.4 MB) go to a thread.
+- Levels tuned for speed (gzip 5, brotli 5; `bench/compression_bench.py`).
+- This middleware runs on the event loop. Bodies from `OFFLOAD_MIN_BYTES` (256 KiB) are
+  compressed in a thread (`asyncio.to_thread`; zlib and brotli release the GIL): API answers
+  stay on the loop, where a thread would only add time; the documentation's script bundles
+  go to a thread, which shortens the loop's stall. Figures: docs/performance.md.
 - A strong ETag on a compressed response (Flask's, on the documentation's assets) is made
   weak, as the compressed bytes are a different representation; `Accept-Ranges` is dropped.
 - Only `GET`/`HEAD`: the answers that carry tokens (login, register, refresh) are `POST`s, and
@@ -69,8 +63,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 
-from service.api.hardening import ASGIApp
-from service.http.adapter import Message, Receive, Scope, Send
+from service.http.types import ASGIApp, Message, Receive, Scope, Send
 
 try:
     import brotli  # type: ignore[import-untyped]
@@ -387,8 +380,3 @@ def is_streamable(start: Message) -> bool:
     """True for a response that must not be buffered (an event stream)."""
     content_type = _first(list(start.get("headers", ())), b"content-type") or b""
     return content_type.partition(b";")[0].strip().lower() == b"text/event-stream"
-
-
-def install(app: ASGIApp) -> ASGIApp:
-    """Wrap `app` (the adapter) in the conditional-request and compression middleware."""
-    return HttpCacheMiddleware(app)

@@ -20,15 +20,10 @@ per /64 (one host usually owns a whole /64).
 
 Algorithm: GCRA (a token bucket as one timestamp per key) in one Lua script, so every
 policy of a request is checked and charged atomically, with Redis's clock shared by all
-processes and instances. A refused request charges nothing. The requests that arrive in one
-turn of the event loop are decided by one script call (`service.infra.batching.TurnBatch`), in
-arrival order: under load a round trip serves many requests. Keys are
-`rl:<policy>:<identity>` and expire once the bucket is full again.
-
-The response cache behind the limiter needs the cache generations for each anonymous read,
-read after the request arrived (`service.http.response_cache.GenerationFence`). When it is on, the
-limiter's script reads them too, after charging the batch (`read_generations`), and passes
-them on in the request's scope: one Redis round trip per loop turn serves both layers.
+processes and instances. A refused request charges nothing. The requests of one turn of the
+event loop are decided by one script call (`TurnBatch`), in arrival order, which also reads
+the cache generations for the response cache behind (`service.http.generations`). Keys are
+`rl:<policy>:<identity>` and expire once the bucket is full again. Costs: docs/performance.md.
 
 Every limited response carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
 ratelimit-headers: `"default";q=300;w=60` and `"default";r=299;t=1`); a refusal is a 429 with
@@ -46,7 +41,6 @@ After a failure Redis is not asked again for one second; a warning is logged at 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -57,21 +51,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from flask import Flask
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.api.hardening import ASGIApp, IPAddress, ProxyTrust
-from service.caching.generations import KINDS, START_GENERATION_LUA, generation_key
+from service.caching.generations import START_GENERATION_LUA, generation_key
 from service.domain.errors import DomainError
-from service.http import response_cache
-from service.http.adapter import Message, Receive, Scope, Send
+from service.http.generations import RequestGenerations
+from service.http.types import ASGIApp, Message, Receive, Scope, Send
 from service.infra.batching import TurnBatch
-from service.infra.lifecycle import register_lifespan
 from service.infra.observability import request_id_from
+from service.infra.redis import ClientOptions, RedisBreaker, close_client, open_client
 from service.infra.settings import Settings
+from service.infra.web_security import IPAddress, ProxyTrust
 from service.services.security import Tokens
 
 logger = logging.getLogger("conduit.ratelimit")
@@ -93,8 +84,7 @@ AUTH_PATHS = frozenset(
 )
 TOKEN_SCHEMES = (b"token", b"bearer")
 # How long a request waits for Redis's answer. It also absorbs the event loop's own lag under
-# a burst (measured: 100 ms was exceeded by a 50-request burst in one process), which must not
-# switch the shared limits off.
+# a burst (docs/performance.md: 100 ms was too short), which must not switch the limits off.
 REDIS_TIMEOUT_SECONDS = 0.25
 # A refused connection fails at once; this only bounds a host that does not answer at all.
 CONNECT_TIMEOUT_SECONDS = 1.0
@@ -102,6 +92,7 @@ CONNECT_TIMEOUT_SECONDS = 1.0
 # and a small pool keeps a burst from opening dozens of connections at once.
 MAX_CONNECTIONS = 16
 POOL_TIMEOUT_SECONDS = 1.0
+# Short, like the cache's: while Redis is skipped the general limits are off.
 RETRY_REDIS_AFTER_SECONDS = 1.0
 WARN_EVERY_SECONDS = 10.0
 MEMORY_MAX_KEYS = 100_000
@@ -186,7 +177,7 @@ class Verdict:
 
     allowed: bool
     decisions: tuple[Decision, ...]
-    # The cache generations by kind, read by the same script (`read_generations`).
+    # The cache generations by kind, read by the same script (`RequestGenerations`).
     generations: dict[str, str] | None = None
 
     @property
@@ -288,6 +279,17 @@ def address_key(address: IPAddress | None) -> str:
     return f"ip:{address}"
 
 
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """`send`, adding `extra` to the response's headers."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return send_with_headers
+
+
 class RateLimitMiddleware:
     """ASGI middleware applying the policies above (see the module docstring)."""
 
@@ -298,6 +300,7 @@ class RateLimitMiddleware:
         settings: Settings,
         redis_url: str,
         tokens: Tokens,
+        generations: RequestGenerations | None = None,
         redis_timeout: float = REDIS_TIMEOUT_SECONDS,
     ) -> None:
         self.app = app
@@ -313,28 +316,28 @@ class RateLimitMiddleware:
         self.client: Redis | None = None
         self._script: Any = None
         self._batch: TurnBatch[list[tuple[Policy, str]], Verdict] = TurnBatch(self._check_batch)
-        self._skip_redis_until = 0.0
-        self._redis_down = False
-        self._generation_kinds: tuple[str, ...] = ()
+        self.breaker = RedisBreaker(RETRY_REDIS_AFTER_SECONDS)
+        # Read with every batch, after its charges, for the response cache behind.
+        self.generations = generations
+        self._generation_kinds = generations.kinds if generations is not None else ()
         self._last_warning = -math.inf
 
-    def read_generations(self, kinds: Sequence[str]) -> None:
-        """Read the generation counters of `kinds` with every batch, after its charges, and
-        pass each allowed request the values (`response_cache.GENERATIONS_SCOPE_KEY`)."""
-        self._generation_kinds = tuple(kinds)
+    def client_options(self) -> ClientOptions:
+        """The limiter's own client: a few connections, short timeouts, a single attempt (a
+        request never waits for Redis longer than `redis_timeout`)."""
+        return ClientOptions(
+            max_connections=min(MAX_CONNECTIONS, self.settings.redis_max_connections),
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+            socket_timeout=self.redis_timeout,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            health_check_interval=0,
+            retries=0,
+        )
 
     async def startup(self) -> None:
         """Create the client on the serving loop and warm it up; an unreachable Redis is not
         an error here (the app's own startup check decides)."""
-        pool = BlockingConnectionPool.from_url(
-            self.redis_url,
-            max_connections=min(MAX_CONNECTIONS, self.settings.redis_max_connections),
-            timeout=POOL_TIMEOUT_SECONDS,
-            socket_timeout=self.redis_timeout,
-            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.client = Redis(connection_pool=pool)
+        self.client = open_client(self.redis_url, self.client_options())
         self._script = self.client.register_script(GCRA_SCRIPT)
         # Load the script and open a first connection now rather than in the first burst.
         with suppress(RedisError, OSError, TimeoutError):
@@ -344,8 +347,7 @@ class RateLimitMiddleware:
         """Close the client."""
         client, self.client = self.client, None
         if client is not None:
-            await client.aclose()
-            await client.connection_pool.disconnect()
+            await close_client(client)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse the request with a 429 or pass it on, adding the RateLimit headers."""
@@ -356,19 +358,14 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             await self._refuse(scope, send, verdict)
             return
-        if verdict.generations is not None:
-            scope[response_cache.GENERATIONS_SCOPE_KEY] = verdict.generations
         extra = verdict.headers()
-        if not extra:
+        if extra:
+            send = _adding_headers(send, extra)
+        if self.generations is None:
             await self.app(scope, receive, send)
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        with self.generations.provided(verdict.generations):
+            await self.app(scope, receive, send)
 
     def client_address(self, scope: Scope) -> IPAddress | None:
         """The client's IP (see the module docstring on proxies)."""
@@ -407,8 +404,7 @@ class RateLimitMiddleware:
 
     async def check(self, checks: list[tuple[Policy, str]]) -> Verdict:
         """Ask Redis; while it is unavailable, only the auth policy applies, from memory."""
-        loop_time = asyncio.get_running_loop().time()
-        if self.client is not None and loop_time >= self._skip_redis_until:
+        if self.client is not None and self.breaker.allows():
             try:
                 return await self._check_redis(checks)
             except (RedisError, OSError, TimeoutError) as exc:
@@ -420,8 +416,7 @@ class RateLimitMiddleware:
 
     async def _check_redis(self, checks: list[tuple[Policy, str]]) -> Verdict:
         verdict = await self._batch.call(checks)
-        if self._redis_down:
-            self._redis_down = False
+        if self.breaker.succeeded():
             logger.info("rate limiter: redis reachable again")
         return verdict
 
@@ -457,9 +452,8 @@ class RateLimitMiddleware:
         return verdicts
 
     def _redis_failed(self, exc: BaseException) -> None:
-        now = asyncio.get_running_loop().time()
-        self._skip_redis_until = now + RETRY_REDIS_AFTER_SECONDS
-        self._redis_down = True
+        self.breaker.trip()
+        now = self.breaker.clock()
         if now - self._last_warning >= WARN_EVERY_SECONDS:
             self._last_warning = now
             logger.warning(
@@ -498,20 +492,3 @@ class RateLimitMiddleware:
                     "policies": [d.policy.name for d in verdict.decisions if d.retry_ms > 0],
                 },
             )
-
-
-def install(app: ASGIApp, flask_app: Flask) -> ASGIApp:
-    """Wrap `app` (the adapter) in the rate limiter of `flask_app`'s settings, if enabled.
-
-    The limiter's Redis client is opened and closed with the app's other resources.
-    """
-    settings: Settings = flask_app.config["CONDUIT_SETTINGS"]
-    if not settings.rate_limit_enabled:
-        return app
-    tokens: Tokens = flask_app.extensions["conduit.auth"].tokens
-    redis_url: str = flask_app.extensions["conduit.redis"].url
-    limiter = RateLimitMiddleware(app, settings=settings, redis_url=redis_url, tokens=tokens)
-    if response_cache.EXTENSION_KEY in flask_app.extensions:
-        limiter.read_generations(KINDS)
-    register_lifespan(flask_app, limiter)
-    return limiter

@@ -12,16 +12,10 @@ was computed, so a write that commits meanwhile (and bumps the counter before it
 is sent) makes it unreachable. The invalidation state is shared with `service.caching.store`
 too: after a Redis failure, or while a bump of this process is pending, requests go to Flask.
 
-Where entries live, and what a hit costs:
-- Generations: read from Redis for every request, but by a `GenerationFence`: each caller is
-  served by a read sent after it arrived (so it sees every bump finished before its request
-  came in), one round trip shared by all requests that arrived in the same turn of the event
-  loop. Under load that is a fraction of a Redis call per request. With rate limits on, the
-  limiter's own batched script (also sent after the request arrived) reads them and passes
-  them on in the scope: no round trip of this layer's own at all.
-- Entries: in Redis (shared by all processes, `CACHE_TTL_SECONDS`), and the recently served
-  ones in this process too (`LocalEntries`, bounded LRU): keyed by generation, a local copy is
-  as exact as the Redis original. A hit usually costs no Redis call of its own.
+Where entries live: generations are read after each request arrived, by the rate limiter's
+script (`service.http.generations`) or this layer's `GenerationFence`; entries in Redis
+(shared, `CACHE_TTL_SECONDS`) and the recently served ones in this process (`LocalEntries`),
+exact because keyed by generation. What a hit costs: docs/performance.md.
 
 What is cached, and what is not:
 - Only requests without `Authorization` (anything personal needs a token), only `200`
@@ -30,7 +24,7 @@ What is cached, and what is not:
   (`service.http.conditional` negotiates it the same way), so every variant is stored separately.
 - Per-request headers are not stored: `X-Request-ID`, the security and CORS headers (they
   depend on `Origin` and the scheme) are made afresh for each answer from the same code
-  Flask uses (`Hardening.base_headers`); the RateLimit headers are added outside this layer.
+  Flask uses (`SecurityPolicy.base_headers`); the RateLimit headers are added outside this layer.
 - `If-None-Match` is answered here too: a `304` from the stored `ETag`.
 - Concurrent misses of one entry in a process share one trip through Flask.
 """
@@ -47,13 +41,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import orjson
-from flask import Flask
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from service.api.hardening import EXTENSION_KEY as HARDENING_KEY
-from service.api.hardening import ASGIApp, Hardening
 from service.caching import store as cache_module
 from service.caching.generations import (
     ARTICLES,
@@ -64,9 +55,8 @@ from service.caching.generations import (
     TAGS,
     generation_key,
 )
-from service.caching.store import CacheState, Counters, cache, digest
+from service.caching.store import CacheState, ResponseStats, cache, digest
 from service.http import conditional as http_cache
-from service.http.adapter import Message, Receive, Scope, Send
 from service.http.conditional import (
     REPRESENTATION_HEADERS,
     RequestHeaders,
@@ -75,18 +65,15 @@ from service.http.conditional import (
     none_match,
     parse_accept_encoding,
 )
+from service.http.generations import RequestGenerations
+from service.http.types import ASGIApp, Message, Receive, Scope, Send
 from service.infra.batching import TurnBatch
 from service.infra.observability import log_access, request_id_from
-from service.infra.redis import EXTENSION_KEY as REDIS_KEY
 from service.infra.redis import RedisState
-from service.infra.settings import Settings
+from service.infra.web_security import SecurityPolicy
 
 logger = logging.getLogger("conduit.response_cache")
 
-EXTENSION_KEY = "conduit.response_cache"
-# Where a layer in front (the rate limiter) puts this request's generations by kind, read
-# from Redis after the request arrived, as the fence would: then the fence is not asked.
-GENERATIONS_SCOPE_KEY = "conduit.generations"
 METHODS = frozenset({"GET", "HEAD"})
 # Path (as routed, percent-decoded) to the kind of data the answer shows. `feed` needs a
 # token (an anonymous request gets a 401, which is never stored), but is kept out anyway.
@@ -139,17 +126,6 @@ def route_kind(path: str) -> str | None:
         if pattern.fullmatch(path):
             return kind
     return None
-
-
-@dataclass
-class ResponseStats(Counters):
-    """The response cache's counters."""
-
-    hits: int = 0
-    not_modified: int = 0
-    misses: int = 0
-    stored: int = 0
-    bypassed: int = 0
 
 
 @dataclass(frozen=True)
@@ -299,9 +275,11 @@ class ResponseCache:
 
     app: ASGIApp
     state: CacheState
-    hardening: Hardening
+    policy: SecurityPolicy
     redis_state: RedisState
     access_log: bool
+    # Read by a layer in front (the rate limiter) for each request, when there is one.
+    generations: RequestGenerations | None = None
     stats: ResponseStats = field(default_factory=ResponseStats)
     fence: GenerationFence = field(default_factory=lambda: GenerationFence())
     local: LocalEntries = field(init=False)
@@ -333,7 +311,7 @@ class ResponseCache:
         key = entry_name(scope["path"], scope.get("query_string", b""), variant)
         # Read by the rate limiter's script for this request when the limiter is on: then an
         # entry kept in this process is answered without awaiting anything (or a timer).
-        generations: dict[str, str] | None = scope.get(GENERATIONS_SCOPE_KEY)
+        generations = self.generations.current() if self.generations is not None else None
         known_key = entry = None
         if generations is not None:
             known_key = cache_module.entry_key(kind, generations[kind], key)
@@ -410,7 +388,7 @@ class ResponseCache:
         key = (origin, https)
         headers = self.header_memo.get(key)
         if headers is None:
-            extra = self.hardening.base_headers(
+            extra = self.policy.base_headers(
                 method="GET", origin=origin, authorized=False, https=https
             )
             headers = [
@@ -424,11 +402,7 @@ class ResponseCache:
     def _usable(self) -> bool:
         # A bump this process owes is made by the next cached read in Flask; until then the
         # entries of those kinds may be stale for everyone, so do not serve any.
-        return (
-            self.state.enabled
-            and not self.state.pending_bumps
-            and time.monotonic() >= self.state.skip_until
-        )
+        return self.state.enabled and not self.state.pending_bumps and self.state.breaker.allows()
 
     async def _pass_and_capture(self, scope: Scope, receive: Receive, send: Send) -> Entry | None:
         """Run the request through the app; the entry to store when its answer may be kept."""
@@ -473,7 +447,7 @@ class ResponseCache:
     ) -> None:
         client = scope.get("client")
         peer = client[0] if client else None
-        https = self.hardening.proxies.is_https(
+        https = self.policy.proxies.is_https(
             scope.get("scheme", "http"), peer, request.forwarded_proto
         )
         request_id = request_id_from(request.request_id)
@@ -501,20 +475,3 @@ class ResponseCache:
                 remote=peer,
                 request_id=request_id,
             )
-
-
-def install(app: ASGIApp, flask_app: Flask) -> ASGIApp:
-    """Wrap `app` in the response cache of `flask_app`, when it and the cache are enabled."""
-    state: CacheState = flask_app.extensions[cache_module.EXTENSION_KEY]
-    settings: Settings = flask_app.config["CONDUIT_SETTINGS"]
-    if not (state.enabled and settings.response_cache_enabled):
-        return app
-    layer = ResponseCache(
-        app=app,
-        state=state,
-        hardening=flask_app.extensions[HARDENING_KEY],
-        redis_state=flask_app.extensions[REDIS_KEY],
-        access_log=settings.access_log,
-    )
-    flask_app.extensions[EXTENSION_KEY] = layer
-    return layer

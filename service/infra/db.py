@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
@@ -19,12 +19,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from service.infra.extensions import Extension
 from service.infra.lifecycle import StartupError, register_lifespan
 from service.infra.settings import Settings, mask_url
 
 logger = logging.getLogger("conduit.db")
-
-EXTENSION_KEY = "conduit.db"
 
 
 @dataclass
@@ -111,19 +110,19 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".strip()
 
 
+DATABASE: Extension[DatabaseState] = Extension("conduit.db")
+
+
 class Database:
     """Flask extension: `db.session` is the request's session, committed once on success."""
 
     def init_app(self, app: Flask, settings: Settings, url: str) -> None:
         """Bind an engine (opened at lifespan startup) to `app`."""
-        state = DatabaseState(settings=settings, url=url)
-        app.extensions[EXTENSION_KEY] = state
-        register_lifespan(app, state)
+        register_lifespan(app, DATABASE.bind(app, DatabaseState(settings=settings, url=url)))
 
     def state(self, app: Flask | None = None) -> DatabaseState:
         """The app's database state."""
-        state: DatabaseState = (app or current_app).extensions[EXTENSION_KEY]
-        return state
+        return DATABASE.get(app)
 
     def on_commit(self, app: Flask, hook: CommitHook) -> None:
         """Await `hook(session)` after every request of `app` that committed.

@@ -8,9 +8,9 @@ from typing import Protocol
 
 from flask import Flask
 
-logger = logging.getLogger("conduit.lifecycle")
+from service.infra.extensions import Extension
 
-EXTENSION_KEY = "conduit.lifespan"
+logger = logging.getLogger("conduit.lifecycle")
 
 
 class StartupError(RuntimeError):
@@ -27,9 +27,16 @@ class Resource(Protocol):
         """Close the resource."""
 
 
+# The resources of an app, in registration order.
+LIFESPAN: Extension[list[Resource]] = Extension("conduit.lifespan")
+
+
 def register_lifespan(app: Flask, resource: Resource) -> None:
     """Have `resource` opened at startup (in registration order) and closed at shutdown."""
-    app.extensions.setdefault(EXTENSION_KEY, []).append(resource)
+    resources = LIFESPAN.find(app)
+    if resources is None:
+        resources = LIFESPAN.bind(app, [])
+    resources.append(resource)
 
 
 class AppLifespan:
@@ -41,7 +48,7 @@ class AppLifespan:
 
     async def startup(self) -> None:
         """Open every resource; if one fails, close those already open and re-raise."""
-        for resource in self.app.extensions.get(EXTENSION_KEY, []):
+        for resource in LIFESPAN.find(self.app) or ():
             try:
                 await resource.startup()
             except BaseException:

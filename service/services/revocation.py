@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.infra.redis import RedisBreaker
 from service.models import AuthSession
 from service.services import sessions
 
@@ -32,6 +32,8 @@ KEY_PREFIX = "auth:revoked:"
 SENTINEL = "auth:revoked"
 PUBLISH_JOB = "auth.publish_revocations"
 # After a Redis failure, go straight to the database for this long before trying Redis again.
+# Longer than the cache's and the limiter's second: the fallback is exact and cheap (one
+# indexed query), and the first check that reaches Redis again reloads every marker.
 RETRY_REDIS_AFTER_SECONDS = 5.0
 # A slower answer counts as a failure: the database answers instead.
 REDIS_DEADLINE_SECONDS = 0.25
@@ -68,7 +70,7 @@ class RevocationCheck:
 
     def __init__(self, ttl_seconds: int) -> None:
         self.ttl_seconds = ttl_seconds
-        self._skip_redis_until = 0.0
+        self.breaker = RedisBreaker(RETRY_REDIS_AFTER_SECONDS)
         # Set when this process saw Redis fail (a marker may be missing): the first check
         # that reaches Redis again reloads the markers before trusting them.
         self._reload_needed = False
@@ -76,13 +78,14 @@ class RevocationCheck:
     def redis_failed(self) -> None:
         """Note that Redis failed here (a check, or writing markers after a commit)."""
         self._reload_needed = True
-        self._skip_redis_until = time.monotonic() + RETRY_REDIS_AFTER_SECONDS
+        # The module's window as it is now, not when this check was made (tests shorten it).
+        self.breaker.trip(RETRY_REDIS_AFTER_SECONDS)
 
     async def is_revoked(
         self, *, redis: Redis, session: AsyncSession, session_id: uuid.UUID
     ) -> bool:
         """True when `session_id` has been revoked (or no longer exists)."""
-        if time.monotonic() >= self._skip_redis_until:
+        if self.breaker.allows():
             try:
                 async with asyncio.timeout(REDIS_DEADLINE_SECONDS):
                     sentinel, marker = await redis.mget(SENTINEL, key(session_id))

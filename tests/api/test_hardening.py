@@ -13,17 +13,17 @@ import httpx
 import pytest
 from hypercorn.config import Config
 
-from service.api.hardening import (
+from service.api.hardening import DOCS_CSP
+from service.app import ConduitASGI, create_asgi
+from service.cli import HYPERCORN_TOML
+from service.infra.settings import Settings
+from service.infra.web_security import (
     API_CSP,
     CORS_EXPOSE_HEADERS,
-    DOCS_CSP,
     HSTS,
     CorsPolicy,
     normalise_origin,
 )
-from service.app import ConduitASGI, create_asgi
-from service.cli import HYPERCORN_TOML
-from service.infra.settings import Settings
 from tests.apps import over_tcp
 from tests.factories import TestUser
 

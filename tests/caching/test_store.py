@@ -25,8 +25,7 @@ from sqlalchemy import select
 
 from service.app import ConduitASGI, create_asgi
 from service.caching.generations import ARTICLES, BUMP_JOB, KINDS, TAGS, bump, generation_key
-from service.caching.store import EXTENSION_KEY, CacheState, digest, entry_key
-from service.http.response_cache import EXTENSION_KEY as RESPONSE_CACHE_KEY
+from service.caching.store import CACHE, CacheState, digest, entry_key
 from service.infra.db import DatabaseState
 from service.infra.settings import Settings
 from service.job_registry import create_worker
@@ -152,8 +151,7 @@ async def cache_stats(client: httpx.AsyncClient) -> dict[str, int]:
 
 
 def cache_state(app: ConduitASGI) -> CacheState:
-    state: CacheState = app.flask_app.extensions[EXTENSION_KEY]
-    return state
+    return CACHE.get(app.flask_app)
 
 
 def sessionmaker(app: ConduitASGI) -> Any:
@@ -802,7 +800,7 @@ async def test_redis_cut_reads_and_writes_work_and_writes_are_seen_after_it_retu
     # before the cache is trusted again.
     for path in OUTAGE_READS:
         assert await answer(http, path) == await answer(oracle, path), path
-    cache_state(via_proxy.app).skip_until = 0.0
+    cache_state(via_proxy.app).breaker.reset()
     for path in OUTAGE_READS:
         assert await answer(http, path) == await answer(oracle, path), path
     assert int(await generation_of(rds, ARTICLES)) > generation
@@ -865,7 +863,7 @@ async def test_slow_redis_reads_stay_fast_and_correct(
 
     # Redis fast again: the cancelled reads left no connection out of step.
     proxy.delay = 0.0
-    cache_state(via_proxy.app).skip_until = 0.0
+    cache_state(via_proxy.app).breaker.reset()
     paths = [*OUTAGE_READS, f"/articles/{slug}/comments", "/articles?limit=1"] * 3
     answers = await asyncio.gather(*(answer(http, path) for path in paths))
     assert answers == [await answer(oracle, path) for path in paths]
@@ -1039,7 +1037,7 @@ async def test_a_failed_load_releases_its_lock(
 async def test_entries_expire_and_generations_do_not(
     app: ConduitASGI, client: httpx.AsyncClient, rds: Redis, make_user: MakeUser
 ) -> None:
-    ttl = app.flask_app.extensions[EXTENSION_KEY].ttl_seconds
+    ttl = CACHE.get(app.flask_app).ttl_seconds
     alice = await make_user(username="alice")
     slug = await post_article(client, alice, "Dragons", ["alpha"])
     await post_comment(client, alice, slug, "hello")
@@ -1072,7 +1070,8 @@ async def test_entries_expire_and_generations_do_not(
         await rds.pexpire(key, 1)
     # The process's own copies of the whole answers expire with the same TTL
     # (tests/http/test_response_cache.py): as if that much time had passed.
-    app.flask_app.extensions[RESPONSE_CACHE_KEY].local.clear()
+    assert app.pipeline.response_cache is not None
+    app.pipeline.response_cache.local.clear()
     await asyncio.sleep(0.01)
     for path in paths:
         assert (await get(client, path)).status_code == 200

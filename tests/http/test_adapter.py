@@ -19,7 +19,8 @@ from asgiref.wsgi import WsgiToAsgi
 from flask import Response, request
 
 from service.app import ConduitASGI, ConduitFlask
-from service.http.adapter import ConcurrentWsgiToAsgi, Receive, Scope, Send
+from service.http.adapter import ConcurrentWsgiToAsgi
+from service.http.types import Receive, Scope, Send
 from service.infra.settings import Settings
 from tests.apps import over_tcp
 

@@ -22,7 +22,6 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from service.api.hardening import ProxyTrust, parse_ip
 from service.app import ConduitASGI, create_asgi
 from service.http.ratelimit import (
     AUTH_PATHS,
@@ -32,6 +31,7 @@ from service.http.ratelimit import (
     address_key,
 )
 from service.infra.settings import Settings
+from service.infra.web_security import ProxyTrust, parse_ip
 from service.services import login_guard
 from service.services.security import Tokens
 from tests import factories

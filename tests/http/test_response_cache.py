@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 from service.app import ConduitASGI, create_asgi
 from service.caching.generations import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.http.response_cache import (
-    EXTENSION_KEY,
     Entry,
     GenerationFence,
     LocalEntries,
@@ -62,7 +61,8 @@ async def client(app: ConduitASGI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def layer(app: ConduitASGI) -> ResponseCache:
-    found: ResponseCache = app.flask_app.extensions[EXTENSION_KEY]
+    found = app.pipeline.response_cache
+    assert found is not None
     return found
 
 
@@ -464,7 +464,7 @@ async def test_a_miss_whose_request_fails_lets_its_waiters_go_through_themselves
     cache = ResponseCache(
         app=inner,
         state=base.state,
-        hardening=base.hardening,
+        policy=base.policy,
         redis_state=base.redis_state,
         access_log=False,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar, cast
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
@@ -13,8 +13,8 @@ from service.api.spec import operation
 from service.domain import scopes
 from service.infra.address_policy import AddressPolicy
 from service.infra.db import db
+from service.infra.extensions import SETTINGS
 from service.infra.secret_box import SecretBox
-from service.infra.settings import Settings
 from service.models import User
 from service.schemas.common import PageQuery
 from service.schemas.webhook import (
@@ -69,13 +69,11 @@ bp.record(_register_converter)
 
 
 def _policy() -> AddressPolicy:
-    settings: Settings = current_app.config["CONDUIT_SETTINGS"]
-    return settings.webhook_policy
+    return SETTINGS.get().webhook_policy
 
 
 def _secret_box() -> SecretBox:
-    settings: Settings = current_app.config["CONDUIT_SETTINGS"]
-    return settings.webhook_secret_box
+    return SETTINGS.get().webhook_secret_box
 
 
 _WEBHOOK: dict[str, Any] = {
