@@ -17,7 +17,7 @@ import pytest
 
 from service import cli
 from service.infra.settings import Settings
-from tests.jobs.support import free_port
+from tests.net import free_port
 
 ENV_VARIABLES = ("APP_ENV", "DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DATA_DIR", "LOG_LEVEL")
 

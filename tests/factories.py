@@ -1,11 +1,15 @@
-"""Test data factories: rows written straight to the database, tokens issued like the API does."""
+"""Test data factories: users written straight to the database with tokens issued like the API
+does; articles and comments created over HTTP, so slugs, tags, events and caches follow."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
+import httpx
 from argon2 import PasswordHasher
 
 from service.app import ConduitASGI
@@ -87,3 +91,46 @@ async def follow(app: ConduitASGI, follower: TestUser, followee: TestUser) -> No
     async with state.sessionmaker() as session:
         session.add(Follow(follower_id=follower.id, followee_id=followee.id))
         await session.commit()
+
+
+async def make_article(
+    client: httpx.AsyncClient,
+    author: TestUser,
+    *,
+    title: str | None = None,
+    description: str = "d",
+    body: str = "b",
+    tags: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Create an article of `author` through POST /api/v1/articles and return its JSON.
+
+    The title is unique per call unless given; the rest is the shortest valid content, so a
+    test passes whatever it looks at. Without `tags` the request has no `tagList` at all."""
+    article: dict[str, Any] = {
+        "title": f"Article {next(_sequence)}" if title is None else title,
+        "description": description,
+        "body": body,
+    }
+    if tags is not None:
+        article["tagList"] = list(tags)
+    response = await client.post(
+        "/api/v1/articles", json={"article": article}, headers=author.headers
+    )
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()["article"]
+    return created
+
+
+async def make_comment(
+    client: httpx.AsyncClient, author: TestUser, slug: str, *, body: str | None = None
+) -> dict[str, Any]:
+    """Comment as `author` on the article `slug` through the API and return the comment's
+    JSON; the body is unique per call unless given."""
+    response = await client.post(
+        f"/api/v1/articles/{slug}/comments",
+        json={"comment": {"body": f"Comment {next(_sequence)}" if body is None else body}},
+        headers=author.headers,
+    )
+    assert response.status_code == 200, response.text
+    comment: dict[str, Any] = response.json()["comment"]
+    return comment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,12 +25,7 @@ from service.infra.db import DatabaseState, db
 from service.infra.lifecycle import StartupError
 from service.infra.settings import Settings
 from service.models import Tag
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.net import free_port
 
 
 def _unit_of_work_blueprint() -> Blueprint:
@@ -158,7 +152,7 @@ def test_create_app_names_missing_urls(settings: Settings) -> None:
 async def test_startup_fails_clearly_when_the_database_is_unreachable(
     settings: Settings, app: ConduitASGI
 ) -> None:
-    port = _closed_port()
+    port = free_port()
     broken = settings.model_copy(
         update={"database_url": f"postgresql+asyncpg://app:hunter2@127.0.0.1:{port}/conduit"}
     )
@@ -192,7 +186,7 @@ async def conduit_connections(database_url: str) -> int:
 async def test_startup_failure_closes_what_was_opened(
     settings: Settings, app: ConduitASGI, database_url: str
 ) -> None:
-    port = _closed_port()
+    port = free_port()
     broken = settings.model_copy(update={"redis_url": f"redis://:hunter2@127.0.0.1:{port}/0"})
     asgi = ConduitASGI(create_app(broken), broken)
     before = await conduit_connections(database_url)

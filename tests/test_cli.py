@@ -31,15 +31,9 @@ from tests.cli import (
     stop,
     wait_for_line,
 )
+from tests.net import free_port, wait_ready
 
 STRONG_SECRET = "cli-test-secret-" + "z" * 32
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
@@ -168,19 +162,7 @@ def test_serve_end_to_end(tmp_path: Path, settings: Settings) -> None:
     proc = start(log, env, "serve", "--bind", f"127.0.0.1:{port}")
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        ready: httpx.Response | None = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                ready = httpx.get(f"{base}/readyz", timeout=2)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert ready is not None
-        assert ready.status_code == 200, log.read_text()
+        ready = wait_ready(f"{base}/readyz", 30, proc=proc, log=log)
         assert ready.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
         health = httpx.get(f"{base}/healthz", timeout=2)
         assert health.status_code == 200

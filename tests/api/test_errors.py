@@ -6,7 +6,6 @@ Routes that must raise live on a test-only blueprint of a second app built with 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import cast
 
@@ -29,6 +28,7 @@ from service.infra.settings import Settings
 from tests.apps import serving
 from tests.factories import TestUser
 from tests.logs import JsonLines
+from tests.net import free_port
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 
@@ -44,12 +44,6 @@ class ErrorsThingRequest(BaseModel):
     """RealWorld-style wrapper; the key is stripped from error fields."""
 
     article: ErrorsThing
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 DOMAIN_ERRORS: dict[str, tuple[type[domain.DomainError], int]] = {
@@ -87,7 +81,7 @@ def _test_blueprint(settings: Settings, admin_url: str) -> Blueprint:
 
     @bp.get("/db-unreachable")
     async def errors_db_unreachable() -> Response:
-        engine = build_engine(settings, f"postgresql+asyncpg://u:pw@127.0.0.1:{_closed_port()}/x")
+        engine = build_engine(settings, f"postgresql+asyncpg://u:pw@127.0.0.1:{free_port()}/x")
         try:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
@@ -119,7 +113,7 @@ def _test_blueprint(settings: Settings, admin_url: str) -> Blueprint:
 
     @bp.get("/redis-unreachable")
     async def errors_redis_unreachable() -> Response:
-        client = Redis(port=_closed_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        client = Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
             await client.ping()
         finally:

@@ -33,7 +33,7 @@ from service.models import Job
 from service.seed import SeedOptions, seed
 from service.services import password_reset
 from tests.apps import count_statements, running
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article, make_comment
 from tests.tcp_proxy import TcpProxy, redis_proxy
 
 API = "/api/v1"
@@ -118,23 +118,6 @@ async def send(
     return response
 
 
-async def post_article(
-    client: httpx.AsyncClient, user: TestUser, title: str, tags: list[str]
-) -> str:
-    body = {"article": {"title": title, "description": "d", "body": "b", "tagList": tags}}
-    response = await send(client, "POST", "/articles", user, body)
-    slug: str = response.json()["article"]["slug"]
-    return slug
-
-
-async def post_comment(client: httpx.AsyncClient, user: TestUser, slug: str, text: str) -> int:
-    response = await send(
-        client, "POST", f"/articles/{slug}/comments", user, {"comment": {"body": text}}
-    )
-    comment_id: int = response.json()["comment"]["id"]
-    return comment_id
-
-
 async def cache_stats(client: httpx.AsyncClient) -> dict[str, int]:
     """The counters of GET /metrics: the read cache's by outcome, the response cache's (in
     front of it, for anonymous reads) as `response_<outcome>`, and `served`: the reads either
@@ -208,12 +191,12 @@ async def build_world(client: httpx.AsyncClient, make_user: MakeUser) -> World:
     carol = await make_user(username="carol")
     moderator = await make_user(username="mod", role="moderator")
     admin = await make_user(username="root", role="admin")
-    slug = await post_article(client, alice, "Dragons", ["alpha", "beta"])
-    other_slug = await post_article(client, carol, "Other things", ["beta"])
+    slug = (await make_article(client, alice, title="Dragons", tags=["alpha", "beta"]))["slug"]
+    other_slug = (await make_article(client, carol, title="Other things", tags=["beta"]))["slug"]
     await send(client, "POST", f"/articles/{slug}/favorite", bob)
     await send(client, "POST", "/profiles/alice/follow", bob)
-    author_comment = await post_comment(client, alice, slug, "by the author")
-    other_comment = await post_comment(client, carol, slug, "by carol")
+    author_comment = (await make_comment(client, alice, slug, body="by the author"))["id"]
+    other_comment = (await make_comment(client, carol, slug, body="by carol"))["id"]
     return World(
         alice, bob, carol, moderator, admin, slug, other_slug, author_comment, other_comment
     )
@@ -275,7 +258,7 @@ ALICE_ARTICLE_LISTS = (
 
 
 async def _create(client: httpx.AsyncClient, world: World) -> None:
-    await post_article(client, world.author, "Gamma rays", ["alpha", "gamma"])
+    await make_article(client, world.author, title="Gamma rays", tags=["alpha", "gamma"])
 
 
 async def _update_put(client: httpx.AsyncClient, world: World) -> None:
@@ -305,7 +288,7 @@ async def _unfavorite(client: httpx.AsyncClient, world: World) -> None:
 
 
 async def _comment(client: httpx.AsyncClient, world: World) -> None:
-    await post_comment(client, world.reader, world.slug, "by bob")
+    await make_comment(client, world.reader, world.slug, body="by bob")
 
 
 async def _delete_comment(client: httpx.AsyncClient, world: World) -> None:
@@ -554,9 +537,9 @@ async def test_favorited_and_following_stay_with_their_viewer(
     alice = await make_user(username="alice")
     fan = await make_user(username="fan")
     stranger = await make_user(username="stranger")
-    slug = await post_article(client, alice, "Dragons", ["alpha"])
-    await post_article(client, stranger, "Not alice's", [])
-    await post_comment(client, alice, slug, "hello")
+    slug = (await make_article(client, alice, title="Dragons", tags=["alpha"]))["slug"]
+    await make_article(client, stranger, title="Not alice's")
+    await make_comment(client, alice, slug, body="hello")
     await send(client, "POST", f"/articles/{slug}/favorite", fan)
     await send(client, "POST", "/profiles/alice/follow", fan)
     viewers: dict[str, Viewer] = {"fan": fan, "stranger": stranger, "anonymous": None}
@@ -575,7 +558,7 @@ async def test_concurrent_viewers_of_one_cold_entry_get_their_own_marks(
     alice = await make_user(username="alice")
     fans = [await make_user(username=f"fan{i}") for i in range(5)]
     strangers = [await make_user(username=f"stranger{i}") for i in range(5)]
-    slug = await post_article(client, alice, "Dragons", [])
+    slug = (await make_article(client, alice, title="Dragons"))["slug"]
     for fan in fans:
         await send(client, "POST", f"/articles/{slug}/favorite", fan)
     viewers: list[Viewer] = [*fans, *strangers, None, None]
@@ -606,7 +589,7 @@ async def test_an_anonymous_hit_runs_no_sql_and_counts_as_a_hit(
     make_user: MakeUser,
 ) -> None:
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     served = read_cache_only if layers == "read cache" else app
     transport = httpx.ASGITransport(app=served)
     reader = httpx.AsyncClient(transport=transport, base_url="http://testserver")
@@ -637,8 +620,8 @@ async def test_a_signed_in_hit_costs_only_the_viewers_queries(
     alice = await make_user(username="alice")
     bob = await make_user(username="bob")
     for i in range(5):
-        await post_article(client, alice, f"Dragons {i}", ["alpha"])
-    await post_comment(client, alice, "dragons-0", "hello")
+        await make_article(client, alice, title=f"Dragons {i}", tags=["alpha"])
+    await make_comment(client, alice, "dragons-0", body="hello")
     await get(client, "/user", bob)  # loads the revocation markers once
     with count_statements(app) as miss:
         await get(client, "/articles", bob)
@@ -772,7 +755,7 @@ async def test_redis_cut_reads_and_writes_work_and_writes_are_seen_after_it_retu
 ) -> None:
     http, proxy = via_proxy.client, via_proxy.proxy
     alice = await make_user(username="alice")
-    slug = await post_article(http, alice, "Dragons", ["alpha"])
+    slug = (await make_article(http, alice, title="Dragons", tags=["alpha"]))["slug"]
     for path in OUTAGE_READS:
         await get(http, path)
     generation = int(await generation_of(rds, ARTICLES))
@@ -785,7 +768,7 @@ async def test_redis_cut_reads_and_writes_work_and_writes_are_seen_after_it_retu
     started = time.perf_counter()
     body = {"article": {"title": "Dragons, revised", "tagList": ["alpha", "omega"]}}
     await send(http, "PUT", f"/articles/{slug}", alice, body)
-    await post_article(http, alice, "Written in the outage", ["omega"])
+    await make_article(http, alice, title="Written in the outage", tags=["omega"])
     assert time.perf_counter() - started < 2.0
     for path in OUTAGE_READS:
         assert await answer(http, path) == await answer(oracle, path), path
@@ -820,7 +803,7 @@ async def test_other_processes_see_a_write_whose_bump_was_lost(
     make_user: MakeUser,
 ) -> None:
     alice = await make_user(username="alice")
-    slug = await post_article(client, alice, "Dragons", ["alpha"])
+    slug = (await make_article(client, alice, title="Dragons", tags=["alpha"]))["slug"]
     assert (await get(client, f"/articles/{slug}")).status_code == 200  # cached
 
     # This process loses Redis just while it writes; the other one never does.
@@ -846,7 +829,7 @@ async def test_slow_redis_reads_stay_fast_and_correct(
 ) -> None:
     http, proxy = via_proxy.client, via_proxy.proxy
     alice = await make_user(username="alice")
-    slug = await post_article(http, alice, "Dragons", ["alpha"])
+    slug = (await make_article(http, alice, title="Dragons", tags=["alpha"]))["slug"]
     for path in OUTAGE_READS:
         await get(http, path)
 
@@ -879,9 +862,10 @@ async def test_concurrent_misses_of_one_list_load_it_once(
 ) -> None:
     alice = await make_user(username="alice")
     for i in range(3):
-        await post_article(client, alice, f"Dragons {i}", ["alpha"])
+        await make_article(client, alice, title=f"Dragons {i}", tags=["alpha"])
     await get(client, "/articles?tag=alpha")
-    await post_article(client, alice, "The bump", ["alpha"])  # every list entry is cold again
+    # Every list entry is cold again.
+    await make_article(client, alice, title="The bump", tags=["alpha"])
 
     stats = await cache_stats(client)
     with count_statements(app) as statements:
@@ -916,7 +900,7 @@ async def test_readers_waiting_for_a_load_do_not_starve_it_of_connections(
 ) -> None:
     alice = await make_user(username="alice")
     readers = [await make_user(username=f"reader{i}") for i in range(2)]
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     for reader in readers:
         await get(small_pool, "/user", reader)  # revocation markers loaded: steady state
     # Another process is loading /articles (its lock is held): the anonymous request that
@@ -945,7 +929,7 @@ async def test_two_processes_share_one_load(
 ) -> None:
     alice = await make_user(username="alice")
     for i in range(3):
-        await post_article(client, alice, f"Dragons {i}", ["alpha"])
+        await make_article(client, alice, title=f"Dragons {i}", tags=["alpha"])
     one = await cache_stats(client)
     two = await cache_stats(via_proxy.client)
     requests = [get(client, "/articles?author=alice") for _ in range(10)]
@@ -965,11 +949,11 @@ async def test_huge_offset_and_bad_limits(
     client: httpx.AsyncClient, oracle: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     far = "/articles?limit=100&offset=10000000"
     for _ in range(2):
         assert await answer(client, far) == (200, {"articles": [], "articlesCount": 1})
-    await post_article(client, alice, "More", [])
+    await make_article(client, alice, title="More")
     assert await answer(client, far) == (200, {"articles": [], "articlesCount": 2})
     for bad in ("limit=101", "limit=0", "offset=-1", "offset=10000001", "limit=1e3", "limit=x"):
         for _ in range(2):
@@ -984,7 +968,7 @@ async def test_if_none_match_garbage_gets_the_full_answer(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     expected = (await get(client, "/articles")).json()
     garbage: list[bytes] = [
         b"garbage",
@@ -1012,7 +996,7 @@ async def test_unknown_slug_and_name_are_not_cached_and_appear_once_created(
             assert (await get(client, path)).status_code == 404, path
     assert [key for key in await entry_keys(rds) if not key.endswith(b":lock")] == []
 
-    slug = await post_article(client, alice, "Gamma rays", [])
+    slug = (await make_article(client, alice, title="Gamma rays"))["slug"]
     assert slug == "gamma-rays"
     assert (await get(client, "/articles/gamma-rays")).json()["article"]["title"] == "Gamma rays"
     assert (await get(client, "/articles/gamma-rays/comments")).json() == {"comments": []}
@@ -1039,8 +1023,8 @@ async def test_entries_expire_and_generations_do_not(
 ) -> None:
     ttl = CACHE.get(app.flask_app).ttl_seconds
     alice = await make_user(username="alice")
-    slug = await post_article(client, alice, "Dragons", ["alpha"])
-    await post_comment(client, alice, slug, "hello")
+    slug = (await make_article(client, alice, title="Dragons", tags=["alpha"]))["slug"]
+    await make_comment(client, alice, slug, body="hello")
     paths = ["/articles", "/articles?tag=alpha", f"/articles/{slug}", "/tags", "/profiles/alice"]
     paths.append(f"/articles/{slug}/comments")
     for path in paths:
@@ -1086,13 +1070,13 @@ async def test_keys_per_generation_are_bounded_by_the_distinct_reads(
     client: httpx.AsyncClient, rds: Redis, make_user: MakeUser
 ) -> None:
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     for offset in range(12):
         await get(client, f"/articles?limit=1&offset={offset}")
     assert len(await entry_keys(rds)) == 12
     assert len(await response_keys(rds)) == 12
     # A bump makes them unreadable; they only wait for their TTL.
-    await post_article(client, alice, "More", [])
+    await make_article(client, alice, title="More")
     await get(client, "/articles?limit=1&offset=0")
     current = await generation_of(rds, ARTICLES)
     for keys in (await entry_keys(rds), await response_keys(rds)):
@@ -1104,7 +1088,7 @@ async def test_a_lost_generation_counter_does_not_bring_back_old_entries(
     client: httpx.AsyncClient, rds: Redis, make_user: MakeUser
 ) -> None:
     alice = await make_user(username="alice")
-    slug = await post_article(client, alice, "Dragons", ["alpha"])
+    slug = (await make_article(client, alice, title="Dragons", tags=["alpha"]))["slug"]
     await rds.delete(generation_key(ARTICLES))  # as if evicted: generation "0"
     assert (await get(client, f"/articles/{slug}")).json()["article"]["body"] == "b"  # cached at 0
     await send(client, "PATCH", f"/articles/{slug}", alice, {"article": {"body": "changed"}})
@@ -1137,7 +1121,7 @@ async def test_a_running_server_shows_seeded_data(
     client: httpx.AsyncClient, oracle: httpx.AsyncClient, settings: Settings, make_user: MakeUser
 ) -> None:
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     for path in ("/articles", "/tags"):
         await get(client, path)
 
@@ -1156,7 +1140,7 @@ async def test_bumping_every_generation_after_a_seed_shows_the_seeded_data(
 ) -> None:
     """The remedy to document until seed does it itself: INCR every c:g:* key (never DEL)."""
     alice = await make_user(username="alice")
-    await post_article(client, alice, "Dragons", ["alpha"])
+    await make_article(client, alice, title="Dragons", tags=["alpha"])
     for path in ("/articles", "/tags"):
         await get(client, path)
 

@@ -17,25 +17,12 @@ from openapi_ui_bundles import swagger_ui
 from service.app import create_asgi
 from service.http import conditional as http_cache
 from service.infra.settings import Settings
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 IDENTITY = {"Accept-Encoding": "identity"}
 # Long enough that a page of three articles is well over the compression threshold.
 DESCRIPTION = "How dragons learn to fly, told at length. " * 12
-
-
-async def post_article(client: httpx.AsyncClient, user: TestUser, title: str) -> None:
-    article = {
-        "title": title,
-        "description": DESCRIPTION,
-        "body": "You have to believe",
-        "tagList": ["dragons", "training"],
-    }
-    response = await client.post(
-        "/api/v1/articles", json={"article": article}, headers=user.headers
-    )
-    assert response.status_code == 201, response.text
 
 
 async def get_raw(
@@ -62,7 +49,14 @@ def assert_hardened(response: httpx.Response) -> None:
 async def three_articles(client: httpx.AsyncClient, make_user: MakeUser) -> TestUser:
     author = await make_user(username="jake")
     for n in range(3):
-        await post_article(client, author, f"Dragon number {n}")
+        await make_article(
+            client,
+            author,
+            title=f"Dragon number {n}",
+            description=DESCRIPTION,
+            body="You have to believe",
+            tags=["dragons", "training"],
+        )
     return author
 
 
@@ -100,7 +94,14 @@ async def test_a_write_changes_the_list_etag(
 ) -> None:
     before = await client.get("/api/v1/articles")
     etag = before.headers["etag"]
-    await post_article(client, three_articles, "One more dragon")
+    await make_article(
+        client,
+        three_articles,
+        title="One more dragon",
+        description=DESCRIPTION,
+        body="You have to believe",
+        tags=["dragons", "training"],
+    )
     after = await client.get("/api/v1/articles", headers={"If-None-Match": etag})
     assert after.status_code == 200
     assert after.headers["etag"] != etag

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +34,7 @@ from service.infra.web_security import ProxyTrust, parse_ip
 from service.services import login_guard
 from service.services.security import Tokens
 from tests import factories
+from tests.net import free_port
 from tests.tcp_proxy import redis_proxy
 
 PEER = ("127.0.0.1", 50000)
@@ -415,12 +415,6 @@ async def test_a_limit_finer_than_the_clock_still_goes_through_redis(
     assert "redis unavailable" not in caplog.text
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_redis_down_fails_open_but_keeps_auth_limit(
     serve: Serve, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -517,7 +511,7 @@ async def test_unreachable_redis_at_a_closed_port(settings: Settings) -> None:
     limiter = RateLimitMiddleware(
         inner,
         settings=settings.model_copy(update={"rate_limit_auth_per_minute": 2}),
-        redis_url=f"redis://127.0.0.1:{_closed_port()}/0",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
         tokens=Tokens("x" * 32, timedelta(minutes=1)),
     )
     await limiter.startup()

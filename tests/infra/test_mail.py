@@ -16,6 +16,7 @@ from service.infra.mail import Mailer, MailError, MailNotConfigured, MailRejecte
 from service.infra.secret_box import generate_key
 from service.infra.settings import Environment, Settings
 from tests.jobs.support import SmtpServer, running_smtp_server
+from tests.net import free_port
 
 SECRET_LINK = "https://conduit.example/reset-password?token=s3cr3t-t0ken"
 STRONG_SECRET = "mail-test-secret-" + "m" * 32
@@ -94,9 +95,7 @@ async def test_a_refused_recipient_is_a_permanent_failure(tmp_path: Path) -> Non
 
 
 async def test_unreachable_server_is_a_temporary_failure(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mailer = Mailer(mail_settings(tmp_path, smtp_url=f"smtp://127.0.0.1:{port}"), timeout=5)
     with pytest.raises(MailError) as caught:
         await mailer.send("a@b.example", "Hi", "text")

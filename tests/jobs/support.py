@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,16 +16,11 @@ from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
+from tests.net import free_port
+
 T = TypeVar("T")
 
 TOKEN_IN_LINK = re.compile(r"token=([A-Za-z0-9_-]+)")
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (bound then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -20,7 +20,8 @@ from service.infra.secret_box import generate_key
 from service.infra.settings import Settings
 from tests.cli import ENV_VARIABLES
 from tests.factories import TestUser
-from tests.jobs.support import TOKEN_IN_LINK, SmtpServer, eventually, free_port
+from tests.jobs.support import TOKEN_IN_LINK, SmtpServer, eventually
+from tests.net import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG_SECRET = "jobs-test-secret-" + "j" * 32
@@ -177,14 +178,7 @@ async def test_serve_runs_the_worker_in_process(
     await wait_for_line(log, "worker started", proc)
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
+        await asyncio.to_thread(wait_ready, f"{base}/readyz", 30, proc=proc, log=log)
         response = await http.post("/api/v1/users/password-reset", json={"email": user.email})
         assert response.status_code == 202
         [mail] = await smtp_server.wait_for(1, within=15)
@@ -209,15 +203,9 @@ async def test_zero_config_serve_mails_reset_links_into_the_mail_folder(
     port = free_port()
     proc, log = spawn("serve", "--bind", f"127.0.0.1:{port}", env=child_env(tmp_path))
     await wait_for_line(log, "worker started", proc)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        async with asyncio.timeout(60):
-            while True:
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.2)
+    base = f"http://127.0.0.1:{port}"
+    await asyncio.to_thread(wait_ready, f"{base}/readyz", 60, proc=proc, log=log)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
         user = {"username": "jake", "email": "jake@jake.jake", "password": "jakejake"}
         assert (await http.post("/api/v1/users", json={"user": user})).status_code == 201
         response = await http.post("/api/v1/users/password-reset", json={"email": user["email"]})

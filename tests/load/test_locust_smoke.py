@@ -9,10 +9,8 @@ import csv
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 
 from service.infra.settings import Settings
 from service.seed import SeedOptions, seed
+from tests.net import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -41,12 +40,6 @@ EXPECTED_ROUTES = {
     ("POST", "/api/v1/articles"),
 }
 INTEGRATION_ROUTES = {("POST", "/api/v1/clients"), ("POST", "/api/v1/oauth/token")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -84,16 +77,7 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        wait_ready(f"{base}/readyz", 30, proc=proc, log=log)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)

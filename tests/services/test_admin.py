@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,12 +17,6 @@ from service.services import admin
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest_asyncio.fixture
-async def session(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with maker() as db_session:
-        yield db_session
 
 
 async def user_row(

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.app import ConduitASGI
 from service.domain.errors import NotFound, PermissionDenied
-from service.infra.db import DatabaseState
 from service.models import Article, ArticleTag, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
 from service.services import articles, tags
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest_asyncio.fixture
-async def session(app: ConduitASGI) -> AsyncIterator[AsyncSession]:
-    """A session on the app's engine; committed explicitly by the tests that need it."""
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as session:
-        yield session
 
 
 async def user_row(session: AsyncSession, make_user: MakeUser) -> User:

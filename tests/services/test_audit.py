@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.app import ConduitASGI
-from service.infra.db import DatabaseState
 from service.models import AuditEntry, User
 from service.services import audit
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest_asyncio.fixture
-async def session(app: ConduitASGI) -> AsyncIterator[AsyncSession]:
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as db_session:
-        yield db_session
 
 
 async def user_row(session: AsyncSession, make_user: MakeUser, username: str) -> User:

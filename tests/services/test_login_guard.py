@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -13,6 +12,7 @@ from redis.asyncio import Redis
 
 from service.domain.errors import TooManyRequests
 from service.services import login_guard
+from tests.net import free_port
 
 EMAIL = "Jake@Jake.Jake"
 
@@ -113,15 +113,9 @@ async def test_concurrent_attempts_cannot_outrun_the_count(redis: Redis) -> None
     assert len(refused) == 50 - login_guard.THRESHOLD
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unreachable_redis_fails_open_quickly(caplog: pytest.LogCaptureFixture) -> None:
     # Default client settings, as the app's own client: retries must not stretch the wait.
-    down = Redis(port=_closed_port())
+    down = Redis(port=free_port())
     started = time.monotonic()
     with caplog.at_level("WARNING", logger="conduit.login_guard"):
         for _ in range(10):

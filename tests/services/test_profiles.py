@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.app import ConduitASGI
 from service.domain.errors import NotFound, PermissionDenied
-from service.infra.db import DatabaseState
 from service.models import Follow, User
 from service.services import profiles as profiles_service
 from service.services.profiles import SELF_FOLLOW
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest_asyncio.fixture
-async def session(app: ConduitASGI) -> AsyncIterator[AsyncSession]:
-    """A session of the app's engine; the test decides whether to commit."""
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as db_session:
-        yield db_session
 
 
 async def load(session: AsyncSession, user: TestUser) -> User:

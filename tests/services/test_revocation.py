@@ -6,7 +6,6 @@ outages are a closed port or a cut TCP proxy (tests/tcp_proxy.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from tests.api.v1.test_oauth import (
     status_of,
 )
 from tests.factories import TestUser
+from tests.net import free_port
 from tests.tcp_proxy import TcpProxy, redis_proxy
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -57,9 +57,7 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 @pytest_asyncio.fixture
 async def dead_redis() -> AsyncIterator[Redis]:
     """A client of a port where nothing listens."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     client = Redis(
         host="127.0.0.1",
         port=port,
@@ -259,9 +257,7 @@ async def test_a_malformed_publish_job_fails_for_good(
 async def test_the_publish_job_is_retried_while_redis_is_unreachable(
     settings: Settings, maker: async_sessionmaker[AsyncSession]
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     unreachable = settings.model_copy(
         update={"redis_url": f"redis://127.0.0.1:{port}/0", "redis_socket_timeout": 0.5}
     )

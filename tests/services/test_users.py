@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.app import ConduitASGI
 from service.domain.errors import Conflict, InvalidInput, NotAuthenticated
-from service.infra.db import DatabaseState
 from service.models import User
 from service.schemas.user import UserCreate, UserLogin, UserUpdate
 from service.services import users as users_service
@@ -20,15 +17,6 @@ from service.services.security import PasswordPolicy, Passwords
 from tests.factories import TestUser
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-@pytest_asyncio.fixture
-async def session(app: ConduitASGI) -> AsyncIterator[AsyncSession]:
-    """A session of the app's engine; the test decides whether to commit."""
-    state: DatabaseState = app.flask_app.extensions["conduit.db"]
-    assert state.sessionmaker is not None
-    async with state.sessionmaker() as db_session:
-        yield db_session
 
 
 @pytest.fixture(scope="module")

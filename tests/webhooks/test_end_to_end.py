@@ -15,7 +15,7 @@ from standardwebhooks import Webhook
 
 from service.infra.mail import Mailer
 from service.infra.settings import Settings
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article
 from tests.jobs.support import SmtpServer
 from tests.webhooks.receivers import Receiver
 from tests.webhooks.support import deliver
@@ -45,12 +45,6 @@ async def subscribe(
     return webhook
 
 
-async def post_article(api: httpx.AsyncClient, author: TestUser, title: str) -> str:
-    body = {"article": {"title": title, "description": "d", "body": "b", "tagList": []}}
-    slug: str = (await call(api, "POST", "/articles", author, body))["article"]["slug"]
-    return slug
-
-
 def verified_events(receiver: Receiver, secret: str) -> list[dict[str, Any]]:
     """The events `/verify` accepted, each checked again here with the library."""
     events = []
@@ -65,7 +59,7 @@ async def test_the_owner_hears_of_favorites_by_other_users(
 ) -> None:
     alice, bob = await make_user(username="alice"), await make_user(username="bob")
     webhook = await subscribe(api, alice, receiver, "/verify")
-    slug = await post_article(api, alice, "Dragons")
+    slug = (await make_article(api, alice, title="Dragons"))["slug"]
     await call(api, "POST", f"/articles/{slug}/favorite", bob)
     await call(api, "DELETE", f"/articles/{slug}/favorite", bob)
     await deliver(delivery_settings)
@@ -108,7 +102,7 @@ async def test_an_event_raised_while_disabled_by_the_owner_is_recovered(
     path = f"/webhooks/{webhook['id']}"
     since = datetime.now(UTC)
     await call(api, "PATCH", path, alice, {"webhook": {"enabled": False}})
-    slug = await post_article(api, alice, "While away")
+    slug = (await make_article(api, alice, title="While away"))["slug"]
     await call(api, "POST", f"/articles/{slug}/favorite", bob)
     await deliver(delivery_settings)
     assert receiver.hits("/verify") == []
@@ -141,7 +135,7 @@ async def test_an_event_raised_after_a_410_disabled_the_webhook_is_recovered(
     webhook = await subscribe(api, alice, receiver, "/status/410")
     path = f"/webhooks/{webhook['id']}"
     since = datetime.now(UTC)
-    slug = await post_article(api, alice, "Gone")
+    slug = (await make_article(api, alice, title="Gone"))["slug"]
     mailer = Mailer(delivery_settings.model_copy(update={"smtp_url": smtp_server.url}))
     await deliver(delivery_settings, mailer=mailer)
     shown = (await call(api, "GET", path, alice))["webhook"]

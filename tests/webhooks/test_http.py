@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,16 +23,11 @@ from service.webhooks.http import (
 )
 from service.webhooks.signing import build_headers, build_payload, generate_secret, new_message_id
 from service.webhooks.ssrf import ResolutionFailed, Resolver
+from tests.net import free_port
 from tests.webhooks.conftest import LOOPBACK
 from tests.webhooks.receivers import HUGE_BYTES, CertificateFiles, Receiver
 
 BODY = b'{"type":"webhook.ping","timestamp":"2024-01-01T00:00:00.000000Z","data":{}}'
-
-
-def _unused_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _fake_dns(table: dict[str, list[str]]) -> Resolver:
@@ -184,7 +178,7 @@ async def test_connections_are_reused_for_the_same_host(
 
 
 async def test_connection_refused_is_a_connect_error(client: WebhookClient) -> None:
-    port = _unused_port()
+    port = free_port()
     secret = generate_secret()
     headers = build_headers(secrets=[secret], msg_id="msg_1", body=BODY)
     result = await client.deliver(

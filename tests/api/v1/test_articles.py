@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from service.app import ConduitASGI
 from service.infra.db import DatabaseState
 from service.models import Article, ArticleTag, Comment, Favorite
-from tests.factories import TestUser, follow
+from tests.factories import TestUser, follow, make_article
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -36,15 +36,6 @@ def new_article(**fields: Any) -> dict[str, Any]:
     article = {"title": "How to train your dragon", "description": "Ever wonder how?"}
     article["body"] = "You have to believe"
     return {"article": {**article, **fields}}
-
-
-async def post_article(client: httpx.AsyncClient, user: TestUser, **fields: Any) -> dict[str, Any]:
-    response = await client.post(
-        "/api/v1/articles", json=new_article(**fields), headers=user.headers
-    )
-    assert response.status_code == 201, response.text
-    article: dict[str, Any] = response.json()["article"]
-    return article
 
 
 async def count_rows(app: ConduitASGI, model: Any, *where: Any) -> int:
@@ -96,7 +87,7 @@ async def test_create_without_tags_has_empty_tag_list(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    article = await post_article(client, user)
+    article = await make_article(client, user)
     assert article["tagList"] == []
     assert article["author"]["bio"] == ""
     assert article["author"]["image"] == ""
@@ -221,13 +212,13 @@ async def test_create_accepts_limits_exactly(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    article = await post_article(
+    article = await make_article(
         client,
         user,
         title="T" * 200,
         description="d" * 1000,
         body="b" * 100_000,
-        tagList=[f"{i:02d}" + "x" * 62 for i in range(20)],
+        tags=[f"{i:02d}" + "x" * 62 for i in range(20)],
     )
     assert len(article["title"]) == 200
     assert len(article["body"]) == 100_000
@@ -239,13 +230,13 @@ async def test_create_stores_text_verbatim(client: httpx.AsyncClient, make_user:
     user = await make_user()
     title = "Robert'); DROP TABLE articles;-- %_\\ 日本語 🐉"
     body = "    indented code\n\n* list with 'quotes' and \"double\" -- ; \\ %"
-    article = await post_article(
+    article = await make_article(
         client,
         user,
         title=f"  {title}  ",
         description="  <script>alert(1)</script> ' OR 1=1 --  ",
         body=body,
-        tagList=["  sql'; DROP TABLE tags;--  ", "ünïcödé", "%_"],
+        tags=["  sql'; DROP TABLE tags;--  ", "ünïcödé", "%_"],
     )
     assert article["title"] == title
     assert article["description"] == "<script>alert(1)</script> ' OR 1=1 --"
@@ -262,7 +253,7 @@ async def test_tags_are_trimmed_deduplicated_and_sorted(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    article = await post_article(client, user, tagList=[" b ", "a", "b", "A", "B", "c", "a"])
+    article = await make_article(client, user, tags=[" b ", "a", "b", "A", "B", "c", "a"])
     assert article["tagList"] == ["A", "a", "B", "b", "c"]
     fetched = (await client.get(f"/api/v1/articles/{article['slug']}")).json()["article"]
     assert fetched["tagList"] == ["A", "a", "B", "b", "c"]
@@ -273,7 +264,7 @@ async def test_tags_are_trimmed_deduplicated_and_sorted(
 
 async def test_slug_keeps_unicode_letters(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
-    article = await post_article(client, user, title="Ça va? 日本語!")
+    article = await make_article(client, user, title="Ça va? 日本語!")
     assert article["slug"] == "ça-va-日本語"
     response = await client.get(f"/api/v1/articles/{quote(article['slug'])}")
     assert response.status_code == 200
@@ -284,7 +275,7 @@ async def test_same_title_gets_numbered_slugs(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slugs = [(await post_article(client, user, title="Same title"))["slug"] for _ in range(3)]
+    slugs = [(await make_article(client, user, title="Same title"))["slug"] for _ in range(3)]
     assert slugs == ["same-title", "same-title-2", "same-title-3"]
 
 
@@ -314,7 +305,7 @@ async def test_title_without_letters_gets_a_fallback_slug(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    article = await post_article(client, user, title="?!? ...")
+    article = await make_article(client, user, title="?!? ...")
     assert article["slug"] == "article"
 
 
@@ -322,7 +313,7 @@ async def test_title_feed_does_not_hide_behind_the_feed_route(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    article = await post_article(client, user, title="Feed")
+    article = await make_article(client, user, title="Feed")
     assert article["slug"] == "feed-2"
     response = await client.get("/api/v1/articles/feed-2")
     assert response.json()["article"]["title"] == "Feed"
@@ -369,7 +360,7 @@ async def test_openapi_slug_parameter_excludes_feed(client: httpx.AsyncClient) -
 
 async def test_get_article_anonymously(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     user = await make_user(username="jake")
-    created = await post_article(client, user, tagList=["x"])
+    created = await make_article(client, user, tags=["x"])
     response = await client.get(f"/api/v1/articles/{created['slug']}")
     assert response.status_code == 200
     assert response.json() == {"article": created}
@@ -379,7 +370,7 @@ async def test_get_article_shows_following_for_the_viewer(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan, other = await make_user(), await make_user(), await make_user()
-    created = await post_article(client, author)
+    created = await make_article(client, author)
     await follow(app, fan, author)
     url = f"/api/v1/articles/{created['slug']}"
     assert (await client.get(url, headers=fan.headers)).json()["article"]["author"]["following"]
@@ -416,8 +407,8 @@ async def test_list_items_have_no_body_and_newest_first(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user(username="jake")
-    first = await post_article(client, user, title="First", tagList=["b", "a"])
-    second = await post_article(client, user, title="Second")
+    first = await make_article(client, user, title="First", tags=["b", "a"])
+    second = await make_article(client, user, title="Second")
     response = await client.get("/api/v1/articles")
     assert response.status_code == 200
     data = response.json()
@@ -436,9 +427,9 @@ async def test_list_filters_alone_and_combined(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     jake, jane = await make_user(username="jake"), await make_user(username="jane")
-    a1 = (await post_article(client, jake, title="a1", tagList=["dragons"]))["slug"]
-    a2 = (await post_article(client, jake, title="a2", tagList=["training"]))["slug"]
-    b1 = (await post_article(client, jane, title="b1", tagList=["dragons", "training"]))["slug"]
+    a1 = (await make_article(client, jake, title="a1", tags=["dragons"]))["slug"]
+    a2 = (await make_article(client, jake, title="a2", tags=["training"]))["slug"]
+    b1 = (await make_article(client, jane, title="b1", tags=["dragons", "training"]))["slug"]
     for slug in (a1, b1):
         favorite = await client.post(f"/api/v1/articles/{slug}/favorite", headers=jane.headers)
         assert favorite.status_code == 200
@@ -472,7 +463,7 @@ async def test_list_unknown_filter_values_give_empty_200(
     client: httpx.AsyncClient, make_user: MakeUser, param: str, value: str
 ) -> None:
     user = await make_user(username="jake")
-    await post_article(client, user, tagList=["dragons"])
+    await make_article(client, user, tags=["dragons"])
     response = await client.get("/api/v1/articles", params={param: value})
     assert response.status_code == 200
     assert response.json() == {"articles": [], "articlesCount": 0}
@@ -487,7 +478,7 @@ async def test_list_nul_in_filter_is_422(client: httpx.AsyncClient, param: str) 
 
 async def test_list_paging(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
-    created = [(await post_article(client, user, title=f"p{i}"))["slug"] for i in range(5)]
+    created = [(await make_article(client, user, title=f"p{i}"))["slug"] for i in range(5)]
     newest_first = created[::-1]
 
     async def page(**params: int) -> httpx.Response:
@@ -548,7 +539,7 @@ async def test_list_paging_reads_signs_and_leading_zeros(
 ) -> None:
     user = await make_user()
     for i in range(3):
-        await post_article(client, user, title=f"p{i}")
+        await make_article(client, user, title=f"p{i}")
 
     response = await client.get(f"/api/v1/articles?{query}")
 
@@ -558,7 +549,7 @@ async def test_list_paging_reads_signs_and_leading_zeros(
 
 async def test_list_favorited_is_per_viewer(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     author, fan, other = await make_user(), await make_user(), await make_user()
-    slug = (await post_article(client, author))["slug"]
+    slug = (await make_article(client, author))["slug"]
     await client.post(f"/api/v1/articles/{slug}/favorite", headers=fan.headers)
     for headers, favorited in ((fan.headers, True), (other.headers, False), ({}, False)):
         item = (await client.get("/api/v1/articles", headers=headers)).json()["articles"][0]
@@ -574,10 +565,10 @@ async def test_feed_lists_followed_authors_only(
 ) -> None:
     reader, followed, ignored = await make_user(), await make_user(), await make_user()
     await follow(app, reader, followed)
-    old = (await post_article(client, followed, title="old"))["slug"]
-    await post_article(client, ignored, title="ignored")
-    await post_article(client, reader, title="own")
-    new = (await post_article(client, followed, title="new"))["slug"]
+    old = (await make_article(client, followed, title="old"))["slug"]
+    await make_article(client, ignored, title="ignored")
+    await make_article(client, reader, title="own")
+    new = (await make_article(client, followed, title="new"))["slug"]
     response = await client.get("/api/v1/articles/feed", headers=reader.headers)
     assert response.status_code == 200
     data = response.json()
@@ -597,7 +588,7 @@ async def test_feed_is_empty_without_follows(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     reader, author = await make_user(), await make_user()
-    await post_article(client, author)
+    await make_article(client, author)
     response = await client.get("/api/v1/articles/feed", headers=reader.headers)
     assert response.json() == {"articles": [], "articlesCount": 0}
 
@@ -624,7 +615,7 @@ async def test_update_changes_only_given_fields(
     client: httpx.AsyncClient, make_user: MakeUser, method: str
 ) -> None:
     user = await make_user()
-    created = await post_article(client, user, tagList=["keep"])
+    created = await make_article(client, user, tags=["keep"])
     response = await client.request(
         method,
         f"/api/v1/articles/{created['slug']}",
@@ -648,7 +639,7 @@ async def test_update_replaces_and_clears_tags(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = (await post_article(client, user, tagList=["old", "both"]))["slug"]
+    slug = (await make_article(client, user, tags=["old", "both"]))["slug"]
     url = f"/api/v1/articles/{slug}"
     response = await client.put(
         url, json={"article": {"tagList": ["new", "both", " new "]}}, headers=user.headers
@@ -664,7 +655,7 @@ async def test_update_with_nothing_changes_nothing(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    created = await post_article(client, user)
+    created = await make_article(client, user)
     response = await client.put(
         f"/api/v1/articles/{created['slug']}",
         json={"article": {"unknown": "ignored"}},
@@ -692,7 +683,7 @@ async def test_update_validation_names_the_field(
     client: httpx.AsyncClient, make_user: MakeUser, article: dict[str, Any], field: str
 ) -> None:
     user = await make_user()
-    created = await post_article(client, user)
+    created = await make_article(client, user)
     response = await client.put(
         f"/api/v1/articles/{created['slug']}", json={"article": article}, headers=user.headers
     )
@@ -707,7 +698,7 @@ async def test_update_by_another_user_is_403(
     client: httpx.AsyncClient, make_user: MakeUser, method: str
 ) -> None:
     author, intruder = await make_user(), await make_user()
-    created = await post_article(client, author)
+    created = await make_article(client, author)
     response = await client.request(
         method,
         f"/api/v1/articles/{created['slug']}",
@@ -733,7 +724,7 @@ async def test_update_unknown_article_is_404(
 
 async def test_update_requires_a_token(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
-    created = await post_article(client, user)
+    created = await make_article(client, user)
     response = await client.put(
         f"/api/v1/articles/{created['slug']}", json={"article": {"title": "x"}}
     )
@@ -747,8 +738,8 @@ async def test_delete_cascades_and_is_not_repeatable(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan = await make_user(), await make_user()
-    slug = (await post_article(client, author, tagList=["gone"]))["slug"]
-    kept = (await post_article(client, author, title="kept", tagList=["stays"]))["slug"]
+    slug = (await make_article(client, author, tags=["gone"]))["slug"]
+    kept = (await make_article(client, author, title="kept", tags=["stays"]))["slug"]
     await client.post(f"/api/v1/articles/{slug}/favorite", headers=fan.headers)
     await client.post(
         f"/api/v1/articles/{slug}/comments", json={"comment": {"body": "hi"}}, headers=fan.headers
@@ -780,14 +771,14 @@ async def test_delete_by_another_user_is_403(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, intruder = await make_user(), await make_user()
-    slug = (await post_article(client, author))["slug"]
+    slug = (await make_article(client, author))["slug"]
     response = await client.delete(f"/api/v1/articles/{slug}", headers=intruder.headers)
     assert response.status_code == 403
     assert (await client.get(f"/api/v1/articles/{slug}")).status_code == 200
 
 
 async def test_delete_requires_a_token(client: httpx.AsyncClient, make_user: MakeUser) -> None:
-    slug = (await post_article(client, await make_user()))["slug"]
+    slug = (await make_article(client, await make_user()))["slug"]
     assert (await client.delete(f"/api/v1/articles/{slug}")).status_code == 401
     assert (await client.get(f"/api/v1/articles/{slug}")).status_code == 200
 

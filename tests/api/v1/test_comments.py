@@ -12,32 +12,10 @@ import httpx
 import pytest
 
 from service.app import ConduitASGI
-from tests.factories import TestUser, follow
+from tests.factories import TestUser, follow, make_article, make_comment
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-async def post_article(client: httpx.AsyncClient, user: TestUser, title: str = "Dragons") -> str:
-    response = await client.post(
-        "/api/v1/articles",
-        json={"article": {"title": title, "description": "d", "body": "b"}},
-        headers=user.headers,
-    )
-    assert response.status_code == 201
-    slug: str = response.json()["article"]["slug"]
-    return slug
-
-
-async def post_comment(
-    client: httpx.AsyncClient, slug: str, user: TestUser, body: str = "Nice"
-) -> dict[str, Any]:
-    response = await client.post(
-        f"/api/v1/articles/{slug}/comments", json={"comment": {"body": body}}, headers=user.headers
-    )
-    assert response.status_code == 200, response.text
-    comment: dict[str, Any] = response.json()["comment"]
-    return comment
 
 
 # --- create -------------------------------------------------------------------------------
@@ -47,7 +25,7 @@ async def test_create_comment_answers_200_with_the_comment(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, reader = await make_user(), await make_user(username="reader", bio="hi")
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author))["slug"]
     response = await client.post(
         f"/api/v1/articles/{slug}/comments",
         json={"comment": {"body": "Thank you so much!"}},
@@ -69,9 +47,9 @@ async def test_comment_body_is_stored_verbatim(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
+    slug = (await make_article(client, user))["slug"]
     body = "  '); DROP TABLE comments;-- \n    code 日本語 🐉 %_\\"
-    assert (await post_comment(client, slug, user, body))["body"] == body
+    assert (await make_comment(client, user, slug, body=body))["body"] == body
     listed = (await client.get(f"/api/v1/articles/{slug}/comments")).json()["comments"]
     assert [c["body"] for c in listed] == [body]
 
@@ -80,8 +58,8 @@ async def test_comment_body_may_be_10000_characters(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
-    assert len((await post_comment(client, slug, user, "é" * 10_000))["body"]) == 10_000
+    slug = (await make_article(client, user))["slug"]
+    assert len((await make_comment(client, user, slug, body="é" * 10_000))["body"]) == 10_000
 
 
 @pytest.mark.parametrize(
@@ -103,7 +81,7 @@ async def test_create_comment_validation_names_the_field(
     client: httpx.AsyncClient, make_user: MakeUser, payload: dict[str, Any], field: str
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
+    slug = (await make_article(client, user))["slug"]
     response = await client.post(
         f"/api/v1/articles/{slug}/comments", json=payload, headers=user.headers
     )
@@ -115,7 +93,7 @@ async def test_create_comment_malformed_json_is_400(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
+    slug = (await make_article(client, user))["slug"]
     response = await client.post(
         f"/api/v1/articles/{slug}/comments",
         content=b'{"comment": {"body": "x"}',
@@ -127,7 +105,7 @@ async def test_create_comment_malformed_json_is_400(
 async def test_create_comment_requires_a_token(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
-    slug = await post_article(client, await make_user())
+    slug = (await make_article(client, await make_user()))["slug"]
     response = await client.post(
         f"/api/v1/articles/{slug}/comments", json={"comment": {"body": "x"}}
     )
@@ -153,11 +131,11 @@ async def test_list_comments_oldest_first_for_this_article_only(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, reader = await make_user(), await make_user()
-    slug = await post_article(client, author, "one")
-    other = await post_article(client, author, "two")
-    first = await post_comment(client, slug, reader, "first")
-    second = await post_comment(client, slug, author, "second")
-    await post_comment(client, other, reader, "elsewhere")
+    slug = (await make_article(client, author, title="one"))["slug"]
+    other = (await make_article(client, author, title="two"))["slug"]
+    first = await make_comment(client, reader, slug, body="first")
+    second = await make_comment(client, author, slug, body="second")
+    await make_comment(client, reader, other, body="elsewhere")
     response = await client.get(f"/api/v1/articles/{slug}/comments")
     assert response.status_code == 200
     assert response.json() == {"comments": [first, second]}
@@ -166,7 +144,7 @@ async def test_list_comments_oldest_first_for_this_article_only(
 async def test_list_comments_is_empty_without_comments(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
-    slug = await post_article(client, await make_user())
+    slug = (await make_article(client, await make_user()))["slug"]
     response = await client.get(f"/api/v1/articles/{slug}/comments")
     assert response.json() == {"comments": []}
 
@@ -175,8 +153,8 @@ async def test_list_comments_shows_following_for_the_viewer(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, commenter, fan = await make_user(), await make_user(), await make_user()
-    slug = await post_article(client, author)
-    await post_comment(client, slug, commenter)
+    slug = (await make_article(client, author))["slug"]
+    await make_comment(client, commenter, slug)
     await follow(app, fan, commenter)
     url = f"/api/v1/articles/{slug}/comments"
     assert (await client.get(url, headers=fan.headers)).json()["comments"][0]["author"][
@@ -203,9 +181,9 @@ async def test_delete_comment_answers_204_and_removes_it(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, reader = await make_user(), await make_user()
-    slug = await post_article(client, author)
-    gone = await post_comment(client, slug, reader, "gone")
-    kept = await post_comment(client, slug, reader, "kept")
+    slug = (await make_article(client, author))["slug"]
+    gone = await make_comment(client, reader, slug, body="gone")
+    kept = await make_comment(client, reader, slug, body="kept")
     url = f"/api/v1/articles/{slug}/comments/{gone['id']}"
     response = await client.delete(url, headers=reader.headers)
     assert response.status_code == 204
@@ -221,8 +199,8 @@ async def test_delete_someone_elses_comment_is_403(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, reader = await make_user(), await make_user()
-    slug = await post_article(client, author)
-    comment = await post_comment(client, slug, reader)
+    slug = (await make_article(client, author))["slug"]
+    comment = await make_comment(client, reader, slug)
     # Not even the article's author may delete a reader's comment.
     response = await client.delete(
         f"/api/v1/articles/{slug}/comments/{comment['id']}", headers=author.headers
@@ -237,9 +215,9 @@ async def test_delete_comment_through_another_article_is_404(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user, "one")
-    other = await post_article(client, user, "two")
-    comment = await post_comment(client, slug, user)
+    slug = (await make_article(client, user, title="one"))["slug"]
+    other = (await make_article(client, user, title="two"))["slug"]
+    comment = await make_comment(client, user, slug)
     response = await client.delete(
         f"/api/v1/articles/{other}/comments/{comment['id']}", headers=user.headers
     )
@@ -252,7 +230,7 @@ async def test_delete_unknown_comment_is_404(
     client: httpx.AsyncClient, make_user: MakeUser, comment_id: str
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
+    slug = (await make_article(client, user))["slug"]
     response = await client.delete(
         f"/api/v1/articles/{slug}/comments/{comment_id}", headers=user.headers
     )
@@ -265,7 +243,7 @@ async def test_delete_comment_with_non_integer_id_is_404(
     client: httpx.AsyncClient, make_user: MakeUser, comment_id: str
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
+    slug = (await make_article(client, user))["slug"]
     response = await client.delete(
         f"/api/v1/articles/{slug}/comments/{comment_id}", headers=user.headers
     )
@@ -278,8 +256,8 @@ async def test_comment_id_in_other_digits_does_not_name_the_comment(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
-    comment = await post_comment(client, slug, user)
+    slug = (await make_article(client, user))["slug"]
+    comment = await make_comment(client, user, slug)
     arabic_indic = "".join(chr(0x0660 + int(digit)) for digit in str(comment["id"]))
 
     response = await client.delete(
@@ -294,8 +272,8 @@ async def test_delete_comment_of_unknown_article_is_404(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
-    comment = await post_comment(client, slug, user)
+    slug = (await make_article(client, user))["slug"]
+    comment = await make_comment(client, user, slug)
     response = await client.delete(
         f"/api/v1/articles/nope/comments/{comment['id']}", headers=user.headers
     )
@@ -307,8 +285,8 @@ async def test_delete_comment_requires_a_token(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    slug = await post_article(client, user)
-    comment = await post_comment(client, slug, user)
+    slug = (await make_article(client, user))["slug"]
+    comment = await make_comment(client, user, slug)
     response = await client.delete(f"/api/v1/articles/{slug}/comments/{comment['id']}")
     assert response.status_code == 401
 
@@ -318,7 +296,7 @@ async def test_comments_racing_an_article_delete_never_fail_with_500(
 ) -> None:
     author, reader = await make_user(), await make_user()
     for round_ in range(3):
-        slug = await post_article(client, author, f"race {round_}")
+        slug = (await make_article(client, author, title=f"race {round_}"))["slug"]
         posts = [
             client.post(
                 f"/api/v1/articles/{slug}/comments",

@@ -13,20 +13,9 @@ from sqlalchemy import func, select
 from service.app import ConduitASGI
 from service.infra.db import DatabaseState
 from service.models import Favorite
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-async def post_article(client: httpx.AsyncClient, user: TestUser, title: str = "Dragons") -> str:
-    response = await client.post(
-        "/api/v1/articles",
-        json={"article": {"title": title, "description": "d", "body": "b", "tagList": ["t"]}},
-        headers=user.headers,
-    )
-    assert response.status_code == 201
-    slug: str = response.json()["article"]["slug"]
-    return slug
 
 
 async def favorite(
@@ -51,7 +40,7 @@ async def test_favorite_returns_the_whole_article(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan = await make_user(username="author"), await make_user()
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     article = await favorite(client, "POST", slug, fan)
     assert article["favorited"] is True
     assert article["favoritesCount"] == 1
@@ -65,7 +54,7 @@ async def test_favorite_and_unfavorite_are_idempotent(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan = await make_user(), await make_user()
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     for _ in range(2):
         article = await favorite(client, "POST", slug, fan)
         assert (article["favorited"], article["favoritesCount"]) == (True, 1)
@@ -80,7 +69,7 @@ async def test_concurrent_favorites_by_one_user_count_once(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan = await make_user(), await make_user()
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     responses = await asyncio.gather(
         *(client.post(f"/api/v1/articles/{slug}/favorite", headers=fan.headers) for _ in range(8))
     )
@@ -92,7 +81,7 @@ async def test_counts_and_favorited_are_per_viewer(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, a, b, c = [await make_user() for _ in range(4)]
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     assert (await favorite(client, "POST", slug, a))["favoritesCount"] == 1
     article = await favorite(client, "POST", slug, b)
     assert (article["favorited"], article["favoritesCount"]) == (True, 2)
@@ -111,7 +100,7 @@ async def test_unfavorite_without_favorite_is_fine(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, user = await make_user(), await make_user()
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     article = await favorite(client, "DELETE", slug, user)
     assert (article["favorited"], article["favoritesCount"]) == (False, 0)
 
@@ -120,7 +109,7 @@ async def test_authors_may_favorite_their_own_article(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author = await make_user()
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author, tags=["t"]))["slug"]
     article = await favorite(client, "POST", slug, author)
     assert (article["favorited"], article["favoritesCount"]) == (True, 1)
 
@@ -129,8 +118,8 @@ async def test_favorited_filter_follows_favorites(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     author, fan = await make_user(), await make_user(username="fan")
-    liked = await post_article(client, author, "liked")
-    await post_article(client, author, "not liked")
+    liked = (await make_article(client, author, title="liked", tags=["t"]))["slug"]
+    await make_article(client, author, title="not liked", tags=["t"])
     await favorite(client, "POST", liked, fan)
     listed = (await client.get("/api/v1/articles?favorited=fan")).json()
     assert [a["slug"] for a in listed["articles"]] == [liked]
@@ -148,7 +137,7 @@ async def test_favorited_filter_follows_favorites(
 async def test_favorite_requires_a_token(
     client: httpx.AsyncClient, make_user: MakeUser, method: str
 ) -> None:
-    slug = await post_article(client, await make_user())
+    slug = (await make_article(client, await make_user(), tags=["t"]))["slug"]
     response = await client.request(method, f"/api/v1/articles/{slug}/favorite")
     assert response.status_code == 401
 
@@ -172,7 +161,7 @@ async def test_favorites_racing_an_article_delete_never_fail_with_500(
     author = await make_user()
     fans = [await make_user() for _ in range(6)]
     for round_ in range(3):
-        slug = await post_article(client, author, f"race {round_}")
+        slug = (await make_article(client, author, title=f"race {round_}", tags=["t"]))["slug"]
         requests = [
             client.post(f"/api/v1/articles/{slug}/favorite", headers=fan.headers) for fan in fans
         ]

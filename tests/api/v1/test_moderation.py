@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from service.app import ConduitASGI
 from service.infra.db import DatabaseState
 from service.models import Article, AuditEntry, Comment
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article, make_comment
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 
@@ -37,28 +37,6 @@ async def count(app: ConduitASGI, model: type[Article] | type[Comment]) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-async def post_article(client: httpx.AsyncClient, user: TestUser, title: str = "Dragons") -> str:
-    response = await client.post(
-        "/api/v1/articles",
-        json={"article": {"title": title, "description": "d", "body": "b"}},
-        headers=user.headers,
-    )
-    assert response.status_code == 201, response.text
-    slug: str = response.json()["article"]["slug"]
-    return slug
-
-
-async def post_comment(client: httpx.AsyncClient, user: TestUser, slug: str) -> int:
-    response = await client.post(
-        f"/api/v1/articles/{slug}/comments",
-        json={"comment": {"body": "Nice"}},
-        headers=user.headers,
-    )
-    assert response.status_code == 200, response.text
-    comment_id: int = response.json()["comment"]["id"]
-    return comment_id
-
-
 @pytest.fixture
 async def author(make_user: MakeUser) -> TestUser:
     return await make_user(username="jake")
@@ -69,8 +47,8 @@ async def test_moderators_and_admins_delete_anyones_article(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser, author: TestUser, role: str
 ) -> None:
     moderator = await user_with_role(app, make_user, role, username="mod")
-    slug = await post_article(client, author, "How to train your dragon")
-    await post_comment(client, author, slug)
+    slug = (await make_article(client, author, title="How to train your dragon"))["slug"]
+    await make_comment(client, author, slug)
 
     response = await client.delete(f"/api/v1/articles/{slug}", headers=moderator.headers)
     assert response.status_code == 204
@@ -91,9 +69,9 @@ async def test_moderators_and_admins_delete_anyones_comment(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser, author: TestUser, role: str
 ) -> None:
     moderator = await user_with_role(app, make_user, role, username="mod")
-    slug = await post_article(client, author)
-    comment_id = await post_comment(client, author, slug)
-    kept = await post_comment(client, author, slug)
+    slug = (await make_article(client, author))["slug"]
+    comment_id = (await make_comment(client, author, slug))["id"]
+    kept = (await make_comment(client, author, slug))["id"]
 
     response = await client.delete(
         f"/api/v1/articles/{slug}/comments/{comment_id}", headers=moderator.headers
@@ -116,8 +94,8 @@ async def test_moderation_actions_appear_in_the_audit_log(
 ) -> None:
     moderator = await user_with_role(app, make_user, "moderator", username="mod")
     admin = await user_with_role(app, make_user, "admin", username="boss")
-    slug = await post_article(client, author)
-    comment_id = await post_comment(client, author, slug)
+    slug = (await make_article(client, author, title="Dragons"))["slug"]
+    comment_id = (await make_comment(client, author, slug))["id"]
     path = f"/api/v1/articles/{slug}"
     assert (
         await client.delete(f"{path}/comments/{comment_id}", headers=moderator.headers)
@@ -141,8 +119,8 @@ async def test_plain_users_cannot_delete_someone_elses_content(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser, author: TestUser
 ) -> None:
     plain = await make_user(username="plain")
-    slug = await post_article(client, author)
-    comment_id = await post_comment(client, author, slug)
+    slug = (await make_article(client, author))["slug"]
+    comment_id = (await make_comment(client, author, slug))["id"]
 
     response = await client.delete(f"/api/v1/articles/{slug}", headers=plain.headers)
     assert response.status_code == 403
@@ -157,8 +135,8 @@ async def test_plain_users_cannot_delete_someone_elses_content(
 
 
 async def test_moderation_needs_a_token(client: httpx.AsyncClient, author: TestUser) -> None:
-    slug = await post_article(client, author)
-    comment_id = await post_comment(client, author, slug)
+    slug = (await make_article(client, author))["slug"]
+    comment_id = (await make_comment(client, author, slug))["id"]
     assert (await client.delete(f"/api/v1/articles/{slug}")).status_code == 401
     response = await client.delete(f"/api/v1/articles/{slug}/comments/{comment_id}")
     assert response.status_code == 401
@@ -169,8 +147,8 @@ async def test_authors_deleting_their_own_content_are_not_audited(
 ) -> None:
     # Even a moderator's own deletions are ordinary author actions.
     moderator = await user_with_role(app, make_user, "moderator", username="mod")
-    slug = await post_article(client, moderator)
-    comment_id = await post_comment(client, moderator, slug)
+    slug = (await make_article(client, moderator))["slug"]
+    comment_id = (await make_comment(client, moderator, slug))["id"]
     response = await client.delete(
         f"/api/v1/articles/{slug}/comments/{comment_id}", headers=moderator.headers
     )
@@ -185,9 +163,9 @@ async def test_moderators_get_404_for_missing_content(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser, author: TestUser
 ) -> None:
     moderator = await user_with_role(app, make_user, "moderator", username="mod")
-    slug = await post_article(client, author, "One")
-    other = await post_article(client, author, "Two")
-    comment_id = await post_comment(client, author, other)
+    slug = (await make_article(client, author, title="One"))["slug"]
+    other = (await make_article(client, author, title="Two"))["slug"]
+    comment_id = (await make_comment(client, author, other))["id"]
 
     response = await client.delete("/api/v1/articles/no-such-article", headers=moderator.headers)
     assert response.status_code == 404
@@ -207,7 +185,7 @@ async def test_moderators_may_delete_but_not_edit_others_articles(
     app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser, author: TestUser
 ) -> None:
     moderator = await user_with_role(app, make_user, "moderator", username="mod")
-    slug = await post_article(client, author)
+    slug = (await make_article(client, author))["slug"]
     response = await client.put(
         f"/api/v1/articles/{slug}",
         json={"article": {"body": "vandalised"}},

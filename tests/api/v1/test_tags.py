@@ -6,20 +6,9 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
-from tests.factories import TestUser
+from tests.factories import TestUser, make_article
 
 MakeUser = Callable[..., Awaitable[TestUser]]
-
-
-async def post_article(client: httpx.AsyncClient, user: TestUser, tags: list[str]) -> str:
-    response = await client.post(
-        "/api/v1/articles",
-        json={"article": {"title": "t", "description": "d", "body": "b", "tagList": tags}},
-        headers=user.headers,
-    )
-    assert response.status_code == 201
-    slug: str = response.json()["article"]["slug"]
-    return slug
 
 
 async def test_tags_empty_without_articles(client: httpx.AsyncClient) -> None:
@@ -32,8 +21,8 @@ async def test_tags_in_use_once_each_alphabetically(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    await post_article(client, user, ["training", "dragons", "Zebra"])
-    await post_article(client, user, ["dragons", "ängste", "apples", "Apples"])
+    await make_article(client, user, tags=["training", "dragons", "Zebra"])
+    await make_article(client, user, tags=["dragons", "ängste", "apples", "Apples"])
     response = await client.get("/api/v1/tags")
     assert response.status_code == 200
     assert response.json() == {
@@ -45,8 +34,8 @@ async def test_tags_of_deleted_or_retagged_articles_disappear(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    deleted = await post_article(client, user, ["only-deleted", "shared"])
-    retagged = await post_article(client, user, ["only-retagged", "shared"])
+    deleted = (await make_article(client, user, tags=["only-deleted", "shared"]))["slug"]
+    retagged = (await make_article(client, user, tags=["only-retagged", "shared"]))["slug"]
     assert (
         await client.delete(f"/api/v1/articles/{deleted}", headers=user.headers)
     ).status_code == 204
@@ -61,6 +50,6 @@ async def test_tags_of_deleted_or_retagged_articles_disappear(
 
 async def test_tags_ignore_a_token(client: httpx.AsyncClient, make_user: MakeUser) -> None:
     user = await make_user()
-    await post_article(client, user, ["x"])
+    await make_article(client, user, tags=["x"])
     response = await client.get("/api/v1/tags", headers=user.headers)
     assert response.json() == {"tags": ["x"]}
