@@ -11,8 +11,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.caching import generations as invalidation
+from service.caching import generations
 from service.infra.mail import Mailer, MailRejected
+from service.infra.redis import ClientOptions, close_client, open_client
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
 from service.services import password_reset, revocation
@@ -62,10 +63,10 @@ async def bump_cache(payload: dict[str, Any], context: JobContext) -> None:
     """Bump cache generations that could not be bumped after their commit
     (`{"kinds": [...]}`); retried until Redis answers."""
     kinds = payload.get("kinds")
-    if not isinstance(kinds, list) or not set(kinds) <= set(invalidation.KINDS):
+    if not isinstance(kinds, list) or not set(kinds) <= set(generations.KINDS):
         raise PermanentJobError(f"malformed payload: {payload!r}")
     async with _redis(context) as client:
-        await invalidation.bump(client=client, kinds=kinds)
+        await generations.bump(client=client, kinds=kinds)
 
 
 @contextlib.asynccontextmanager
@@ -73,18 +74,17 @@ async def _redis(context: JobContext) -> AsyncIterator[Redis]:
     url = context.settings.redis_url
     if url is None:
         raise PermanentJobError("REDIS_URL is not set")
-    timeout = context.settings.redis_socket_timeout
-    client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = open_client(url, ClientOptions.single(context.settings.redis_socket_timeout))
     try:
         yield client
     finally:
-        await client.aclose()
+        await close_client(client)
 
 
 HANDLERS: dict[str, Handler] = {
     password_reset.REQUEST_JOB: password_reset_request,
     revocation.PUBLISH_JOB: publish_revocations,
-    invalidation.BUMP_JOB: bump_cache,
+    generations.BUMP_JOB: bump_cache,
     DELIVER_JOB: DeliveryHandler(),
     DISABLED_MAIL_JOB: send_disabled_mail,
 }

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.caching import generations as invalidation
+from service.caching import generations
+from service.infra.redis import ClientOptions, close_client, open_client
 from service.services import slugs
 from service.services.security import PasswordPolicy, Passwords
 
@@ -560,14 +560,19 @@ async def _refresh_counters(conn: asyncpg.Connection) -> list[str]:
     return refreshed
 
 
+# The seed bumps the generations once, after its commit; a Redis that does not answer in this
+# long is reported rather than waited for.
+SEED_REDIS_TIMEOUT = 10.0
+
+
 async def _invalidate_cache(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
+    client = open_client(redis_url, ClientOptions.single(SEED_REDIS_TIMEOUT))
     try:
-        await invalidation.bump(client=client, kinds=invalidation.KINDS)
+        await generations.bump(client=client, kinds=generations.KINDS)
     except (RedisError, OSError) as exc:
         raise SeedError(
             f"seeded, but the cache could not be invalidated ({type(exc).__name__}): "
             "flush the Redis database of the servers"
         ) from None
     finally:
-        await client.aclose()
+        await close_client(client)

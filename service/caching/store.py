@@ -40,7 +40,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.caching import generations as invalidation
+from service.caching import generations
 from service.caching.generations import (
     BUMP_JOB,
     START_GENERATION_LUA,
@@ -282,7 +282,7 @@ cache = Cache()
 
 async def bump_changed(session: AsyncSession) -> None:
     """After a commit: bump the generations of what it changed, or keep that for later."""
-    changed = invalidation.take_changed(session)
+    changed = generations.take_changed(session)
     if not changed:
         return
     state = cache.state

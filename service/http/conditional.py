@@ -271,7 +271,7 @@ class RequestHeaders:
                 self.request_id = value.decode("latin-1")
 
 
-class HttpCacheMiddleware:
+class ConditionalMiddleware:
     """ASGI middleware adding ETags, 304s and compression (see the module docstring)."""
 
     def __init__(

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.caching.store import CacheState
-from service.http.conditional import HttpCacheMiddleware
+from service.http.conditional import ConditionalMiddleware
 from service.http.generations import RequestGenerations
 from service.http.ratelimit import RateLimitMiddleware
 from service.http.response_cache import ResponseCache
@@ -86,7 +86,7 @@ def build_pipeline(
         )
         if response_cache_on
         else None,
-        HttpCacheMiddleware,
+        ConditionalMiddleware,
     ]
     pipeline = Pipeline(app=adapter)
     for layer in reversed(layers):

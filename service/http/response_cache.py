@@ -56,7 +56,7 @@ from service.caching.generations import (
     generation_key,
 )
 from service.caching.store import CacheState, ResponseStats, cache, digest
-from service.http import conditional as http_cache
+from service.http import conditional
 from service.http.conditional import (
     REPRESENTATION_HEADERS,
     RequestHeaders,
@@ -307,7 +307,7 @@ class ResponseCache:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        variant = coding_variant(tuple(request.accept_encoding or ()), tuple(http_cache.ENCODERS))
+        variant = coding_variant(tuple(request.accept_encoding or ()), tuple(conditional.ENCODERS))
         key = entry_name(scope["path"], scope.get("query_string", b""), variant)
         # Read by the rate limiter's script for this request when the limiter is on: then an
         # entry kept in this process is answered without awaiting anything (or a timer).

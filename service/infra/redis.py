@@ -42,6 +42,14 @@ class ClientOptions:
             connect_timeout=timeout,
         )
 
+    @classmethod
+    def single(cls, timeout: float) -> ClientOptions:
+        """One connection for a one-off step (a job, a command), every wait bounded by
+        `timeout`."""
+        return cls(
+            max_connections=1, pool_timeout=timeout, socket_timeout=timeout, connect_timeout=timeout
+        )
+
 
 def open_client(url: str, options: ClientOptions) -> Redis:
     """A pooled client of `url` (no connection is made yet); call on the loop that uses it."""

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from service.caching import generations as invalidation
+from service.caching import generations
 from service.domain import events
 from service.domain.articles import ArticlePage, ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
@@ -271,7 +271,7 @@ async def create_article(
         favorites_count=0,
         following=False,
     )
-    invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
+    generations.note_changed(session, generations.ARTICLES, generations.TAGS)
     await _emit(session, events.ARTICLE_CREATED, view)
     return view
 
@@ -324,7 +324,7 @@ async def update_article(
         await session.execute(delete(ArticleTag).where(ArticleTag.article_id == article.id))
         await _attach_tags(session, article.id, tag_list)
     view = await _one(session, viewer, slug)
-    invalidation.note_changed(session, invalidation.ARTICLES, invalidation.TAGS)
+    generations.note_changed(session, generations.ARTICLES, generations.TAGS)
     await _emit(session, events.ARTICLE_UPDATED, view)
     return view
 
@@ -360,9 +360,7 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
         )
     # The event reports the article as it was.
     await _emit(session, events.ARTICLE_DELETED, await _one(session, viewer, slug))
-    invalidation.note_changed(
-        session, invalidation.ARTICLES, invalidation.TAGS, invalidation.COMMENTS
-    )
+    generations.note_changed(session, generations.ARTICLES, generations.TAGS, generations.COMMENTS)
     await session.execute(
         delete(Article).where(Article.id == article_id).execution_options(synchronize_session=False)
     )
@@ -386,7 +384,7 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
         )
     view = await _one(session, viewer, slug)
     if added is not None:
-        invalidation.note_changed(session, invalidation.ARTICLES)
+        generations.note_changed(session, generations.ARTICLES)
         await _emit_favorite(session, events.ARTICLE_FAVORITED, viewer, view)
     return view
 
@@ -420,6 +418,6 @@ async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> Artic
         )
     view = await _one(session, viewer, slug)
     if removed is not None:
-        invalidation.note_changed(session, invalidation.ARTICLES)
+        generations.note_changed(session, generations.ARTICLES)
         await _emit_favorite(session, events.ARTICLE_UNFAVORITED, viewer, view)
     return view

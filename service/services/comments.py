@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.caching import generations as invalidation
+from service.caching import generations
 from service.domain import events
 from service.domain.comments import CommentView
 from service.domain.errors import NotFound, PermissionDenied
@@ -54,7 +54,7 @@ async def add_comment(
             .returning(Comment)
         )
     ).one()
-    invalidation.note_changed(session, invalidation.COMMENTS)
+    generations.note_changed(session, generations.COMMENTS)
     await outbox.emit(
         session=session,
         event_type=events.COMMENT_CREATED,
@@ -65,7 +65,7 @@ async def add_comment(
 
 
 async def _emit_deleted(session: AsyncSession, comment: Comment, author: User, slug: str) -> None:
-    invalidation.note_changed(session, invalidation.COMMENTS)
+    generations.note_changed(session, generations.COMMENTS)
     await outbox.emit(
         session=session,
         event_type=events.COMMENT_DELETED,

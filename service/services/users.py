@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.caching import generations as invalidation
+from service.caching import generations
 from service.domain import events
 from service.domain.errors import (
     Conflict,
@@ -153,8 +153,8 @@ async def update_user(
             session=session, user_id=user.id, reason=PASSWORD_CHANGED
         )
     # Author fields appear in articles, comments and profiles.
-    invalidation.note_changed(
-        session, invalidation.ARTICLES, invalidation.COMMENTS, invalidation.PROFILES
+    generations.note_changed(
+        session, generations.ARTICLES, generations.COMMENTS, generations.PROFILES
     )
     # The user's own endpoints only: the event carries the email address.
     await outbox.emit(

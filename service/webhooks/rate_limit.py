@@ -16,6 +16,7 @@ import uuid
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.infra.redis import ClientOptions, RedisBreaker, close_client, open_client
 from service.infra.settings import Settings
 from service.webhooks.gates import MAX_TRACKED
 
@@ -37,24 +38,9 @@ redis.call('SET', KEYS[1], tat + interval, 'PX', wait + interval + 1000)
 return wait
 """
 RATE_KEY_PREFIX = "whrl:"
+# An outage costs one timeout every few seconds rather than one per delivery (per process);
+# the fallback (per-process pacing) is exact enough for that long.
 REDIS_RETRY_SECONDS = 5.0
-
-
-class RedisPause:
-    """Skips Redis for `seconds` after it failed to answer, so that an outage costs one
-    timeout every few seconds rather than one per delivery (per process)."""
-
-    def __init__(self, seconds: float = REDIS_RETRY_SECONDS) -> None:
-        self.seconds = seconds
-        self._until = 0.0
-
-    def paused(self) -> bool:
-        """Whether Redis is to be skipped now."""
-        return time.monotonic() < self._until
-
-    def failed(self) -> None:
-        """Redis did not answer: skip it for the next `seconds`."""
-        self._until = time.monotonic() + self.seconds
 
 
 class RateLimiter:
@@ -64,17 +50,15 @@ class RateLimiter:
     def __init__(self) -> None:
         self._memory: dict[uuid.UUID, float] = {}
         self._redis: tuple[asyncio.AbstractEventLoop, str, Redis] | None = None
-        self._redis_pause = RedisPause()
+        self._breaker = RedisBreaker(REDIS_RETRY_SECONDS)
 
     def _client(self, settings: Settings) -> Redis | None:
         url = settings.redis_url
-        if url is None or self._redis_pause.paused():
+        if url is None or not self._breaker.allows():
             return None
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis[0] is not loop or self._redis[1] != url:
-            timeout = settings.redis_socket_timeout
-            client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-            self._redis = (loop, url, client)
+            self._redis = (loop, url, open_client(url, ClientOptions.from_settings(settings)))
         return self._redis[2]
 
     async def reserve(
@@ -95,7 +79,7 @@ class RateLimiter:
                 )
                 return int(reply) / 1000
             except (RedisError, OSError) as exc:
-                self._redis_pause.failed()
+                self._breaker.trip()
                 logger.warning(
                     "webhook rate limits are per process while Redis does not answer: %s",
                     type(exc).__name__,
@@ -112,5 +96,5 @@ class RateLimiter:
     async def aclose(self) -> None:
         """Close the Redis client (if one was opened on the running loop)."""
         if self._redis is not None and self._redis[0] is asyncio.get_running_loop():
-            await self._redis[2].aclose()
+            await close_client(self._redis[2])
         self._redis = None

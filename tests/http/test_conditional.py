@@ -15,7 +15,7 @@ import pytest
 from openapi_ui_bundles import swagger_ui
 
 from service.app import create_asgi
-from service.http import conditional as http_cache
+from service.http import conditional
 from service.infra.settings import Settings
 from tests.factories import TestUser, make_article
 
@@ -185,10 +185,10 @@ async def test_head_gets_the_headers_of_get_without_a_body(
     for name in ("etag", "content-encoding", "content-length", "content-type", "vary"):
         assert head.headers[name] == get.headers[name], name
     assert int(head.headers["content-length"]) == len(get_body)
-    conditional = await client.head(
+    revalidated = await client.head(
         "/api/v1/articles", headers={"If-None-Match": get.headers["etag"]}
     )
-    assert conditional.status_code == 304
+    assert revalidated.status_code == 304
 
 
 async def test_other_answers_are_left_alone(client: httpx.AsyncClient) -> None:
@@ -242,7 +242,7 @@ async def test_list_is_compressed_as_the_client_asks(
     client: httpx.AsyncClient, three_articles: TestUser, accept: str, coding: str | None
 ) -> None:
     plain, plain_body = await get_raw(client, "/api/v1/articles", **IDENTITY)
-    assert len(plain_body) > http_cache.MIN_COMPRESS_BYTES
+    assert len(plain_body) > conditional.MIN_COMPRESS_BYTES
     assert "content-encoding" not in plain.headers
     response, raw = await get_raw(client, "/api/v1/articles", **{"Accept-Encoding": accept})
     assert response.status_code == 200
@@ -263,7 +263,7 @@ async def test_small_bodies_are_not_compressed_unless_identity_is_refused(
     client: httpx.AsyncClient, three_articles: TestUser
 ) -> None:
     response, raw = await get_raw(client, "/api/v1/tags", **{"Accept-Encoding": "gzip, br"})
-    assert len(raw) < http_cache.MIN_COMPRESS_BYTES
+    assert len(raw) < conditional.MIN_COMPRESS_BYTES
     assert "content-encoding" not in response.headers
     assert "accept-encoding" in vary_of(response)  # a bigger answer would be compressed
     assert json.loads(raw) == {"tags": ["dragons", "training"]}
@@ -283,8 +283,8 @@ async def test_gzip_only_without_brotli(
     client: httpx.AsyncClient, three_articles: TestUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A new dict: deleting and restoring the key would reorder the preferences for later tests.
-    without_brotli = {name: encode for name, encode in http_cache.ENCODERS.items() if name != "br"}
-    monkeypatch.setattr(http_cache, "ENCODERS", without_brotli)
+    without_brotli = {name: encode for name, encode in conditional.ENCODERS.items() if name != "br"}
+    monkeypatch.setattr(conditional, "ENCODERS", without_brotli)
     both = await client.get("/api/v1/articles", headers={"Accept-Encoding": "br, gzip"})
     assert both.headers["content-encoding"] == "gzip"
     only_br = await client.get("/api/v1/articles", headers={"Accept-Encoding": "br"})
@@ -299,7 +299,7 @@ async def test_docs_bundle_is_compressed_in_a_thread_with_a_weakened_etag(
     plain = await client.get(path, headers=IDENTITY)
     assert plain.headers["etag"].startswith('"')  # Flask's strong validator
     original = (Path(swagger_ui.static_path) / "swagger-ui-bundle.js").read_bytes()
-    assert len(original) > http_cache.OFFLOAD_MIN_BYTES
+    assert len(original) > conditional.OFFLOAD_MIN_BYTES
 
     response, raw = await get_raw(client, path, **{"Accept-Encoding": "gzip"})
     assert response.headers["content-encoding"] == "gzip"
@@ -315,7 +315,7 @@ async def test_docs_bundle_is_compressed_in_a_thread_with_a_weakened_etag(
 
 
 def test_parse_accept_encoding() -> None:
-    parse = http_cache.parse_accept_encoding
+    parse = conditional.parse_accept_encoding
     assert parse([b"gzip, br;q=0.8", b"identity;q=0"]) == {
         b"gzip": 1.0,
         b"br": 0.8,
@@ -327,13 +327,13 @@ def test_parse_accept_encoding() -> None:
 
 
 def test_choose_coding_and_identity() -> None:
-    choose = http_cache.choose_coding
+    choose = conditional.choose_coding
     codings = ("br", "gzip")
     assert choose({b"gzip": 0.5, b"br": 0.5}, codings) == "br"
     assert choose({b"gzip": 0.6, b"br": 0.5}, codings) == "gzip"
     assert choose({b"*": 0.1, b"br": 0.0}, codings) == "gzip"
     assert choose({b"identity": 1.0}, codings) is None
-    refused = http_cache.identity_refused
+    refused = conditional.identity_refused
     assert refused({b"identity": 0.0})
     assert refused({b"*": 0.0})
     assert not refused({b"*": 0.0, b"identity": 0.5})
@@ -342,7 +342,7 @@ def test_choose_coding_and_identity() -> None:
 
 def test_none_match_compares_weakly() -> None:
     etag = b'W/"abc"'
-    match = http_cache.none_match
+    match = conditional.none_match
     assert match([b'"abc"'], etag)
     assert match([b'W/"x", W/"abc"'], etag)
     assert match([b" * "], etag)
@@ -351,16 +351,16 @@ def test_none_match_compares_weakly() -> None:
 
 
 def test_vary_is_merged() -> None:
-    merged = http_cache.merge_vary(
+    merged = conditional.merge_vary(
         [(b"vary", b"Authorization, Origin"), (b"content-type", b"application/json")],
-        http_cache.VARY_ON,
+        conditional.VARY_ON,
     )
     assert merged == [
         (b"content-type", b"application/json"),
         (b"vary", b"Authorization, Origin, Accept-Encoding"),
     ]
-    assert http_cache.merge_vary([(b"vary", b"*")], http_cache.VARY_ON) == [(b"vary", b"*")]
-    assert http_cache.merge_vary([], (b"Accept-Encoding",)) == [(b"vary", b"Accept-Encoding")]
+    assert conditional.merge_vary([(b"vary", b"*")], conditional.VARY_ON) == [(b"vary", b"*")]
+    assert conditional.merge_vary([], (b"Accept-Encoding",)) == [(b"vary", b"Accept-Encoding")]
 
 
 @pytest.mark.parametrize(
@@ -378,4 +378,4 @@ def test_vary_is_merged() -> None:
     ],
 )
 def test_compressible_types(content_type: bytes | None, compressible: bool) -> None:
-    assert http_cache.is_compressible(content_type) is compressible
+    assert conditional.is_compressible(content_type) is compressible
