@@ -7,7 +7,7 @@ from typing import Any, cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.v1 import cached
 from service.domain import scopes
 from service.domain.articles import ArticlePage, ArticleView
 from service.infra.db import db
@@ -97,7 +97,7 @@ async def list_articles(viewer: User | None) -> Response:
         )
 
     key = (query.tag, query.author, query.favorited, query.limit, query.offset)
-    return jsonify(await shared.article_page(viewer, key, load))
+    return jsonify(await cached.article_page(viewer, key, load))
 
 
 @bp.get("/articles/feed")
@@ -129,7 +129,7 @@ async def get_feed(viewer: User) -> Response:
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""
-    return jsonify(await shared.article(viewer, slug))
+    return jsonify(await cached.article(viewer, slug))
 
 
 @bp.post("/articles")

@@ -7,7 +7,7 @@ from typing import cast
 from flask import Blueprint, Response, jsonify, request
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.v1 import cached
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
@@ -46,7 +46,7 @@ _COMMENT = {
 )
 async def list_comments(slug: str, viewer: User | None) -> Response:
     """List the comments on an article, oldest first."""
-    return jsonify(await shared.comments(viewer, slug))
+    return jsonify(await cached.comments(viewer, slug))
 
 
 @bp.post("/articles/<slug:slug>/comments")

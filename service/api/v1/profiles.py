@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.v1 import cached
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
@@ -54,7 +54,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     Usernames match regardless of case. Authentication is optional; `following` is false for
     anonymous callers.
     """
-    return jsonify(await shared.profile(viewer, username))
+    return jsonify(await cached.profile(viewer, username))
 
 
 @bp.post("/profiles/<username>/follow")

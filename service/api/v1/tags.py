@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.v1 import cached
 from service.schemas.article import TagsResponse
 
 bp = Blueprint("tags", __name__)
@@ -19,4 +19,4 @@ bp = Blueprint("tags", __name__)
 )
 async def get_tags() -> Response:
     """List the tags used by at least one article."""
-    return jsonify(await shared.tags())
+    return jsonify(await cached.tags())
