@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.roles import require_role
-from service.api.spec import operation
+from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
@@ -61,7 +61,7 @@ _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
 async def admin_list_users(viewer: User) -> Response:
     """List users newest first, filtered by role, status and username/email text (admins)."""
     require_role(viewer, ADMIN)
-    query = cast(AdminUserListQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(AdminUserListQuery)
     page = await admin_service.list_users(
         session=db.session,
         limit=query.limit,
@@ -100,7 +100,7 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     themselves (409). Every change is written to the audit log.
     """
     require_role(viewer, ADMIN)
-    body = cast(AdminUserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(AdminUserUpdateRequest)
     change = await admin_service.update_user(
         session=db.session, actor=viewer, username=username, data=body.user
     )
@@ -120,7 +120,7 @@ async def admin_update_user(username: str, viewer: User) -> Response:
 async def admin_list_audit(viewer: User) -> Response:
     """List audit log entries newest first, filtered by action and actor (admins)."""
     require_role(viewer, ADMIN)
-    query = cast(AuditQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(AuditQuery)
     page = await audit_service.list_entries(
         session=db.session,
         limit=query.limit,

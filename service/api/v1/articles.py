@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
-from service.api.spec import operation
+from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
 from service.domain.articles import ArticlePage, ArticleView
@@ -83,7 +83,7 @@ def _article_json(view: ArticleView) -> Response:
 )
 async def list_articles(viewer: User | None) -> Response:
     """List articles, newest first, optionally filtered by tag, author or favoriting user."""
-    query = cast(ArticleListQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(ArticleListQuery)
 
     async def load() -> ArticlePage:
         return await articles_service.list_articles(
@@ -111,7 +111,7 @@ async def list_articles(viewer: User | None) -> Response:
 )
 async def get_feed(viewer: User) -> Response:
     """List articles by the authors the caller follows, newest first."""
-    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(PageQuery)
     page = await articles_service.feed(
         session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
     )
@@ -145,7 +145,7 @@ async def get_article(slug: str, viewer: User | None) -> Response:
 )
 async def create_article(viewer: User) -> tuple[Response, int]:
     """Create an article; its slug is derived from the title and never changes."""
-    body = cast(ArticleCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ArticleCreateRequest)
     view = await articles_service.create_article(
         session=db.session, author=viewer, data=body.article
     )
@@ -153,7 +153,7 @@ async def create_article(viewer: User) -> tuple[Response, int]:
 
 
 async def _update(slug: str, viewer: User) -> Response:
-    body = cast(ArticleUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ArticleUpdateRequest)
     view = await articles_service.update_article(
         session=db.session, viewer=viewer, slug=slug, data=body.article
     )

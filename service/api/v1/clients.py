@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import cast
+from flask import Blueprint, Response, jsonify
 
-from flask import Blueprint, Response, jsonify, request
-
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
@@ -53,7 +51,7 @@ async def create_client(viewer: User) -> tuple[Response, int]:
     `clientSecret` is shown in this answer only and stored as a hash: keep it. At most 25
     clients per user (409 beyond).
     """
-    body = cast(ClientCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ClientCreateRequest)
     created = await clients_service.create_client(
         session=db.session, owner=viewer, data=body.client
     )

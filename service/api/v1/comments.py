@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import cast
+from flask import Blueprint, Response, jsonify
 
-from flask import Blueprint, Response, jsonify, request
-
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.api.v1 import cached
 from service.domain import scopes
 from service.infra.db import db
@@ -62,7 +60,7 @@ async def list_comments(slug: str, viewer: User | None) -> Response:
 )
 async def create_comment(slug: str, viewer: User) -> Response:
     """Comment on an article (the spec answers 200, not 201)."""
-    body = cast(CommentCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(CommentCreateRequest)
     view = await comments_service.add_comment(
         session=db.session, author=viewer, slug=slug, data=body.comment
     )

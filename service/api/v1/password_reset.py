@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import cast
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.infra.db import db
 from service.schemas.password_reset import (
     PasswordResetAccepted,
@@ -40,7 +38,7 @@ async def request_password_reset() -> tuple[Response, int]:
     mail with a single-use link follows shortly; the link's token expires after
     `PASSWORD_RESET_MINUTES` (60 by default).
     """
-    body = cast(PasswordResetRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(PasswordResetRequest)
     await reset_service.request_reset(session=db.session, email=body.email)
     return jsonify(PasswordResetAccepted().to_json()), 202
 
@@ -62,7 +60,7 @@ async def confirm_password_reset() -> tuple[str, int]:
     (8-256 characters) 422 naming `password`. On success every sign-in session of the account
     is revoked and its other reset links stop working; log in with the new password.
     """
-    body = cast(PasswordResetConfirm, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(PasswordResetConfirm)
     await reset_service.confirm_reset(
         session=db.session, token=body.token, password=body.password, passwords=auth.passwords
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth, bearer_token, current_claims, sign_in
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.domain.errors import PermissionDenied
 from service.infra.db import db
@@ -64,7 +64,7 @@ async def register_user() -> tuple[Response, int]:
     match its schema as sent. A taken email or username answers 409 naming the field.
     Passwords have 8-256 characters.
     """
-    body = cast(UserCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserCreateRequest)
     user = await users_service.register(
         session=db.session, data=body.user, passwords=auth.passwords
     )
@@ -87,7 +87,7 @@ async def login() -> tuple[Response, int]:
     in a row the account is locked for a doubling delay (1 s, 2 s, ... up to 15 min): 429 with
     `Retry-After`.
     """
-    body = cast(UserLoginRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserLoginRequest)
     await login_guard.check(redis=redis.client, email=body.user.email)
     user = await users_service.authenticate(
         session=db.session, data=body.user, passwords=auth.passwords
@@ -113,7 +113,7 @@ async def get_current_user(viewer: User) -> tuple[Response, int]:
 
 
 async def _update(viewer: User) -> tuple[Response, int]:
-    body = cast(UserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserUpdateRequest)
     if current_claims().client_id is not None and body.user.model_fields_set & CREDENTIALS:
         # An integration acting for its owner must not be able to take the account over.
         raise PermissionDenied(CLIENT_CREDENTIALS_CHANGE, field="client")

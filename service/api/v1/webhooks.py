@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
-from service.api.spec import operation
+from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.address_policy import AddressPolicy
 from service.infra.db import db
@@ -143,7 +143,7 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     keep it. URLs that lead to private, loopback, link-local or metadata addresses are
     refused (422). At most 20 webhooks per user (409 beyond).
     """
-    body = cast(WebhookCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookCreateRequest)
     view = await webhooks_service.create_endpoint(
         session=db.session,
         owner=viewer,
@@ -164,7 +164,7 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
 )
 async def list_webhooks(viewer: User) -> Response:
     """List your webhooks, newest first (admins: everyone's); never their secrets."""
-    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(PageQuery)
     page = await webhooks_service.list_endpoints(
         session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
     )
@@ -216,7 +216,7 @@ async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
 
     Re-enabling a disabled webhook clears `disabledReason` and `failingSince`.
     """
-    body = cast(WebhookUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookUpdateRequest)
     view = await webhooks_service.update_endpoint(
         session=db.session,
         viewer=viewer,
@@ -301,7 +301,7 @@ async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, i
 )
 async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response:
     """The delivery log: the webhook's messages, newest first, optionally by status."""
-    query = cast(WebhookMessageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(WebhookMessageQuery)
     page = await webhooks_service.list_messages(
         session=db.session,
         viewer=viewer,
@@ -396,7 +396,7 @@ async def recover_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> tuple
     Each gets one more attempt at once, as with redelivery; the answer says how many were
     queued (409 while the webhook is disabled: enable it first).
     """
-    body = cast(WebhookRecoverRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookRecoverRequest)
     count = await webhooks_service.recover(
         session=db.session, viewer=viewer, endpoint_id=webhook_id, since=body.since
     )
