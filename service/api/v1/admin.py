@@ -72,7 +72,7 @@ async def admin_list_users(viewer: User) -> Response:
     )
     return jsonify(
         AdminUsersResponse(
-            users=[AdminUserOut.of(user) for user in page.users], users_count=page.total
+            users=[AdminUserOut.of(user) for user in page.items], users_count=page.total
         ).to_json()
     )
 
@@ -130,7 +130,7 @@ async def admin_list_audit(viewer: User) -> Response:
     )
     return jsonify(
         AuditResponse(
-            entries=[AuditEntryOut.of(entry) for entry in page.entries],
+            entries=[AuditEntryOut.of(entry) for entry in page.items],
             entries_count=page.total,
         ).to_json()
     )

@@ -9,7 +9,8 @@ from flask import Blueprint, Response, jsonify
 from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
-from service.domain.articles import ArticlePage, ArticleView
+from service.domain.articles import ArticleView
+from service.domain.pages import Page
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import (
@@ -59,10 +60,10 @@ _NEW_ARTICLE = {
 _CHANGE_ARTICLE = {"article": {"body": "With two hands"}}
 
 
-def _page_json(page: ArticlePage) -> Response:
+def _page_json(page: Page[ArticleView]) -> Response:
     return jsonify(
         MultipleArticlesResponse(
-            articles=[ArticleSummary.of(view) for view in page.articles],
+            articles=[ArticleSummary.of(view) for view in page.items],
             articles_count=page.total,
         ).to_json()
     )
@@ -85,7 +86,7 @@ async def list_articles(viewer: User | None) -> Response:
     """List articles, newest first, optionally filtered by tag, author or favoriting user."""
     query = query_of(ArticleListQuery)
 
-    async def load() -> ArticlePage:
+    async def load() -> Page[ArticleView]:
         return await articles_service.list_articles(
             session=db.session,
             viewer=None,

@@ -169,7 +169,7 @@ async def list_webhooks(viewer: User) -> Response:
         session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
     )
     out = WebhookListResponse(
-        webhooks=[WebhookOut.of(view) for view in page.endpoints], webhooks_count=page.total
+        webhooks=[WebhookOut.of(view) for view in page.items], webhooks_count=page.total
     )
     return jsonify(out.to_json())
 
@@ -311,7 +311,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         offset=query.offset,
     )
     out = WebhookMessageListResponse(
-        messages=[WebhookMessageOut.of(view) for view in page.messages],
+        messages=[WebhookMessageOut.of(view) for view in page.items],
         messages_count=page.total,
     )
     return jsonify(out.to_json())
