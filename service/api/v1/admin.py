@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
 from service.api.roles import require_role
@@ -12,6 +10,10 @@ from service.domain import scopes
 from service.infra.db import db
 from service.models import User
 from service.schemas.admin import (
+    ADMIN_USER_RESPONSE_EXAMPLE,
+    ADMIN_USER_UPDATE_EXAMPLE,
+    ADMIN_USERS_RESPONSE_EXAMPLE,
+    AUDIT_RESPONSE_EXAMPLE,
     AdminUserListQuery,
     AdminUserOut,
     AdminUserResponse,
@@ -29,22 +31,6 @@ bp = Blueprint("admin", __name__)
 TAGS = ["Admin"]
 ADMIN = admin_service.ADMIN
 
-_USER: dict[str, Any] = {
-    "username": "jake",
-    "email": "jake@jake.jake",
-    "role": "moderator",
-    "suspended": False,
-    "createdAt": "2026-01-02T03:04:05.678Z",
-}
-_ENTRY = {
-    "id": 1,
-    "actor": "admin",
-    "action": "user.role_change",
-    "targetType": "user",
-    "targetId": "jake",
-    "details": {"from": "user", "to": "moderator", "via": "api"},
-    "createdAt": "2026-01-02T03:04:05.678Z",
-}
 _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
 
 
@@ -56,7 +42,7 @@ _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
     scope=scopes.ADMIN,
     query=AdminUserListQuery,
     errors=[403],
-    examples={200: {"users": [_USER], "usersCount": 1}, 403: _FORBIDDEN},
+    examples={200: ADMIN_USERS_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_users(viewer: User) -> Response:
     """List users newest first, filtered by role, status and username/email text (admins)."""
@@ -86,12 +72,12 @@ async def admin_list_users(viewer: User) -> Response:
     body=AdminUserUpdateRequest,
     errors=[403, 404, 409],
     examples={
-        200: {"user": _USER},
+        200: ADMIN_USER_RESPONSE_EXAMPLE,
         403: _FORBIDDEN,
         404: {"errors": {"user": ["user not found"]}},
         409: {"errors": {"role": [admin_service.LAST_ADMIN]}},
     },
-    body_example={"user": {"role": "moderator"}},
+    body_example=ADMIN_USER_UPDATE_EXAMPLE,
 )
 async def admin_update_user(username: str, viewer: User) -> Response:
     """Change a user's role and/or suspension (admins); suspending signs them out everywhere.
@@ -115,7 +101,7 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     scope=scopes.ADMIN,
     query=AuditQuery,
     errors=[403],
-    examples={200: {"entries": [_ENTRY], "entriesCount": 1}, 403: _FORBIDDEN},
+    examples={200: AUDIT_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_audit(viewer: User) -> Response:
     """List audit log entries newest first, filtered by action and actor (admins)."""

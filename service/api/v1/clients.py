@@ -9,6 +9,9 @@ from service.domain import scopes
 from service.infra.db import db
 from service.models import User
 from service.schemas.client import (
+    CLIENT_CREATE_EXAMPLE,
+    CLIENT_RESPONSE_EXAMPLE,
+    CLIENTS_RESPONSE_EXAMPLE,
     ClientCreatedOut,
     ClientCreateRequest,
     ClientListResponse,
@@ -20,13 +23,6 @@ from service.services import clients as clients_service
 bp = Blueprint("clients", __name__)
 
 TAGS = ["API clients"]
-_CLIENT = {
-    "clientId": "cl_3kTMd0mJ3o9YJz6Q2p1qXw",
-    "name": "nightly export",
-    "scopes": ["articles:read"],
-    "createdAt": "2026-01-02T03:04:05.678Z",
-    "lastUsedAt": None,
-}
 
 
 @bp.post("/clients")
@@ -38,10 +34,10 @@ _CLIENT = {
     body=ClientCreateRequest,
     errors=[403, 409],
     examples={
-        201: {"client": {**_CLIENT, "clientSecret": "cs_Zm9vYmFy..."}},
+        201: CLIENT_RESPONSE_EXAMPLE,
         403: {"errors": {"scopes": ["your role cannot grant: admin"]}},
     },
-    body_example={"client": {"name": "nightly export", "scopes": ["articles:read"]}},
+    body_example=CLIENT_CREATE_EXAMPLE,
 )
 async def create_client(viewer: User) -> tuple[Response, int]:
     """Create an API client for an integration.
@@ -67,7 +63,7 @@ async def create_client(viewer: User) -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     scope=scopes.CLIENTS_MANAGE,
-    examples={200: {"clients": [_CLIENT], "clientsCount": 1}},
+    examples={200: CLIENTS_RESPONSE_EXAMPLE},
 )
 async def list_clients(viewer: User) -> Response:
     """List your API clients (never their secrets)."""

@@ -8,6 +8,9 @@ from service.api.auth import auth
 from service.api.spec import body_of, operation
 from service.infra.db import db
 from service.schemas.password_reset import (
+    RESET_ACCEPTED_EXAMPLE,
+    RESET_CONFIRM_EXAMPLE,
+    RESET_REQUEST_EXAMPLE,
     PasswordResetAccepted,
     PasswordResetConfirm,
     PasswordResetRequest,
@@ -25,10 +28,10 @@ TAGS = ["User and Authentication"]
     tags=TAGS,
     body=PasswordResetRequest,
     examples={
-        202: {"status": "accepted"},
+        202: RESET_ACCEPTED_EXAMPLE,
         422: {"errors": {"email": ["is not a valid email address"]}},
     },
-    body_example={"email": "jake@jake.jake"},
+    body_example=RESET_REQUEST_EXAMPLE,
 )
 async def request_password_reset() -> tuple[Response, int]:
     """Ask for a password reset link by email.
@@ -50,7 +53,7 @@ async def request_password_reset() -> tuple[Response, int]:
     body=PasswordResetConfirm,
     errors=[403],
     examples={403: {"errors": {"token": [reset_service.INVALID_TOKEN]}}},
-    body_example={"token": "q3C1uY2qj6Jx2lQ0n0b5f8ZbqGQm0n6v9Zl3kR7wX1s", "password": "newpass99"},
+    body_example=RESET_CONFIRM_EXAMPLE,
 )
 async def confirm_password_reset() -> tuple[str, int]:
     """Set a new password with the token from a reset mail.

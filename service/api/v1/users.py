@@ -14,6 +14,10 @@ from service.infra.db import db
 from service.infra.redis import redis
 from service.models import User
 from service.schemas.user import (
+    USER_CREATE_EXAMPLE,
+    USER_LOGIN_EXAMPLE,
+    USER_RESPONSE_EXAMPLE,
+    USER_UPDATE_EXAMPLE,
     UserCreateRequest,
     UserLoginRequest,
     UserOut,
@@ -26,18 +30,8 @@ from service.services import users as users_service
 bp = Blueprint("users", __name__)
 
 TAGS = ["User and Authentication"]
-USER_EXAMPLE: dict[str, Any] = {
-    "user": {
-        "email": "jake@jake.jake",
-        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
-        "username": "jake",
-        "bio": "I work at statefarm",
-        "image": "",
-    }
-}
 LOGIN_FAILED_EXAMPLE = {"errors": {"credentials": [users_service.BAD_CREDENTIALS]}}
 UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
-UPDATE_EXAMPLE = {"user": {"bio": "I like to skateboard", "image": "https://example.com/j.jpg"}}
 TAKEN_EXAMPLE = {"errors": {"email": [users_service.TAKEN]}}
 CREDENTIALS = frozenset({"email", "password"})
 CLIENT_CREDENTIALS_CHANGE = "API client tokens cannot change the email or password"
@@ -53,8 +47,8 @@ def _user_response(user: User, token: str, status: int = 200) -> tuple[Response,
     tags=TAGS,
     body=UserCreateRequest,
     errors=[409],
-    examples={201: USER_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
-    body_example={"user": {"username": "jake", "email": "jake@jake.jake", "password": "jakejake"}},
+    examples={201: USER_RESPONSE_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
+    body_example=USER_CREATE_EXAMPLE,
 )
 async def register_user() -> tuple[Response, int]:
     """Register a new user.
@@ -77,8 +71,8 @@ async def register_user() -> tuple[Response, int]:
     tags=TAGS,
     body=UserLoginRequest,
     errors=[401, 403],
-    examples={200: USER_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
-    body_example={"user": {"email": "jake@jake.jake", "password": "jakejake"}},
+    examples={200: USER_RESPONSE_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
+    body_example=USER_LOGIN_EXAMPLE,
 )
 async def login() -> tuple[Response, int]:
     """Log in with email and password.
@@ -102,7 +96,7 @@ async def login() -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     scope=scopes.PROFILE_READ,
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
+    examples={200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
 )
 async def get_current_user(viewer: User) -> tuple[Response, int]:
     """Get the current user.
@@ -134,8 +128,8 @@ _UPDATE_USER: dict[str, Any] = {
     "scope": scopes.PROFILE_WRITE,
     "body": UserUpdateRequest,
     "errors": [409],
-    "examples": {200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
-    "body_example": UPDATE_EXAMPLE,
+    "examples": {200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
+    "body_example": USER_UPDATE_EXAMPLE,
 }
 
 
