@@ -8,6 +8,8 @@
 - runs the async view through `current_app.ensure_sync` (flask-pydantic-spec calls views
   synchronously), inside the request's database unit of work;
 - records what the OpenAPI document needs: models, error responses, security.
+
+Views read the validated query and body with `query_of(Model)` and `body_of(Model)`, typed.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import functools
 import re
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import orjson
 from flask import Flask, Request, current_app, g, request
 from flask_pydantic_spec import FlaskPydanticSpec
 from flask_pydantic_spec import Request as SpecRequest
 from flask_pydantic_spec import Response as SpecResponse
-from flask_pydantic_spec.flask_backend import Context, FlaskBackend
+from flask_pydantic_spec.flask_backend import FlaskBackend
 from flask_pydantic_spec.types import RequestBase
 from pydantic import BaseModel
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
@@ -39,6 +42,7 @@ from service.schemas.oauth import OAuthErrorOut
 from service.services.security import TokenClaims
 
 AuthMode = Literal["none", "optional", "required"]
+M = TypeVar("M", bound=BaseModel)
 # The generated document, per app.
 DOCUMENT: Extension[dict[str, Any]] = Extension("conduit.openapi")
 SECURITY_SCHEME = "Token"
@@ -105,6 +109,43 @@ def read_json_body() -> Any:
         raise BadRequest("request body is not valid JSON") from None
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """The request's query and JSON body as `operation` validated them (None: not declared).
+
+    Kept on `g` rather than on flask-pydantic-spec's untyped `request.context`, and read back
+    through `query_of` / `body_of`, so that views get their models typed without casts.
+    """
+
+    query: BaseModel | None
+    body: BaseModel | None
+
+
+def _parsed() -> Parsed:
+    parsed = g.get("conduit_parsed")
+    if not isinstance(parsed, Parsed):
+        raise TypeError("no validated request: the view is not decorated with operation(...)")
+    return parsed
+
+
+def _as(value: BaseModel | None, model: type[M], part: str) -> M:
+    # A view asking for another model than its operation declared is a programming error,
+    # not the client's: TypeError (a 500), never a 4xx.
+    if not isinstance(value, model):
+        raise TypeError(f"the request {part} is {type(value).__name__}, not {model.__name__}")
+    return value
+
+
+def query_of(model: type[M]) -> M:
+    """The query string as validated by `operation(query=model)`, typed as `model`."""
+    return _as(_parsed().query, model, "query")
+
+
+def body_of(model: type[M]) -> M:
+    """The JSON body as validated by `operation(body=model)`, typed as `model`."""
+    return _as(_parsed().body, model, "body")
+
+
 # `<converter(arguments):name>` or `<name>` in a werkzeug rule.
 _RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^:<>]+)>")
 
@@ -144,13 +185,11 @@ class ConduitBackend(FlaskBackend):  # type: ignore[misc]
         headers: type[BaseModel] | None,
         cookies: type[BaseModel] | None,
     ) -> None:
-        """Validate and attach `request.context` (query and body models)."""
+        """Validate the query and body and keep them for `query_of` and `body_of`."""
         parsed_query = query.model_validate(request.args.to_dict()) if query else None
         model = getattr(body, "model", None)
         parsed_body = model.model_validate(read_json_body()) if model is not None else None
-        request.context = Context(  # type: ignore[attr-defined]
-            query=parsed_query, body=parsed_body, headers=None, cookies=None
-        )
+        g.conduit_parsed = Parsed(query=parsed_query, body=parsed_body)
 
 
 def _raise_validation_error(req: Any, resp: Any, error: Exception | None, instance: Any) -> None:

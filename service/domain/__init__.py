@@ -1,1 +1,4 @@
-"""The small domain core that schemas, services and webhooks depend on: errors, scopes, views."""
+"""The small domain core that schemas, services and webhooks depend on.
+
+Errors, scopes, events, the views services return and schemas render, and pages of them.
+"""

@@ -1,4 +1,4 @@
-"""What the article services return: an article as one viewer sees it, and a page of them.
+"""What the article services return: an article as one viewer sees it (pages of them: Page).
 
 Here, below schemas and services, so that services build them and schemas render them without
 either importing the other.
@@ -21,11 +21,3 @@ class ArticleView:
     favorited: bool
     favorites_count: int
     following: bool
-
-
-@dataclass(frozen=True)
-class ArticlePage:
-    """One page of articles and the number of articles on all pages."""
-
-    articles: list[ArticleView]
-    total: int

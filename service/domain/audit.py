@@ -1,4 +1,4 @@
-"""What the audit-log services return: listed entries and a page of them (rendered by schemas)."""
+"""What the audit-log services return: entries as listed (rendered by schemas)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,3 @@ class AuditRecord:
     target_id: str
     details: dict[str, Any]
     created_at: datetime
-
-
-@dataclass(frozen=True)
-class AuditPage:
-    """One page of entries and the number of entries on all pages."""
-
-    entries: list[AuditRecord]
-    total: int

@@ -30,28 +30,12 @@ class EndpointSecretView(EndpointView):
 
 
 @dataclass(frozen=True)
-class EndpointPage:
-    """One page of endpoints and the number of endpoints on all pages."""
-
-    endpoints: list[EndpointView]
-    total: int
-
-
-@dataclass(frozen=True)
 class MessageView:
     """A message, the type of its event and how many attempts it has had."""
 
     message: WebhookMessage
     event_type: str
     attempt_count: int
-
-
-@dataclass(frozen=True)
-class MessagePage:
-    """One page of the delivery log and the number of messages on all pages."""
-
-    messages: list[MessageView]
-    total: int
 
 
 @dataclass(frozen=True)

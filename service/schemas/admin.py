@@ -133,3 +133,26 @@ class AuditResponse(OutModel):
 
     entries: list[AuditEntryOut]
     entries_count: int = Field(alias="entriesCount", examples=[1])
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+ADMIN_USER_EXAMPLE: dict[str, Any] = {
+    "username": "jake",
+    "email": "jake@jake.jake",
+    "role": "moderator",
+    "suspended": False,
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+ADMIN_USER_RESPONSE_EXAMPLE: dict[str, Any] = {"user": ADMIN_USER_EXAMPLE}
+ADMIN_USERS_RESPONSE_EXAMPLE: dict[str, Any] = {"users": [ADMIN_USER_EXAMPLE], "usersCount": 1}
+ADMIN_USER_UPDATE_EXAMPLE: dict[str, Any] = {"user": {"role": "moderator"}}
+AUDIT_ENTRY_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "actor": "admin",
+    "action": "user.role_change",
+    "targetType": "user",
+    "targetId": "jake",
+    "details": {"from": "user", "to": "moderator", "via": "api"},
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+AUDIT_RESPONSE_EXAMPLE: dict[str, Any] = {"entries": [AUDIT_ENTRY_EXAMPLE], "entriesCount": 1}

@@ -21,7 +21,7 @@ from service.schemas.common import (
     not_blank,
     trimmed,
 )
-from service.schemas.profile import ProfileOut
+from service.schemas.profile import PROFILE_EXAMPLE, ProfileOut
 
 BODY_MAX = 100_000
 TAGS_MAX = 20
@@ -216,3 +216,42 @@ class TagsResponse(OutModel):
     """`{"tags": [...]}`."""
 
     tags: list[str] = Field(examples=[["dragons", "training"]])
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+ARTICLE_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "slug": "how-to-train-your-dragon",
+    "title": "How to train your dragon",
+    "description": "Ever wonder how?",
+    "tagList": ["dragons", "training"],
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+    "favorited": False,
+    "favoritesCount": 0,
+    "author": PROFILE_EXAMPLE,
+}
+ARTICLE_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "article": {**ARTICLE_SUMMARY_EXAMPLE, "body": "You have to believe"}
+}
+FAVORITED_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "article": {
+        **ARTICLE_SUMMARY_EXAMPLE,
+        "body": "You have to believe",
+        "favorited": True,
+        "favoritesCount": 1,
+    }
+}
+ARTICLES_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "articles": [ARTICLE_SUMMARY_EXAMPLE],
+    "articlesCount": 1,
+}
+ARTICLE_CREATE_EXAMPLE: dict[str, Any] = {
+    "article": {
+        "title": "How to train your dragon",
+        "description": "Ever wonder how?",
+        "body": "You have to believe",
+        "tagList": ["dragons", "training"],
+    }
+}
+ARTICLE_UPDATE_EXAMPLE: dict[str, Any] = {"article": {"body": "With two hands"}}
+TAGS_RESPONSE_EXAMPLE: dict[str, Any] = {"tags": ["dragons", "training"]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from pydantic import AfterValidator, Field, JsonValue, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
@@ -87,3 +87,20 @@ class ClientListResponse(OutModel):
 
     clients: list[ClientOut]
     clients_count: int = Field(alias="clientsCount")
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+CLIENT_EXAMPLE: dict[str, Any] = {
+    "clientId": "cl_3kTMd0mJ3o9YJz6Q2p1qXw",
+    "name": "nightly export",
+    "scopes": ["articles:read"],
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "lastUsedAt": None,
+}
+CLIENT_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "client": {**CLIENT_EXAMPLE, "clientSecret": "cs_Zm9vYmFy..."}
+}
+CLIENTS_RESPONSE_EXAMPLE: dict[str, Any] = {"clients": [CLIENT_EXAMPLE], "clientsCount": 1}
+CLIENT_CREATE_EXAMPLE: dict[str, Any] = {
+    "client": {"name": "nightly export", "scopes": ["articles:read"]}
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StringConstraints
 
@@ -16,7 +16,7 @@ from service.schemas.common import (
     no_nul,
     not_blank,
 )
-from service.schemas.profile import ProfileOut
+from service.schemas.profile import PROFILE_EXAMPLE, ProfileOut
 
 COMMENT_MAX = 10_000
 
@@ -74,3 +74,16 @@ class MultipleCommentsResponse(OutModel):
     """`{"comments": [...]}`, oldest first."""
 
     comments: list[CommentOut]
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+COMMENT_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+    "body": "It takes a Jacobian",
+    "author": PROFILE_EXAMPLE,
+}
+COMMENT_RESPONSE_EXAMPLE: dict[str, Any] = {"comment": COMMENT_EXAMPLE}
+COMMENTS_RESPONSE_EXAMPLE: dict[str, Any] = {"comments": [COMMENT_EXAMPLE]}
+COMMENT_CREATE_EXAMPLE: dict[str, Any] = {"comment": {"body": "It takes a Jacobian"}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,3 +69,13 @@ class OAuthErrorOut(BaseModel):
         "invalid_scope",
     ]
     error_description: str
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+TOKEN_EXAMPLE: dict[str, Any] = {
+    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+    "token_type": "Bearer",
+    "expires_in": 900,
+    "refresh_token": "8xLOxBtZp8...",
+    "scope": "articles:read articles:write",
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -57,3 +57,12 @@ class PasswordResetAccepted(OutModel):
     """`{"status": "accepted"}`: the same answer whether or not the address has an account."""
 
     status: Literal["accepted"] = Field(default="accepted", examples=["accepted"])
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+RESET_ACCEPTED_EXAMPLE: dict[str, Any] = {"status": "accepted"}
+RESET_REQUEST_EXAMPLE: dict[str, Any] = {"email": "jake@jake.jake"}
+RESET_CONFIRM_EXAMPLE: dict[str, Any] = {
+    "token": "q3C1uY2qj6Jx2lQ0n0b5f8ZbqGQm0n6v9Zl3kR7wX1s",
+    "password": "newpass99",
+}

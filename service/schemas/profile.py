@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 
 from service.models import User
@@ -28,3 +30,14 @@ class ProfileResponse(OutModel):
     """`{"profile": {...}}`."""
 
     profile: ProfileOut
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+PROFILE_EXAMPLE: dict[str, Any] = {
+    "username": "jake",
+    "bio": "I work at statefarm",
+    "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
+    "following": False,
+}
+PROFILE_RESPONSE_EXAMPLE: dict[str, Any] = {"profile": PROFILE_EXAMPLE}
+FOLLOWING_RESPONSE_EXAMPLE: dict[str, Any] = {"profile": {**PROFILE_EXAMPLE, "following": True}}

@@ -273,3 +273,22 @@ class UserResponse(OutModel):
     """`{"user": {...}}`."""
 
     user: UserOut
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+USER_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "user": {
+        "email": "jake@jake.jake",
+        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "username": "jake",
+        "bio": "I work at statefarm",
+        "image": "",
+    }
+}
+USER_CREATE_EXAMPLE: dict[str, Any] = {
+    "user": {"username": "jake", "email": "jake@jake.jake", "password": "jakejake"}
+}
+USER_LOGIN_EXAMPLE: dict[str, Any] = {"user": {"email": "jake@jake.jake", "password": "jakejake"}}
+USER_UPDATE_EXAMPLE: dict[str, Any] = {
+    "user": {"bio": "I like to skateboard", "image": "https://example.com/j.jpg"}
+}

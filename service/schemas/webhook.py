@@ -420,3 +420,86 @@ class WebhookEventTypesResponse(OutModel):
     """`{"eventTypes": [...]}`."""
 
     event_types: list[WebhookEventTypeOut] = Field(alias="eventTypes")
+
+
+# OpenAPI examples of the models above; the views attach them to their operations.
+WEBHOOK_EXAMPLE: dict[str, Any] = {
+    "id": "0b7e8e04-5c4e-4a0c-9d57-3c8f4e1c2a10",
+    "url": "https://example.com/hooks/conduit",
+    "description": "search indexer",
+    "events": ["article.created", "article.updated", "article.deleted"],
+    "enabled": True,
+    "disabledReason": None,
+    "rateLimit": None,
+    "failingSince": None,
+    "previousSecretExpiresAt": None,
+    "owner": "jake",
+    "createdAt": "2026-01-02T03:04:05.678Z",
+    "updatedAt": "2026-01-02T03:04:05.678Z",
+}
+_SECRET_EXAMPLE = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="  # noqa: S105 (an example)
+WEBHOOK_RESPONSE_EXAMPLE: dict[str, Any] = {"webhook": WEBHOOK_EXAMPLE}
+WEBHOOK_CREATED_EXAMPLE: dict[str, Any] = {
+    "webhook": {**WEBHOOK_EXAMPLE, "secret": _SECRET_EXAMPLE}
+}
+WEBHOOK_ROTATED_EXAMPLE: dict[str, Any] = {
+    "webhook": {
+        **WEBHOOK_EXAMPLE,
+        "previousSecretExpiresAt": "2026-01-03T03:04:05.678Z",
+        "secret": _SECRET_EXAMPLE,
+    }
+}
+WEBHOOKS_RESPONSE_EXAMPLE: dict[str, Any] = {"webhooks": [WEBHOOK_EXAMPLE], "webhooksCount": 1}
+WEBHOOK_CREATE_EXAMPLE: dict[str, Any] = {
+    "webhook": {
+        "url": "https://example.com/hooks/conduit",
+        "events": ["article.created", "article.updated", "article.deleted"],
+        "description": "search indexer",
+    }
+}
+WEBHOOK_UPDATE_EXAMPLE: dict[str, Any] = {"webhook": {"enabled": True}}
+MESSAGE_EXAMPLE: dict[str, Any] = {
+    "id": "msg_0f6c1f0e8bd34a8e9d0b5c7a4e2f1d3c",
+    "eventType": "article.created",
+    "status": "delivered",
+    "attemptCount": 1,
+    "nextAttemptAt": None,
+    "lastAttemptAt": "2026-01-02T03:04:05.912Z",
+    "deliveredAt": "2026-01-02T03:04:05.996Z",
+    "createdAt": "2026-01-02T03:04:05.678Z",
+}
+_PENDING_EXAMPLE: dict[str, Any] = {
+    **MESSAGE_EXAMPLE,
+    "status": "pending",
+    "attemptCount": 0,
+    "nextAttemptAt": "2026-01-02T03:04:05.678Z",
+    "lastAttemptAt": None,
+    "deliveredAt": None,
+}
+PING_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "message": {**_PENDING_EXAMPLE, "eventType": "webhook.ping"}
+}
+REDELIVERY_RESPONSE_EXAMPLE: dict[str, Any] = {"message": {**_PENDING_EXAMPLE, "attemptCount": 1}}
+MESSAGES_RESPONSE_EXAMPLE: dict[str, Any] = {"messages": [MESSAGE_EXAMPLE], "messagesCount": 1}
+MESSAGE_DETAIL_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "message": {
+        **MESSAGE_EXAMPLE,
+        "payload": {
+            "type": "article.created",
+            "timestamp": "2026-01-02T03:04:05.678000Z",
+            "data": {"article": {"slug": "how-to-train-your-dragon"}},
+        },
+        "attempts": [
+            {
+                "attempt": 1,
+                "startedAt": "2026-01-02T03:04:05.912Z",
+                "statusCode": 200,
+                "durationMs": 84,
+                "responseExcerpt": "ok",
+                "error": None,
+            }
+        ],
+    }
+}
+RECOVER_EXAMPLE: dict[str, Any] = {"since": "2026-01-02T00:00:00Z"}
+RECOVER_RESPONSE_EXAMPLE: dict[str, Any] = {"recovered": 3}

@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from service.domain.pages import Page
 from service.models import User
 from service.schemas.admin import AdminUserUpdate
 from service.schemas.user import is_valid_username
@@ -43,14 +44,6 @@ class UserChange:
     old_suspended: bool
 
 
-@dataclass(frozen=True)
-class UserPage:
-    """One page of users and the number of users on all pages."""
-
-    users: list[User]
-    total: int
-
-
 def escape_like(text: str) -> str:
     """`text` as a literal inside a LIKE pattern whose escape character is a backslash."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -64,7 +57,7 @@ async def list_users(
     role: str | None = None,
     suspended: bool | None = None,
     q: str | None = None,
-) -> UserPage:
+) -> Page[User]:
     """Users newest first; `q` matches part of the username or email, in any case."""
     conditions: list[ColumnElement[bool]] = []
     if role is not None:
@@ -84,7 +77,7 @@ async def list_users(
         .limit(limit)
         .offset(offset)
     )
-    return UserPage(users=list(users), total=total or 0)
+    return Page(items=list(users), total=total or 0)
 
 
 async def _lock_active_admins(session: AsyncSession) -> set[int]:

@@ -35,8 +35,9 @@ from sqlalchemy.orm import defer
 
 from service.caching import generations
 from service.domain import events
-from service.domain.articles import ArticlePage, ArticleView
+from service.domain.articles import ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
+from service.domain.pages import Page
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
 from service.services import admin, audit, profiles, slugs
@@ -114,7 +115,7 @@ async def _page(
     *,
     limit: int,
     offset: int,
-) -> ArticlePage:
+) -> Page[ArticleView]:
     total = await session.scalar(select(func.count()).select_from(Article).where(*conditions))
     statement = (
         _views_statement(viewer, with_body=False)
@@ -123,7 +124,7 @@ async def _page(
         .limit(limit)
         .offset(offset)
     )
-    return ArticlePage(articles=await _views(session, viewer, statement), total=total or 0)
+    return Page(items=await _views(session, viewer, statement), total=total or 0)
 
 
 def _user_named(username: str) -> Select[Any]:
@@ -140,7 +141,7 @@ async def list_articles(
     tag: str | None = None,
     author: str | None = None,
     favorited: str | None = None,
-) -> ArticlePage:
+) -> Page[ArticleView]:
     """Newest first, filtered by tag, author and/or favoriting user (filters combine)."""
     conditions: list[ColumnElement[bool]] = []
     if tag is not None:
@@ -162,7 +163,9 @@ async def list_articles(
     return await _page(session, viewer, conditions, limit=limit, offset=offset)
 
 
-async def feed(*, session: AsyncSession, viewer: User, limit: int, offset: int) -> ArticlePage:
+async def feed(
+    *, session: AsyncSession, viewer: User, limit: int, offset: int
+) -> Page[ArticleView]:
     """Articles by the authors `viewer` follows, newest first."""
     followed = select(Follow.followee_id).where(Follow.follower_id == viewer.id)
     return await _page(

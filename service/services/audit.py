@@ -12,7 +12,8 @@ import orjson
 from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.domain.audit import AuditPage, AuditRecord
+from service.domain.audit import AuditRecord
+from service.domain.pages import Page
 from service.models import AuditEntry, User
 from service.schemas.user import is_valid_username
 
@@ -74,14 +75,14 @@ async def list_entries(
     offset: int,
     action: str | None = None,
     actor: str | None = None,
-) -> AuditPage:
+) -> Page[AuditRecord]:
     """Entries newest first, filtered by exact action and/or actor username (any case)."""
     conditions: list[ColumnElement[bool]] = []
     if action is not None:
         conditions.append(AuditEntry.action == action)
     if actor is not None:
         if not is_valid_username(actor):
-            return AuditPage(entries=[], total=0)
+            return Page(items=[], total=0)
         conditions.append(
             AuditEntry.actor_id.in_(
                 select(User.id).where(func.lower(User.username) == func.lower(actor))
@@ -98,8 +99,8 @@ async def list_entries(
             .offset(offset)
         )
     ).all()
-    return AuditPage(
-        entries=[
+    return Page(
+        items=[
             AuditRecord(
                 id=entry.id,
                 actor=username,

@@ -18,12 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.domain import events
 from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.events import EventType
+from service.domain.pages import Page
 from service.domain.webhooks import (
-    EndpointPage,
     EndpointSecretView,
     EndpointView,
     MessageDetail,
-    MessagePage,
     MessageView,
 )
 from service.infra.address_policy import AddressPolicy
@@ -149,7 +148,7 @@ async def create_endpoint(
 
 async def list_endpoints(
     *, session: AsyncSession, viewer: User, limit: int, offset: int
-) -> EndpointPage:
+) -> Page[EndpointView]:
     """The viewer's endpoints (every endpoint for admins), newest first."""
     conditions: list[ColumnElement[bool]] = []
     if not _is_admin(viewer):
@@ -165,8 +164,8 @@ async def list_endpoints(
         .limit(limit)
         .offset(offset)
     )
-    return EndpointPage(
-        endpoints=[EndpointView(endpoint=row[0], owner=row[1]) for row in rows],
+    return Page(
+        items=[EndpointView(endpoint=row[0], owner=row[1]) for row in rows],
         total=total or 0,
     )
 
@@ -327,7 +326,7 @@ async def list_messages(
     status: str | None,
     limit: int,
     offset: int,
-) -> MessagePage:
+) -> Page[MessageView]:
     """The endpoint's delivery log, newest first, optionally only messages in `status`."""
     await _endpoint(session, viewer, endpoint_id)
     conditions: list[ColumnElement[bool]] = [WebhookMessage.endpoint_id == endpoint_id]
@@ -344,8 +343,8 @@ async def list_messages(
         .limit(limit)
         .offset(offset)
     )
-    return MessagePage(
-        messages=[
+    return Page(
+        items=[
             MessageView(message=row[0], event_type=row[1], attempt_count=row[2]) for row in rows
         ],
         total=total or 0,

@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import cast
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import text
 
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.app import ConduitASGI, create_app
 from service.domain import errors as domain
 from service.infra.db import build_engine, db
@@ -63,7 +62,7 @@ def _test_blueprint(settings: Settings, admin_url: str) -> Blueprint:
     @operation(body=ErrorsThingRequest, responses={200: None}, tags=["t"])
     async def errors_create_thing() -> Response:
         """Echo a valid thing."""
-        body = cast(ErrorsThingRequest, request.context.body)  # type: ignore[attr-defined]
+        body = body_of(ErrorsThingRequest)
         return jsonify(body.model_dump())
 
     @bp.get("/boom")

@@ -154,4 +154,4 @@ async def test_list_users_filters_combine(
     page = await admin.list_users(
         session=session, limit=10, offset=0, role="moderator", suspended=False, q="_"
     )
-    assert ([user.username for user in page.users], page.total) == (["mod_one"], 1)
+    assert ([user.username for user in page.items], page.total) == (["mod_one"], 1)

@@ -129,7 +129,7 @@ async def test_list_counts_all_pages(session: AsyncSession, make_user: MakeUser)
         await articles.create_article(session=session, author=author, data=new(f"t{i}"))
     page = await articles.list_articles(session=session, viewer=None, limit=2, offset=2)
     assert page.total == 3
-    assert [view.article.title for view in page.articles] == ["t0"]
+    assert [view.article.title for view in page.items] == ["t0"]
 
 
 @pytest.mark.parametrize(

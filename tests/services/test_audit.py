@@ -122,24 +122,24 @@ async def test_list_entries_newest_first_with_filters(
 
     page = await audit.list_entries(session=session, limit=20, offset=0)
     assert page.total == 4
-    assert [(e.actor, e.action, e.target_id) for e in page.entries] == [
+    assert [(e.actor, e.action, e.target_id) for e in page.items] == [
         ("Boss", "user.suspend", "jake"),
         (None, "user.role_change", "Boss"),
         ("mod", "article.delete", "dragons"),
         ("Boss", "user.role_change", "mod"),
     ]
-    assert page.entries[0].details == {"n": "jake"}
+    assert page.items[0].details == {"n": "jake"}
 
     page = await audit.list_entries(session=session, limit=1, offset=1, action="user.role_change")
-    assert (page.total, [e.target_id for e in page.entries]) == (2, ["mod"])
+    assert (page.total, [e.target_id for e in page.items]) == (2, ["mod"])
     page = await audit.list_entries(session=session, limit=20, offset=0, actor="BOSS")
-    assert (page.total, [e.target_id for e in page.entries]) == (2, ["jake", "mod"])
+    assert (page.total, [e.target_id for e in page.items]) == (2, ["jake", "mod"])
     page = await audit.list_entries(
         session=session, limit=20, offset=0, actor="boss", action="article.delete"
     )
-    assert (page.total, page.entries) == (0, [])
+    assert (page.total, page.items) == (0, [])
     page = await audit.list_entries(session=session, limit=20, offset=0, actor="no such!")
-    assert (page.total, page.entries) == (0, [])
+    assert (page.total, page.items) == (0, [])
 
 
 async def test_entries_outlive_their_actor(session: AsyncSession, make_user: MakeUser) -> None:
@@ -156,5 +156,5 @@ async def test_entries_outlive_their_actor(session: AsyncSession, make_user: Mak
     await session.execute(delete(User).where(User.id == mod.id))
     await session.commit()
     page = await audit.list_entries(session=session, limit=20, offset=0)
-    [entry] = page.entries
+    [entry] = page.items
     assert (entry.actor, entry.target_id, entry.details) == (None, "dragons", {})

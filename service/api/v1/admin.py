@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.roles import require_role
-from service.api.spec import operation
+from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
 from service.schemas.admin import (
+    ADMIN_USER_RESPONSE_EXAMPLE,
+    ADMIN_USER_UPDATE_EXAMPLE,
+    ADMIN_USERS_RESPONSE_EXAMPLE,
+    AUDIT_RESPONSE_EXAMPLE,
     AdminUserListQuery,
     AdminUserOut,
     AdminUserResponse,
@@ -29,22 +31,6 @@ bp = Blueprint("admin", __name__)
 TAGS = ["Admin"]
 ADMIN = admin_service.ADMIN
 
-_USER: dict[str, Any] = {
-    "username": "jake",
-    "email": "jake@jake.jake",
-    "role": "moderator",
-    "suspended": False,
-    "createdAt": "2026-01-02T03:04:05.678Z",
-}
-_ENTRY = {
-    "id": 1,
-    "actor": "admin",
-    "action": "user.role_change",
-    "targetType": "user",
-    "targetId": "jake",
-    "details": {"from": "user", "to": "moderator", "via": "api"},
-    "createdAt": "2026-01-02T03:04:05.678Z",
-}
 _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
 
 
@@ -56,12 +42,12 @@ _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
     scope=scopes.ADMIN,
     query=AdminUserListQuery,
     errors=[403],
-    examples={200: {"users": [_USER], "usersCount": 1}, 403: _FORBIDDEN},
+    examples={200: ADMIN_USERS_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_users(viewer: User) -> Response:
     """List users newest first, filtered by role, status and username/email text (admins)."""
     require_role(viewer, ADMIN)
-    query = cast(AdminUserListQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(AdminUserListQuery)
     page = await admin_service.list_users(
         session=db.session,
         limit=query.limit,
@@ -72,7 +58,7 @@ async def admin_list_users(viewer: User) -> Response:
     )
     return jsonify(
         AdminUsersResponse(
-            users=[AdminUserOut.of(user) for user in page.users], users_count=page.total
+            users=[AdminUserOut.of(user) for user in page.items], users_count=page.total
         ).to_json()
     )
 
@@ -86,12 +72,12 @@ async def admin_list_users(viewer: User) -> Response:
     body=AdminUserUpdateRequest,
     errors=[403, 404, 409],
     examples={
-        200: {"user": _USER},
+        200: ADMIN_USER_RESPONSE_EXAMPLE,
         403: _FORBIDDEN,
         404: {"errors": {"user": ["user not found"]}},
         409: {"errors": {"role": [admin_service.LAST_ADMIN]}},
     },
-    body_example={"user": {"role": "moderator"}},
+    body_example=ADMIN_USER_UPDATE_EXAMPLE,
 )
 async def admin_update_user(username: str, viewer: User) -> Response:
     """Change a user's role and/or suspension (admins); suspending signs them out everywhere.
@@ -100,7 +86,7 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     themselves (409). Every change is written to the audit log.
     """
     require_role(viewer, ADMIN)
-    body = cast(AdminUserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(AdminUserUpdateRequest)
     change = await admin_service.update_user(
         session=db.session, actor=viewer, username=username, data=body.user
     )
@@ -115,12 +101,12 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     scope=scopes.ADMIN,
     query=AuditQuery,
     errors=[403],
-    examples={200: {"entries": [_ENTRY], "entriesCount": 1}, 403: _FORBIDDEN},
+    examples={200: AUDIT_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_audit(viewer: User) -> Response:
     """List audit log entries newest first, filtered by action and actor (admins)."""
     require_role(viewer, ADMIN)
-    query = cast(AuditQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(AuditQuery)
     page = await audit_service.list_entries(
         session=db.session,
         limit=query.limit,
@@ -130,7 +116,7 @@ async def admin_list_audit(viewer: User) -> Response:
     )
     return jsonify(
         AuditResponse(
-            entries=[AuditEntryOut.of(entry) for entry in page.entries],
+            entries=[AuditEntryOut.of(entry) for entry in page.items],
             entries_count=page.total,
         ).to_json()
     )

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
-from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.spec import body_of, operation, query_of
+from service.api.v1 import cached
 from service.domain import scopes
-from service.domain.articles import ArticlePage, ArticleView
+from service.domain.articles import ArticleView
+from service.domain.pages import Page
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import (
+    ARTICLE_CREATE_EXAMPLE,
+    ARTICLE_RESPONSE_EXAMPLE,
+    ARTICLE_UPDATE_EXAMPLE,
+    ARTICLES_RESPONSE_EXAMPLE,
+    FAVORITED_RESPONSE_EXAMPLE,
     ArticleCreateRequest,
     ArticleListQuery,
     ArticleOut,
@@ -26,43 +32,11 @@ from service.services import articles as articles_service
 
 bp = Blueprint("articles", __name__)
 
-_AUTHOR = {
-    "username": "jake",
-    "bio": "I work at statefarm",
-    "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
-    "following": False,
-}
-_SUMMARY: dict[str, Any] = {
-    "slug": "how-to-train-your-dragon",
-    "title": "How to train your dragon",
-    "description": "Ever wonder how?",
-    "tagList": ["dragons", "training"],
-    "createdAt": "2026-01-02T03:04:05.678Z",
-    "updatedAt": "2026-01-02T03:04:05.678Z",
-    "favorited": False,
-    "favoritesCount": 0,
-    "author": _AUTHOR,
-}
-_ARTICLE_EXAMPLE = {"article": {**_SUMMARY, "body": "You have to believe"}}
-_FAVORITED_EXAMPLE = {
-    "article": {**_SUMMARY, "body": "You have to believe", "favorited": True, "favoritesCount": 1}
-}
-_LIST_EXAMPLE = {"articles": [_SUMMARY], "articlesCount": 1}
-_NEW_ARTICLE = {
-    "article": {
-        "title": "How to train your dragon",
-        "description": "Ever wonder how?",
-        "body": "You have to believe",
-        "tagList": ["dragons", "training"],
-    }
-}
-_CHANGE_ARTICLE = {"article": {"body": "With two hands"}}
 
-
-def _page_json(page: ArticlePage) -> Response:
+def _page_json(page: Page[ArticleView]) -> Response:
     return jsonify(
         MultipleArticlesResponse(
-            articles=[ArticleSummary.of(view) for view in page.articles],
+            articles=[ArticleSummary.of(view) for view in page.items],
             articles_count=page.total,
         ).to_json()
     )
@@ -79,13 +53,13 @@ def _article_json(view: ArticleView) -> Response:
     auth="optional",
     scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
-    examples={200: _LIST_EXAMPLE},
+    examples={200: ARTICLES_RESPONSE_EXAMPLE},
 )
 async def list_articles(viewer: User | None) -> Response:
     """List articles, newest first, optionally filtered by tag, author or favoriting user."""
-    query = cast(ArticleListQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(ArticleListQuery)
 
-    async def load() -> ArticlePage:
+    async def load() -> Page[ArticleView]:
         return await articles_service.list_articles(
             session=db.session,
             viewer=None,
@@ -97,7 +71,7 @@ async def list_articles(viewer: User | None) -> Response:
         )
 
     key = (query.tag, query.author, query.favorited, query.limit, query.offset)
-    return jsonify(await shared.article_page(viewer, key, load))
+    return jsonify(await cached.article_page(viewer, key, load))
 
 
 @bp.get("/articles/feed")
@@ -107,11 +81,11 @@ async def list_articles(viewer: User | None) -> Response:
     auth="required",
     scope=scopes.ARTICLES_READ,
     query=PageQuery,
-    examples={200: _LIST_EXAMPLE},
+    examples={200: ARTICLES_RESPONSE_EXAMPLE},
 )
 async def get_feed(viewer: User) -> Response:
     """List articles by the authors the caller follows, newest first."""
-    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(PageQuery)
     page = await articles_service.feed(
         session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
     )
@@ -125,11 +99,11 @@ async def get_feed(viewer: User) -> Response:
     auth="optional",
     scope=scopes.ARTICLES_READ,
     errors=[404],
-    examples={200: _ARTICLE_EXAMPLE},
+    examples={200: ARTICLE_RESPONSE_EXAMPLE},
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""
-    return jsonify(await shared.article(viewer, slug))
+    return jsonify(await cached.article(viewer, slug))
 
 
 @bp.post("/articles")
@@ -140,12 +114,12 @@ async def get_article(slug: str, viewer: User | None) -> Response:
     scope=scopes.ARTICLES_WRITE,
     body=ArticleCreateRequest,
     errors=[409],
-    examples={201: _ARTICLE_EXAMPLE},
-    body_example=_NEW_ARTICLE,
+    examples={201: ARTICLE_RESPONSE_EXAMPLE},
+    body_example=ARTICLE_CREATE_EXAMPLE,
 )
 async def create_article(viewer: User) -> tuple[Response, int]:
     """Create an article; its slug is derived from the title and never changes."""
-    body = cast(ArticleCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ArticleCreateRequest)
     view = await articles_service.create_article(
         session=db.session, author=viewer, data=body.article
     )
@@ -153,7 +127,7 @@ async def create_article(viewer: User) -> tuple[Response, int]:
 
 
 async def _update(slug: str, viewer: User) -> Response:
-    body = cast(ArticleUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ArticleUpdateRequest)
     view = await articles_service.update_article(
         session=db.session, viewer=viewer, slug=slug, data=body.article
     )
@@ -168,8 +142,8 @@ _UPDATE_ARTICLE: dict[str, Any] = {
     "scope": scopes.ARTICLES_WRITE,
     "body": ArticleUpdateRequest,
     "errors": [403, 404],
-    "examples": {200: _ARTICLE_EXAMPLE},
-    "body_example": _CHANGE_ARTICLE,
+    "examples": {200: ARTICLE_RESPONSE_EXAMPLE},
+    "body_example": ARTICLE_UPDATE_EXAMPLE,
 }
 
 
@@ -208,7 +182,7 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     auth="required",
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
-    examples={200: _FAVORITED_EXAMPLE},
+    examples={200: FAVORITED_RESPONSE_EXAMPLE},
 )
 async def favorite_article(slug: str, viewer: User) -> Response:
     """Favorite an article (doing it again changes nothing)."""
@@ -223,7 +197,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     auth="required",
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
-    examples={200: _ARTICLE_EXAMPLE},
+    examples={200: ARTICLE_RESPONSE_EXAMPLE},
 )
 async def unfavorite_article(slug: str, viewer: User) -> Response:
     """Remove the caller's favorite of an article (doing it again changes nothing)."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
-from service.domain.articles import ArticlePage
+from service.domain.articles import ArticleView
+from service.domain.pages import Page
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import ArticleOut, ArticleSummary
@@ -53,17 +54,17 @@ async def _article_marks(
 
 
 async def article_page(
-    viewer: User | None, key: Sequence[Any], load: Callable[[], Awaitable[ArticlePage]]
+    viewer: User | None, key: Sequence[Any], load: Callable[[], Awaitable[Page[ArticleView]]]
 ) -> Json:
     """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`."""
 
     async def shared() -> Json:
         page = await load()
         return {
-            "articles": [ArticleSummary.of(view).to_json() for view in page.articles],
+            "articles": [ArticleSummary.of(view).to_json() for view in page.items],
             "articlesCount": page.total,
-            "ids": [view.article.id for view in page.articles],
-            "authors": [view.author.id for view in page.articles],
+            "ids": [view.article.id for view in page.items],
+            "authors": [view.author.id for view in page.items],
         }
 
     page = await cache.fetch(ARTICLES, f"list:{digest(*key)}", shared)

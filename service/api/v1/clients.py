@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import cast
+from flask import Blueprint, Response, jsonify
 
-from flask import Blueprint, Response, jsonify, request
-
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
 from service.schemas.client import (
+    CLIENT_CREATE_EXAMPLE,
+    CLIENT_RESPONSE_EXAMPLE,
+    CLIENTS_RESPONSE_EXAMPLE,
     ClientCreatedOut,
     ClientCreateRequest,
     ClientListResponse,
@@ -22,13 +23,6 @@ from service.services import clients as clients_service
 bp = Blueprint("clients", __name__)
 
 TAGS = ["API clients"]
-_CLIENT = {
-    "clientId": "cl_3kTMd0mJ3o9YJz6Q2p1qXw",
-    "name": "nightly export",
-    "scopes": ["articles:read"],
-    "createdAt": "2026-01-02T03:04:05.678Z",
-    "lastUsedAt": None,
-}
 
 
 @bp.post("/clients")
@@ -40,10 +34,10 @@ _CLIENT = {
     body=ClientCreateRequest,
     errors=[403, 409],
     examples={
-        201: {"client": {**_CLIENT, "clientSecret": "cs_Zm9vYmFy..."}},
+        201: CLIENT_RESPONSE_EXAMPLE,
         403: {"errors": {"scopes": ["your role cannot grant: admin"]}},
     },
-    body_example={"client": {"name": "nightly export", "scopes": ["articles:read"]}},
+    body_example=CLIENT_CREATE_EXAMPLE,
 )
 async def create_client(viewer: User) -> tuple[Response, int]:
     """Create an API client for an integration.
@@ -53,7 +47,7 @@ async def create_client(viewer: User) -> tuple[Response, int]:
     `clientSecret` is shown in this answer only and stored as a hash: keep it. At most 25
     clients per user (409 beyond).
     """
-    body = cast(ClientCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(ClientCreateRequest)
     created = await clients_service.create_client(
         session=db.session, owner=viewer, data=body.client
     )
@@ -69,7 +63,7 @@ async def create_client(viewer: User) -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     scope=scopes.CLIENTS_MANAGE,
-    examples={200: {"clients": [_CLIENT], "clientsCount": 1}},
+    examples={200: CLIENTS_RESPONSE_EXAMPLE},
 )
 async def list_clients(viewer: User) -> Response:
     """List your API clients (never their secrets)."""

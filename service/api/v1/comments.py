@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import cast
+from flask import Blueprint, Response, jsonify
 
-from flask import Blueprint, Response, jsonify, request
-
-from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.spec import body_of, operation
+from service.api.v1 import cached
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
 from service.schemas.comment import (
+    COMMENT_CREATE_EXAMPLE,
+    COMMENT_RESPONSE_EXAMPLE,
+    COMMENTS_RESPONSE_EXAMPLE,
     CommentCreateRequest,
     CommentOut,
     CommentResponse,
@@ -21,19 +22,6 @@ from service.services import comments as comments_service
 
 bp = Blueprint("comments", __name__)
 
-_COMMENT = {
-    "id": 1,
-    "createdAt": "2026-01-02T03:04:05.678Z",
-    "updatedAt": "2026-01-02T03:04:05.678Z",
-    "body": "It takes a Jacobian",
-    "author": {
-        "username": "jake",
-        "bio": "I work at statefarm",
-        "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
-        "following": False,
-    },
-}
-
 
 @bp.get("/articles/<slug:slug>/comments")
 @operation(
@@ -42,11 +30,11 @@ _COMMENT = {
     auth="optional",
     scope=scopes.ARTICLES_READ,
     errors=[404],
-    examples={200: {"comments": [_COMMENT]}},
+    examples={200: COMMENTS_RESPONSE_EXAMPLE},
 )
 async def list_comments(slug: str, viewer: User | None) -> Response:
     """List the comments on an article, oldest first."""
-    return jsonify(await shared.comments(viewer, slug))
+    return jsonify(await cached.comments(viewer, slug))
 
 
 @bp.post("/articles/<slug:slug>/comments")
@@ -57,12 +45,12 @@ async def list_comments(slug: str, viewer: User | None) -> Response:
     scope=scopes.COMMENTS_WRITE,
     body=CommentCreateRequest,
     errors=[404],
-    examples={200: {"comment": _COMMENT}},
-    body_example={"comment": {"body": "It takes a Jacobian"}},
+    examples={200: COMMENT_RESPONSE_EXAMPLE},
+    body_example=COMMENT_CREATE_EXAMPLE,
 )
 async def create_comment(slug: str, viewer: User) -> Response:
     """Comment on an article (the spec answers 200, not 201)."""
-    body = cast(CommentCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(CommentCreateRequest)
     view = await comments_service.add_comment(
         session=db.session, author=viewer, slug=slug, data=body.comment
     )

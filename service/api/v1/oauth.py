@@ -24,20 +24,13 @@ from service.domain.errors import OAuthError
 from service.infra.db import db
 from service.infra.redis import redis
 from service.models import ApiClient
-from service.schemas.oauth import RevokeRequest, TokenOut, TokenRequest
+from service.schemas.oauth import TOKEN_EXAMPLE, RevokeRequest, TokenOut, TokenRequest
 from service.services import login_guard, oauth
 
 bp = Blueprint("oauth", __name__)
 
 TAGS = ["OAuth 2.0"]
 FORM = "application/x-www-form-urlencoded"
-TOKEN_EXAMPLE = {
-    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
-    "token_type": "Bearer",
-    "expires_in": 900,
-    "refresh_token": "8xLOxBtZp8...",
-    "scope": "articles:read articles:write",
-}
 Form = TypeVar("Form", bound=BaseModel)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import cast
-
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.infra.db import db
 from service.schemas.password_reset import (
+    RESET_ACCEPTED_EXAMPLE,
+    RESET_CONFIRM_EXAMPLE,
+    RESET_REQUEST_EXAMPLE,
     PasswordResetAccepted,
     PasswordResetConfirm,
     PasswordResetRequest,
@@ -27,10 +28,10 @@ TAGS = ["User and Authentication"]
     tags=TAGS,
     body=PasswordResetRequest,
     examples={
-        202: {"status": "accepted"},
+        202: RESET_ACCEPTED_EXAMPLE,
         422: {"errors": {"email": ["is not a valid email address"]}},
     },
-    body_example={"email": "jake@jake.jake"},
+    body_example=RESET_REQUEST_EXAMPLE,
 )
 async def request_password_reset() -> tuple[Response, int]:
     """Ask for a password reset link by email.
@@ -40,7 +41,7 @@ async def request_password_reset() -> tuple[Response, int]:
     mail with a single-use link follows shortly; the link's token expires after
     `PASSWORD_RESET_MINUTES` (60 by default).
     """
-    body = cast(PasswordResetRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(PasswordResetRequest)
     await reset_service.request_reset(session=db.session, email=body.email)
     return jsonify(PasswordResetAccepted().to_json()), 202
 
@@ -52,7 +53,7 @@ async def request_password_reset() -> tuple[Response, int]:
     body=PasswordResetConfirm,
     errors=[403],
     examples={403: {"errors": {"token": [reset_service.INVALID_TOKEN]}}},
-    body_example={"token": "q3C1uY2qj6Jx2lQ0n0b5f8ZbqGQm0n6v9Zl3kR7wX1s", "password": "newpass99"},
+    body_example=RESET_CONFIRM_EXAMPLE,
 )
 async def confirm_password_reset() -> tuple[str, int]:
     """Set a new password with the token from a reset mail.
@@ -62,7 +63,7 @@ async def confirm_password_reset() -> tuple[str, int]:
     (8-256 characters) 422 naming `password`. On success every sign-in session of the account
     is revoked and its other reset links stop working; log in with the new password.
     """
-    body = cast(PasswordResetConfirm, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(PasswordResetConfirm)
     await reset_service.confirm_reset(
         session=db.session, token=body.token, password=body.password, passwords=auth.passwords
     )

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
+from service.api.v1 import cached
 from service.domain import scopes
 from service.infra.db import db
 from service.models import User
-from service.schemas.profile import ProfileOut, ProfileResponse
+from service.schemas.profile import (
+    FOLLOWING_RESPONSE_EXAMPLE,
+    PROFILE_RESPONSE_EXAMPLE,
+    ProfileOut,
+    ProfileResponse,
+)
 from service.services import profiles as profiles_service
 
 bp = Blueprint("profiles", __name__)
 
 TAGS = ["Profile"]
-
-
-def _example(*, following: bool) -> dict[str, Any]:
-    return {
-        "profile": {
-            "username": "jake",
-            "bio": "I work at statefarm",
-            "image": "https://api.realworld.io/images/smiley-cyrus.jpg",
-            "following": following,
-        }
-    }
 
 
 NOT_FOUND_EXAMPLE = {"errors": {"profile": ["not found"]}}
@@ -46,7 +38,7 @@ def _profile_response(profile: ProfileOut) -> Response:
     auth="optional",
     scope=scopes.ARTICLES_READ,
     errors=[404],
-    examples={200: _example(following=False), 404: NOT_FOUND_EXAMPLE},
+    examples={200: PROFILE_RESPONSE_EXAMPLE, 404: NOT_FOUND_EXAMPLE},
 )
 async def get_profile(username: str, viewer: User | None) -> Response:
     """Get a profile.
@@ -54,7 +46,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     Usernames match regardless of case. Authentication is optional; `following` is false for
     anonymous callers.
     """
-    return jsonify(await shared.profile(viewer, username))
+    return jsonify(await cached.profile(viewer, username))
 
 
 @bp.post("/profiles/<username>/follow")
@@ -65,7 +57,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
     scope=scopes.PROFILE_WRITE,
     errors=[403, 404],
     examples={
-        200: _example(following=True),
+        200: FOLLOWING_RESPONSE_EXAMPLE,
         401: UNAUTHORIZED_EXAMPLE,
         404: NOT_FOUND_EXAMPLE,
         403: SELF_FOLLOW_EXAMPLE,
@@ -89,7 +81,7 @@ async def follow_user(username: str, viewer: User) -> Response:
     scope=scopes.PROFILE_WRITE,
     errors=[403, 404],
     examples={
-        200: _example(following=False),
+        200: PROFILE_RESPONSE_EXAMPLE,
         401: UNAUTHORIZED_EXAMPLE,
         404: NOT_FOUND_EXAMPLE,
         403: SELF_FOLLOW_EXAMPLE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.spec import operation
-from service.api.v1 import cached as shared
-from service.schemas.article import TagsResponse
+from service.api.v1 import cached
+from service.schemas.article import TAGS_RESPONSE_EXAMPLE, TagsResponse
 
 bp = Blueprint("tags", __name__)
 
@@ -15,8 +15,8 @@ bp = Blueprint("tags", __name__)
 @operation(
     responses={200: TagsResponse},
     tags=["Tags"],
-    examples={200: {"tags": ["dragons", "training"]}},
+    examples={200: TAGS_RESPONSE_EXAMPLE},
 )
 async def get_tags() -> Response:
     """List the tags used by at least one article."""
-    return jsonify(await shared.tags())
+    return jsonify(await cached.tags())

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth, bearer_token, current_claims, sign_in
-from service.api.spec import operation
+from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.domain.errors import PermissionDenied
 from service.infra.db import db
 from service.infra.redis import redis
 from service.models import User
 from service.schemas.user import (
+    USER_CREATE_EXAMPLE,
+    USER_LOGIN_EXAMPLE,
+    USER_RESPONSE_EXAMPLE,
+    USER_UPDATE_EXAMPLE,
     UserCreateRequest,
     UserLoginRequest,
     UserOut,
@@ -26,18 +30,8 @@ from service.services import users as users_service
 bp = Blueprint("users", __name__)
 
 TAGS = ["User and Authentication"]
-USER_EXAMPLE: dict[str, Any] = {
-    "user": {
-        "email": "jake@jake.jake",
-        "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
-        "username": "jake",
-        "bio": "I work at statefarm",
-        "image": "",
-    }
-}
 LOGIN_FAILED_EXAMPLE = {"errors": {"credentials": [users_service.BAD_CREDENTIALS]}}
 UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
-UPDATE_EXAMPLE = {"user": {"bio": "I like to skateboard", "image": "https://example.com/j.jpg"}}
 TAKEN_EXAMPLE = {"errors": {"email": [users_service.TAKEN]}}
 CREDENTIALS = frozenset({"email", "password"})
 CLIENT_CREDENTIALS_CHANGE = "API client tokens cannot change the email or password"
@@ -53,8 +47,8 @@ def _user_response(user: User, token: str, status: int = 200) -> tuple[Response,
     tags=TAGS,
     body=UserCreateRequest,
     errors=[409],
-    examples={201: USER_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
-    body_example={"user": {"username": "jake", "email": "jake@jake.jake", "password": "jakejake"}},
+    examples={201: USER_RESPONSE_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
+    body_example=USER_CREATE_EXAMPLE,
 )
 async def register_user() -> tuple[Response, int]:
     """Register a new user.
@@ -64,7 +58,7 @@ async def register_user() -> tuple[Response, int]:
     match its schema as sent. A taken email or username answers 409 naming the field.
     Passwords have 8-256 characters.
     """
-    body = cast(UserCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserCreateRequest)
     user = await users_service.register(
         session=db.session, data=body.user, passwords=auth.passwords
     )
@@ -77,8 +71,8 @@ async def register_user() -> tuple[Response, int]:
     tags=TAGS,
     body=UserLoginRequest,
     errors=[401, 403],
-    examples={200: USER_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
-    body_example={"user": {"email": "jake@jake.jake", "password": "jakejake"}},
+    examples={200: USER_RESPONSE_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
+    body_example=USER_LOGIN_EXAMPLE,
 )
 async def login() -> tuple[Response, int]:
     """Log in with email and password.
@@ -87,7 +81,7 @@ async def login() -> tuple[Response, int]:
     in a row the account is locked for a doubling delay (1 s, 2 s, ... up to 15 min): 429 with
     `Retry-After`.
     """
-    body = cast(UserLoginRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserLoginRequest)
     await login_guard.check(redis=redis.client, email=body.user.email)
     user = await users_service.authenticate(
         session=db.session, data=body.user, passwords=auth.passwords
@@ -102,7 +96,7 @@ async def login() -> tuple[Response, int]:
     tags=TAGS,
     auth="required",
     scope=scopes.PROFILE_READ,
-    examples={200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
+    examples={200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
 )
 async def get_current_user(viewer: User) -> tuple[Response, int]:
     """Get the current user.
@@ -113,7 +107,7 @@ async def get_current_user(viewer: User) -> tuple[Response, int]:
 
 
 async def _update(viewer: User) -> tuple[Response, int]:
-    body = cast(UserUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(UserUpdateRequest)
     if current_claims().client_id is not None and body.user.model_fields_set & CREDENTIALS:
         # An integration acting for its owner must not be able to take the account over.
         raise PermissionDenied(CLIENT_CREDENTIALS_CHANGE, field="client")
@@ -134,8 +128,8 @@ _UPDATE_USER: dict[str, Any] = {
     "scope": scopes.PROFILE_WRITE,
     "body": UserUpdateRequest,
     "errors": [409],
-    "examples": {200: USER_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
-    "body_example": UPDATE_EXAMPLE,
+    "examples": {200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
+    "body_example": USER_UPDATE_EXAMPLE,
 }
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
-from service.api.spec import operation
+from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.address_policy import AddressPolicy
 from service.infra.db import db
@@ -18,6 +18,18 @@ from service.infra.secret_box import SecretBox
 from service.models import User
 from service.schemas.common import PageQuery
 from service.schemas.webhook import (
+    MESSAGE_DETAIL_RESPONSE_EXAMPLE,
+    MESSAGES_RESPONSE_EXAMPLE,
+    PING_RESPONSE_EXAMPLE,
+    RECOVER_EXAMPLE,
+    RECOVER_RESPONSE_EXAMPLE,
+    REDELIVERY_RESPONSE_EXAMPLE,
+    WEBHOOK_CREATE_EXAMPLE,
+    WEBHOOK_CREATED_EXAMPLE,
+    WEBHOOK_RESPONSE_EXAMPLE,
+    WEBHOOK_ROTATED_EXAMPLE,
+    WEBHOOK_UPDATE_EXAMPLE,
+    WEBHOOKS_RESPONSE_EXAMPLE,
     WebhookCreateRequest,
     WebhookEventTypeOut,
     WebhookEventTypesResponse,
@@ -76,39 +88,6 @@ def _secret_box() -> SecretBox:
     return SETTINGS.get().webhook_secret_box
 
 
-_WEBHOOK: dict[str, Any] = {
-    "id": "0b7e8e04-5c4e-4a0c-9d57-3c8f4e1c2a10",
-    "url": "https://example.com/hooks/conduit",
-    "description": "search indexer",
-    "events": ["article.created", "article.updated", "article.deleted"],
-    "enabled": True,
-    "disabledReason": None,
-    "rateLimit": None,
-    "failingSince": None,
-    "previousSecretExpiresAt": None,
-    "owner": "jake",
-    "createdAt": "2026-01-02T03:04:05.678Z",
-    "updatedAt": "2026-01-02T03:04:05.678Z",
-}
-_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="  # noqa: S105 (an example)
-_MESSAGE: dict[str, Any] = {
-    "id": "msg_0f6c1f0e8bd34a8e9d0b5c7a4e2f1d3c",
-    "eventType": "article.created",
-    "status": "delivered",
-    "attemptCount": 1,
-    "nextAttemptAt": None,
-    "lastAttemptAt": "2026-01-02T03:04:05.912Z",
-    "deliveredAt": "2026-01-02T03:04:05.996Z",
-    "createdAt": "2026-01-02T03:04:05.678Z",
-}
-_PENDING = {
-    **_MESSAGE,
-    "status": "pending",
-    "attemptCount": 0,
-    "nextAttemptAt": "2026-01-02T03:04:05.678Z",
-    "lastAttemptAt": None,
-    "deliveredAt": None,
-}
 _NOT_FOUND = {"errors": {"webhook": ["webhook not found"]}}
 _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
 
@@ -120,7 +99,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
     body=WebhookCreateRequest,
     errors=[409],
     examples={
-        201: {"webhook": {**_WEBHOOK, "secret": _SECRET}},
+        201: WEBHOOK_CREATED_EXAMPLE,
         409: {"errors": {"webhook": ["at most 20 webhooks per user"]}},
         422: {
             "errors": {
@@ -128,13 +107,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
             }
         },
     },
-    body_example={
-        "webhook": {
-            "url": "https://example.com/hooks/conduit",
-            "events": ["article.created", "article.updated", "article.deleted"],
-            "description": "search indexer",
-        }
-    },
+    body_example=WEBHOOK_CREATE_EXAMPLE,
 )
 async def create_webhook(viewer: User) -> tuple[Response, int]:
     """Subscribe a URL to event types.
@@ -143,7 +116,7 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     keep it. URLs that lead to private, loopback, link-local or metadata addresses are
     refused (422). At most 20 webhooks per user (409 beyond).
     """
-    body = cast(WebhookCreateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookCreateRequest)
     view = await webhooks_service.create_endpoint(
         session=db.session,
         owner=viewer,
@@ -160,16 +133,16 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     responses={200: WebhookListResponse},
     **_MANAGED,
     query=PageQuery,
-    examples={200: {"webhooks": [_WEBHOOK], "webhooksCount": 1}},
+    examples={200: WEBHOOKS_RESPONSE_EXAMPLE},
 )
 async def list_webhooks(viewer: User) -> Response:
     """List your webhooks, newest first (admins: everyone's); never their secrets."""
-    query = cast(PageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(PageQuery)
     page = await webhooks_service.list_endpoints(
         session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
     )
     out = WebhookListResponse(
-        webhooks=[WebhookOut.of(view) for view in page.endpoints], webhooks_count=page.total
+        webhooks=[WebhookOut.of(view) for view in page.items], webhooks_count=page.total
     )
     return jsonify(out.to_json())
 
@@ -192,7 +165,7 @@ async def list_webhook_event_types() -> Response:
     responses={200: WebhookResponse},
     **_MANAGED,
     errors=[404],
-    examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
+    examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
 )
 async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Get one of your webhooks (admins: anyone's)."""
@@ -208,15 +181,15 @@ async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     **_MANAGED,
     body=WebhookUpdateRequest,
     errors=[404],
-    examples={200: {"webhook": _WEBHOOK}, 404: _NOT_FOUND},
-    body_example={"webhook": {"enabled": True}},
+    examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
+    body_example=WEBHOOK_UPDATE_EXAMPLE,
 )
 async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Change a webhook's URL, event types, description, rate limit, or enable/disable it.
 
     Re-enabling a disabled webhook clears `disabledReason` and `failingSince`.
     """
-    body = cast(WebhookUpdateRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookUpdateRequest)
     view = await webhooks_service.update_endpoint(
         session=db.session,
         viewer=viewer,
@@ -248,13 +221,7 @@ async def delete_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[str, int]
     **_MANAGED,
     errors=[404],
     examples={
-        200: {
-            "webhook": {
-                **_WEBHOOK,
-                "previousSecretExpiresAt": "2026-01-03T03:04:05.678Z",
-                "secret": _SECRET,
-            }
-        },
+        200: WEBHOOK_ROTATED_EXAMPLE,
         403: {"errors": {"webhook": ["only the owner may rotate the secret"]}},
         404: _NOT_FOUND,
     },
@@ -277,7 +244,7 @@ async def rotate_webhook_secret(webhook_id: uuid.UUID, viewer: User) -> Response
     **_MANAGED,
     errors=[404, 409],
     examples={
-        202: {"message": {**_PENDING, "eventType": "webhook.ping"}},
+        202: PING_RESPONSE_EXAMPLE,
         404: _NOT_FOUND,
         409: _DISABLED,
     },
@@ -297,11 +264,11 @@ async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, i
     **_MANAGED,
     query=WebhookMessageQuery,
     errors=[404],
-    examples={200: {"messages": [_MESSAGE], "messagesCount": 1}, 404: _NOT_FOUND},
+    examples={200: MESSAGES_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
 )
 async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response:
     """The delivery log: the webhook's messages, newest first, optionally by status."""
-    query = cast(WebhookMessageQuery, request.context.query)  # type: ignore[attr-defined]
+    query = query_of(WebhookMessageQuery)
     page = await webhooks_service.list_messages(
         session=db.session,
         viewer=viewer,
@@ -311,7 +278,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         offset=query.offset,
     )
     out = WebhookMessageListResponse(
-        messages=[WebhookMessageOut.of(view) for view in page.messages],
+        messages=[WebhookMessageOut.of(view) for view in page.items],
         messages_count=page.total,
     )
     return jsonify(out.to_json())
@@ -323,26 +290,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
     **_MANAGED,
     errors=[404],
     examples={
-        200: {
-            "message": {
-                **_MESSAGE,
-                "payload": {
-                    "type": "article.created",
-                    "timestamp": "2026-01-02T03:04:05.678000Z",
-                    "data": {"article": {"slug": "how-to-train-your-dragon"}},
-                },
-                "attempts": [
-                    {
-                        "attempt": 1,
-                        "startedAt": "2026-01-02T03:04:05.912Z",
-                        "statusCode": 200,
-                        "durationMs": 84,
-                        "responseExcerpt": "ok",
-                        "error": None,
-                    }
-                ],
-            }
-        },
+        200: MESSAGE_DETAIL_RESPONSE_EXAMPLE,
         404: {"errors": {"message": ["message not found"]}},
     },
 )
@@ -361,7 +309,7 @@ async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: Us
     **_MANAGED,
     errors=[404, 409],
     examples={
-        202: {"message": {**_PENDING, "attemptCount": 1}},
+        202: REDELIVERY_RESPONSE_EXAMPLE,
         404: {"errors": {"message": ["message not found"]}},
         409: _DISABLED,
     },
@@ -387,8 +335,8 @@ async def redeliver_webhook_message(
     **_MANAGED,
     body=WebhookRecoverRequest,
     errors=[404, 409],
-    examples={202: {"recovered": 3}, 404: _NOT_FOUND, 409: _DISABLED},
-    body_example={"since": "2026-01-02T00:00:00Z"},
+    examples={202: RECOVER_RESPONSE_EXAMPLE, 404: _NOT_FOUND, 409: _DISABLED},
+    body_example=RECOVER_EXAMPLE,
 )
 async def recover_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, int]:
     """Send again every failed message created since a moment (after an outage, say).
@@ -396,7 +344,7 @@ async def recover_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> tuple
     Each gets one more attempt at once, as with redelivery; the answer says how many were
     queued (409 while the webhook is disabled: enable it first).
     """
-    body = cast(WebhookRecoverRequest, request.context.body)  # type: ignore[attr-defined]
+    body = body_of(WebhookRecoverRequest)
     count = await webhooks_service.recover(
         session=db.session, viewer=viewer, endpoint_id=webhook_id, since=body.since
     )
