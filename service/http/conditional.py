@@ -6,53 +6,7 @@ the security, CORS and `X-Request-ID` headers Flask set on the full response, an
 revalidation counts against the rate limit (it still runs the view: the ETag is a hash of the
 body, so a 304 saves the transfer and the client's parsing, not the query).
 
-Scope: `GET` and `HEAD` under `/api/v1/` (the JSON API and the documentation pages; `/healthz`
-and `/readyz` are untouched) and of the API index (`/`, `/api/v1`), `200` answers only;
-everything else streams through unchanged.
-
-Conditional requests (RFC 9110 §8.8, §13.1.2):
-- `ETag: W/"<first 128 bits of SHA-256 of the uncompressed body, hex>"` unless the response
-  has one (the documentation's static assets carry Flask's own, and Flask answers their
-  conditional and range requests itself). Weak, because the gzip, brotli and identity
-  encodings of a body share it (they are semantically equivalent, not byte-identical). SHA-256
-  rather than BLAKE2b: faster here (docs/performance.md, "The HTTP layers").
-- `If-None-Match` (every occurrence; a list of entity tags or `*`) is compared weakly; values
-  that do not parse simply do not match. A match gives `304 Not Modified` with no body and
-  the 200's headers minus the representation ones (`Content-Type`, `Content-Length`,
-  `Content-Encoding`, `Accept-Ranges`).
-- `Cache-Control: no-cache` on anonymous answers that have no `Cache-Control`: any cache may
-  store them but must revalidate with the ETag before each reuse, so a write is visible at
-  once (read-your-writes) while an unchanged answer costs a bodiless 304. No freshness
-  lifetime is given on purpose; `public, max-age=0, must-revalidate` says the same in more
-  words (`public` only matters for requests with credentials, which get `no-store`).
-  Answers to requests with `Authorization` keep hardening's `no-store` (no cache stores them)
-  and still get the ETag: the client itself may revalidate what it kept.
-- `Vary: Authorization, Accept-Encoding` merged into any `Vary` already there (e.g. `Origin`).
-
-Compression:
-- brotli (`br`) or gzip, whichever the client weighs higher in `Accept-Encoding`
-  (q-values parsed, `*` honoured, `x-gzip` taken as gzip); brotli on a tie: smaller than
-  gzip for the same time. No `Accept-Encoding`: no compression
-  (RFC 9110 allows any coding then, but plain HTTP clients such as curl would get gzip bytes).
-- Only compressible types (JSON, `text/*`, JavaScript, XML, SVG), only without an existing
-  `Content-Encoding` or `Cache-Control: no-transform`, and only from `MIN_COMPRESS_BYTES`
-  up: below that the headers cost about what gzip saves. Sent compressed only if smaller.
-  A client that refuses identity (`identity;q=0`, or `*;q=0` without `identity`) gets a
-  supported coding whatever the size; if none is acceptable it still gets identity (never 406).
-- Levels tuned for speed (gzip 5, brotli 5; `bench/compression_bench.py`).
-- This middleware runs on the event loop. Bodies from `OFFLOAD_MIN_BYTES` (256 KiB) are
-  compressed in a thread (`asyncio.to_thread`; zlib and brotli release the GIL): API answers
-  stay on the loop, where a thread would only add time; the documentation's script bundles
-  go to a thread, which shortens the loop's stall. Figures: docs/performance.md.
-- A strong ETag on a compressed response (Flask's, on the documentation's assets) is made
-  weak, as the compressed bytes are a different representation; `Accept-Ranges` is dropped.
-- Only `GET`/`HEAD`: the answers that carry tokens (login, register, refresh) are `POST`s, and
-  credentials travel in `Authorization`, never in cookies, so a cross-site page cannot make a
-  victim's browser send authenticated requests whose compressed sizes it could observe (BREACH).
-
-`HEAD` reaches the app as `GET` (Flask runs the `GET` view for a `HEAD` anyway), so it gets
-exactly the headers of the `GET` (ETag, `Content-Encoding`, the compressed `Content-Length`),
-and the body is dropped here. Side effect: Flask, and so the access log, sees `GET`.
+The rules in detail: docs/http.md.
 """
 
 from __future__ import annotations

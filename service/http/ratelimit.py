@@ -3,40 +3,7 @@
 It runs on the event loop before the body is read or a thread is taken, so a refused request
 costs at most one Redis round trip and never enters Flask.
 
-Policies (requests per 60 s, settings `RATE_LIMIT_*`):
-
-- `"default"`, every request but `/healthz` and `/readyz`: per user (or API client) when the
-  request carries a valid `Authorization: Token|Bearer <jwt>` (checked with the app's secret,
-  no database look-up), per client IP otherwise (an invalid token counts as anonymous; the app
-  answers it 401 anyway);
-- `"auth"`, additionally for the credential endpoints (`POST` login, register, OAuth token,
-  password reset and its confirmation): per client IP, whoever the caller claims to be, so a
-  brute force or credential stuffing run from one address is capped. Per-account backoff after
-  failed logins is `service.services.login_guard`.
-
-The client IP is the connection's peer, or when the peer is in `TRUSTED_PROXIES`, the
-right-most `X-Forwarded-For` address that is not a trusted proxy. IPv6 clients are limited
-per /64 (one host usually owns a whole /64).
-
-Algorithm: GCRA (a token bucket as one timestamp per key) in one Lua script, so every
-policy of a request is checked and charged atomically, with Redis's clock shared by all
-processes and instances. A refused request charges nothing. The requests of one turn of the
-event loop are decided by one script call (`TurnBatch`), in arrival order, which also reads
-the cache generations for the response cache behind (`service.http.generations`). Keys are
-`rl:<policy>:<identity>` and expire once the bucket is full again. Costs: docs/performance.md.
-
-Every limited response carries `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
-ratelimit-headers: `"default";q=300;w=60` and `"default";r=299;t=1`); a refusal is a 429 with
-`Retry-After` in the service's JSON error envelope.
-
-When Redis is down or slow (no answer within 250 ms), the limiter does not wait for it:
-- the general policy fails OPEN: serving the API matters more than throttling it, and the
-  database, thread pool and password-hashing slots still bound the load;
-- the auth policy falls back to a per-process in-memory limiter with the same numbers, so
-  brute-force protection holds (per process: with N processes an address gets up to N times
-  the limit while Redis is down).
-After a failure Redis is not asked again for one second; a warning is logged at most every
-10 seconds while it stays unreachable, and one line when it answers again.
+The rules in detail: docs/http.md.
 """
 
 from __future__ import annotations

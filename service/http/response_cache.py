@@ -12,21 +12,7 @@ was computed, so a write that commits meanwhile (and bumps the counter before it
 is sent) makes it unreachable. The invalidation state is shared with `service.caching.store`
 too: after a Redis failure, or while a bump of this process is pending, requests go to Flask.
 
-Where entries live: generations are read after each request arrived, by the rate limiter's
-script (`service.http.generations`) or this layer's `GenerationFence`; entries in Redis
-(shared, `CACHE_TTL_SECONDS`) and the recently served ones in this process (`LocalEntries`),
-exact because keyed by generation. What a hit costs: docs/performance.md.
-
-What is cached, and what is not:
-- Only requests without `Authorization` (anything personal needs a token), only `200`
-  answers, only the routes in `ROUTES` (the RealWorld reads). `HEAD` shares the `GET` entry.
-- The key is the path, the raw query string and the content coding the client would get
-  (`service.http.conditional` negotiates it the same way), so every variant is stored separately.
-- Per-request headers are not stored: `X-Request-ID`, the security and CORS headers (they
-  depend on `Origin` and the scheme) are made afresh for each answer from the same code
-  Flask uses (`SecurityPolicy.base_headers`); the RateLimit headers are added outside this layer.
-- `If-None-Match` is answered here too: a `304` from the stored `ETag`.
-- Concurrent misses of one entry in a process share one trip through Flask.
+The rules in detail: docs/http.md.
 """
 
 from __future__ import annotations
