@@ -331,8 +331,11 @@ class RateLimitMiddleware:
         if self.generations is None:
             await self.app(scope, receive, send)
             return
-        with self.generations.provided(verdict.generations):
+        token = self.generations.provide(verdict.generations)
+        try:
             await self.app(scope, receive, send)
+        finally:
+            self.generations.withdraw(token)
 
     def client_address(self, scope: Scope) -> IPAddress | None:
         """The client's IP (see the module docstring on proxies)."""
