@@ -385,16 +385,19 @@ async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> Article
             .on_conflict_do_nothing()
             .returning(Favorite.article_id)
         )
+    event_type = events.ARTICLE_FAVORITED if added is not None else None
+    return await _favorites_changed(session, viewer, slug, event_type)
+
+
+async def _favorites_changed(
+    session: AsyncSession, viewer: User, slug: str, event_type: str | None
+) -> ArticleView:
+    """The article as `viewer` now sees it; with `event_type` (the favorite was added or
+    removed), the cached answers are stale and the webhooks are told."""
     view = await _one(session, viewer, slug)
-    if added is not None:
-        generations.note_changed(session, generations.ARTICLES)
-        await _emit_favorite(session, events.ARTICLE_FAVORITED, viewer, view)
-    return view
-
-
-async def _emit_favorite(
-    session: AsyncSession, event_type: str, viewer: User, view: ArticleView
-) -> None:
+    if event_type is None:
+        return view
+    generations.note_changed(session, generations.ARTICLES)
     # Who favorited what is public (`GET /articles?favorited=<username>`): every subscribed
     # endpoint hears of it, as the event catalogue says.
     await outbox.emit(
@@ -405,6 +408,7 @@ async def _emit_favorite(
         ),
         audience=None,
     )
+    return view
 
 
 async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
@@ -419,8 +423,5 @@ async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> Artic
             )
             .returning(Favorite.article_id)
         )
-    view = await _one(session, viewer, slug)
-    if removed is not None:
-        generations.note_changed(session, generations.ARTICLES)
-        await _emit_favorite(session, events.ARTICLE_UNFAVORITED, viewer, view)
-    return view
+    event_type = events.ARTICLE_UNFAVORITED if removed is not None else None
+    return await _favorites_changed(session, viewer, slug, event_type)

@@ -54,21 +54,18 @@ async def add_comment(
             .returning(Comment)
         )
     ).one()
-    generations.note_changed(session, generations.COMMENTS)
-    await outbox.emit(
-        session=session,
-        event_type=events.COMMENT_CREATED,
-        data=catalogue.comment_data(comment, author=author, article_slug=slug),
-        audience=None,
-    )
+    await _changed(session, events.COMMENT_CREATED, comment, author, slug)
     return CommentView(comment=comment, author=author, following=False)
 
 
-async def _emit_deleted(session: AsyncSession, comment: Comment, author: User, slug: str) -> None:
+async def _changed(
+    session: AsyncSession, event_type: str, comment: Comment, author: User, slug: str
+) -> None:
+    """The comments changed: the cached answers are stale and the webhooks are told."""
     generations.note_changed(session, generations.COMMENTS)
     await outbox.emit(
         session=session,
-        event_type=events.COMMENT_DELETED,
+        event_type=event_type,
         data=catalogue.comment_data(comment, author=author, article_slug=slug),
         audience=None,
     )
@@ -103,7 +100,7 @@ async def delete_comment(
                 target_id=comment_id,
                 details={"article": slug, "author": author.username},
             )
-        await _emit_deleted(session, removed, author, slug)
+        await _changed(session, events.COMMENT_DELETED, removed, author, slug)
         return
     if comment_id <= BIGINT_MAX:
         deleted = await session.scalar(
@@ -116,7 +113,7 @@ async def delete_comment(
             .returning(Comment)
         )
         if deleted is not None:
-            await _emit_deleted(session, deleted, viewer, slug)
+            await _changed(session, events.COMMENT_DELETED, deleted, viewer, slug)
             return
         # Nothing deleted: tell "not yours" apart from "not there".
         other_author = await session.scalar(

@@ -58,14 +58,20 @@ async def get_profile(*, session: AsyncSession, viewer: User | None, username: s
     return ProfileOut.of(user, following=user.id in followed)
 
 
+async def _someone_else(*, session: AsyncSession, follower: User, username: str) -> User:
+    """The user `username`, who must exist and must not be `follower`."""
+    user = await require_user(session=session, username=username)
+    if user.id == follower.id:
+        raise PermissionDenied(SELF_FOLLOW, field="username")
+    return user
+
+
 async def follow(*, session: AsyncSession, follower: User, username: str) -> ProfileOut:
     """Make `follower` follow `username`; following twice changes nothing.
 
     `NotFound` for no such user; `PermissionDenied` for following oneself.
     """
-    user = await require_user(session=session, username=username)
-    if user.id == follower.id:
-        raise PermissionDenied(SELF_FOLLOW, field="username")
+    user = await _someone_else(session=session, follower=follower, username=username)
     # ON CONFLICT DO NOTHING: idempotent, and safe when the same follow races itself.
     added = await session.scalar(
         insert(Follow)
@@ -93,9 +99,7 @@ async def unfollow(*, session: AsyncSession, follower: User, username: str) -> P
 
     `NotFound` for no such user; `PermissionDenied` for unfollowing oneself.
     """
-    user = await require_user(session=session, username=username)
-    if user.id == follower.id:
-        raise PermissionDenied(SELF_FOLLOW, field="username")
+    user = await _someone_else(session=session, follower=follower, username=username)
     removed = await session.scalar(
         delete(Follow)
         .where(Follow.follower_id == follower.id, Follow.followee_id == user.id)

@@ -8,6 +8,7 @@ conflict with existing state (409), not an invalid request: the same body could 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -53,6 +54,20 @@ def constraint_name(exc: IntegrityError) -> str | None:
     return next((name for name in _CONSTRAINT_ERRORS if f'"{name}"' in message), None)
 
 
+async def _flush_in_savepoint(session: AsyncSession, change: Callable[[], None]) -> None:
+    """Make `change` and flush it in a savepoint; a taken username or email becomes its
+    domain error (409) and leaves the transaction usable."""
+    try:
+        async with session.begin_nested():
+            change()
+            await session.flush()
+    except IntegrityError as exc:
+        error = _as_domain_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
 def _as_domain_error(exc: IntegrityError) -> DomainError | None:
     found = _CONSTRAINT_ERRORS.get(constraint_name(exc) or "")
     if found is None:
@@ -82,15 +97,7 @@ async def register(*, session: AsyncSession, data: UserCreate, passwords: Passwo
         bio=None,
         image=None,
     )
-    try:
-        async with session.begin_nested():
-            session.add(user)
-            await session.flush()
-    except IntegrityError as exc:
-        error = _as_domain_error(exc)
-        if error is None:
-            raise
-        raise error from None
+    await _flush_in_savepoint(session, lambda: session.add(user))
     return user
 
 
@@ -136,18 +143,14 @@ async def update_user(
     for name in ("bio", "image"):
         if name in changes and not changes[name]:
             changes[name] = None
-    try:
-        # Assign inside the savepoint: begin_nested() flushes pending changes first, and a
-        # violation there would abort the whole transaction instead of the savepoint.
-        async with session.begin_nested():
-            for name, value in changes.items():
-                setattr(user, name, value)
-            await session.flush()
-    except IntegrityError as exc:
-        error = _as_domain_error(exc)
-        if error is None:
-            raise
-        raise error from None
+
+    def assign() -> None:
+        for name, value in changes.items():
+            setattr(user, name, value)
+
+    # Assign inside the savepoint: begin_nested() flushes pending changes first, and a
+    # violation there would abort the whole transaction instead of the savepoint.
+    await _flush_in_savepoint(session, assign)
     if password is not None:
         await sessions.revoke_all_sessions(
             session=session, user_id=user.id, reason=PASSWORD_CHANGED
