@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -123,9 +124,11 @@ async def record_attempt(
     result: DeliveryResult,
     started: datetime,
     retry_after: float | None,
+    finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> None:
     """Log the attempt that started at `started` and act on its result (see the module
-    docstring); `failing_since` is the endpoint's as loaded before the attempt."""
+    docstring); `failing_since` is the endpoint's as loaded before the attempt. `finish`
+    runs last in the same transaction (the delivery job marks itself done there)."""
     number = job.attempt + 1
     finished = config.clock()
     # The attempt is logged by a CTE of the message's UPDATE: one statement, always run.
@@ -151,9 +154,13 @@ async def record_attempt(
             .returning(WebhookMessage.id)
             .add_cte(logged)
         )
-        return await session.scalar(statement) is not None
+        # Core execution: the ORM's bulk-update bookkeeping costs more than the statement.
+        return await (await session.connection()).scalar(statement) is not None
 
-    async with sessions.begin() as session:
+    async def act(session: AsyncSession) -> tuple[float | None, bool]:
+        """Write what the result leads to; return the retry delay scheduled (None: no
+        retry) and whether this job's write won."""
+        nonlocal failing_since
         if result.ok:
             delivered = {"status": "delivered", "delivered_at": finished}
             won = await settle(session, ok=True, next_attempt_at=None, **delivered)
@@ -166,11 +173,11 @@ async def record_attempt(
                     )
                     .values(failing_since=None, updated_at=WebhookEndpoint.updated_at)
                 )
-            return
+            return None, False
         if result.status_code == 410:
             if await settle(session, status="failed", next_attempt_at=None):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_GONE)
-            return
+            return None, False
         failing_since = failing_since or await _mark_failing(session, endpoint_id, started)
         delay = retry_delay(number, config=config, retry_after=retry_after)
         too_long = failing_since is not None and finished - failing_since >= config.disable_after
@@ -178,11 +185,19 @@ async def record_attempt(
             won = await settle(session, status="failed", next_attempt_at=None)
             if won and (too_long or not job.manual):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_FAILING)
-            return
+            return None, False
         run_at = finished + timedelta(seconds=delay)
         won = await settle(session, next_attempt_at=run_at)
         if won:
             await _next_job(session, job, run_at, attempt=number, manual=False)
+        return delay, won
+
+    async with sessions.begin() as session:
+        delay, won = await act(session)
+        if finish is not None:
+            await finish(session)
+    if delay is None:
+        return
     logger.info(
         "webhook %s attempt %d failed (%s); %s",
         job.message_id,
