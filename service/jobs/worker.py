@@ -55,7 +55,7 @@ from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
-from sqlalchemy import Row, Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import Row, Select, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -83,14 +83,23 @@ class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot succeed: the job fails at once."""
 
 
-def _outcome_statement(job_id: int, worker: str, values: dict[str, Any]) -> ReturningUpdate[Any]:
-    """UPDATE writing a job's outcome `values`, only while the job is still `worker`'s."""
+def _outcome_statement(values: dict[str, Any]) -> ReturningUpdate[Any]:
+    """UPDATE writing a job's outcome `values`, only while the job (bound `job_id`) is still
+    the worker's (bound `worker`)."""
     return (
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.locked_by == worker)
+        .where(
+            Job.id == bindparam("job_id"),
+            Job.status == "running",
+            Job.locked_by == bindparam("worker"),
+        )
         .values(locked_until=None, updated_at=func.now(), **values)
         .returning(Job.id)
     )
+
+
+# Built once: constructing a statement costs more CPU than running a cached one.
+_DONE = _outcome_statement({"status": "done"})
 
 
 @dataclass
@@ -106,9 +115,7 @@ class Completion:
     async def mark_done(self, session: AsyncSession) -> None:
         """Mark the job done in `session`'s transaction (it counts once that commits)."""
         connection = await session.connection()
-        row = await connection.scalar(
-            _outcome_statement(self.job_id, self.worker, {"status": "done"})
-        )
+        row = await connection.scalar(_DONE, {"job_id": self.job_id, "worker": self.worker})
         self.owned = row is not None
 
 
@@ -268,8 +275,16 @@ class Worker:
         # slots add at most 8: their handlers (webhook deliveries) hold no connection while
         # they wait on the network, and many workers must fit in the server's connections.
         own = min(self.total_concurrency - self.config.concurrency, 8)
+        # No pre-ping: with asyncpg it is three round trips (BEGIN, ';', ROLLBACK) per checkout,
+        # more than a delivery's own statements. A connection the server dropped fails its
+        # first statement instead, which invalidates the whole pool; the claim is retried and
+        # the job runs again (at least once), as after any failure mid-job.
         pool = self.settings.model_copy(
-            update={"db_pool_size": self.config.concurrency + own + 3, "db_max_overflow": 2}
+            update={
+                "db_pool_size": self.config.concurrency + own + 3,
+                "db_max_overflow": 2,
+                "db_pool_pre_ping": False,
+            }
         )
         self._engine = build_engine(pool, self.settings.database_url)
         self._sessionmaker = async_sessionmaker(self._engine, expire_on_commit=False)
@@ -649,7 +664,9 @@ class Worker:
             values["run_at"] = func.now() + timedelta(seconds=delay)
         async with self.sessionmaker.begin() as session:
             connection = await session.connection()  # Core: no ORM bulk-update machinery
-            owned = await connection.scalar(_outcome_statement(job.id, self.name, values))
+            owned = await connection.scalar(
+                _outcome_statement(values), {"job_id": job.id, "worker": self.name}
+            )
         if owned is None:
             self._taken_over(job)
         return owned is not None
