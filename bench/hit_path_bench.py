@@ -102,7 +102,6 @@ async def run(args: argparse.Namespace) -> None:
         )
     finally:
         await app.shutdown()
-        app.executor.shutdown(wait=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,7 +75,7 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
     def __init__(self, flask_app: ConduitFlask, settings: Settings) -> None:
         super().__init__(
             flask_app,
-            threads=settings.threads,
+            concurrency=settings.threads,
             max_body_bytes=settings.max_body_bytes,
             lifespan=AppLifespan(flask_app),
             shutdown_grace_seconds=settings.shutdown_grace_seconds,

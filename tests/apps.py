@@ -30,7 +30,6 @@ async def running(asgi: ConduitASGI) -> AsyncIterator[ConduitASGI]:
         yield asgi
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 @asynccontextmanager

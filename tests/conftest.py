@@ -99,7 +99,6 @@ async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
     await asgi.startup()
     yield asgi
     await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
 
 
 @pytest_asyncio.fixture

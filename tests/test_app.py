@@ -75,7 +75,6 @@ async def uow_app(settings: Settings, app: ConduitASGI) -> AsyncIterator[UowApp]
             yield UowApp(client=http, commits=commits)
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 async def tag_names(database_url: str) -> list[str]:
@@ -157,11 +156,8 @@ async def test_startup_fails_clearly_when_the_database_is_unreachable(
         update={"database_url": f"postgresql+asyncpg://app:hunter2@127.0.0.1:{port}/conduit"}
     )
     asgi = ConduitASGI(create_app(broken), broken)
-    try:
-        with pytest.raises(StartupError) as caught:
-            await asgi.startup()
-    finally:
-        asgi.executor.shutdown(wait=True)
+    with pytest.raises(StartupError) as caught:
+        await asgi.startup()
     message = str(caught.value)
     assert message.startswith(
         f"database unreachable at postgresql+asyncpg://app:***@127.0.0.1:{port}/conduit: "
@@ -190,11 +186,8 @@ async def test_startup_failure_closes_what_was_opened(
     broken = settings.model_copy(update={"redis_url": f"redis://:hunter2@127.0.0.1:{port}/0"})
     asgi = ConduitASGI(create_app(broken), broken)
     before = await conduit_connections(database_url)
-    try:
-        with pytest.raises(StartupError) as caught:
-            await asgi.startup()
-    finally:
-        asgi.executor.shutdown(wait=True)
+    with pytest.raises(StartupError) as caught:
+        await asgi.startup()
     assert str(caught.value).startswith(f"redis unreachable at redis://:***@127.0.0.1:{port}/0: ")
     # The database opened first (its check left a pooled connection); it was closed again.
     # A closed connection's server process exits asynchronously: poll, bounded.

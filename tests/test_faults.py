@@ -62,7 +62,6 @@ async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[Proxied
             yield Proxied(client=http, database=database, redis=redis)
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
         await database.stop()
         await redis.stop()
 

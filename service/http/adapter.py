@@ -1,16 +1,17 @@
-"""ASGI adapter that runs the Flask (WSGI) app concurrently on a bounded thread pool.
+"""ASGI adapter that runs the Flask (WSGI) app concurrently, in a greenlet per request.
 
 asgiref's stock `WsgiToAsgi` runs every request of the process through one thread
 (`sync_to_async` with `thread_sensitive=True`), so a request awaiting the database blocks
 all others. This variant keeps asgiref's environ building but:
 
-- runs the WSGI app on a bounded `ThreadPoolExecutor`, and runs the async views that Flask
-  calls from those threads on the server's event loop (`run_on_serving_loop`), where the
-  database and Redis pools live;
-- makes exactly one thread-to-loop round trip per async view: asgiref's `AsyncToSync` and
-  `SyncToAsync` cost several extra context switches and context copies per request;
-- buffers the (JSON-sized) response in the worker thread and sends it from the loop in
-  one body message: no thread hop per `send`;
+- runs the WSGI app in a greenlet of its own on the event loop's thread (SQLAlchemy's
+  `greenlet_spawn`, the technique its asyncio extension is built on), at most `concurrency`
+  at once; when Flask calls an async view, the greenlet hands the coroutine to the loop and
+  resumes with its result (`run_on_serving_loop`). No thread hops and no GIL contention
+  between request threads and the loop (docs/performance.md has the measurements that chose
+  this over a thread pool); the request's context (Flask's, the unit of work, the request
+  id) is the request task's own;
+- buffers the (JSON-sized) response and sends it in one body message;
 - enforces the request body limit while reading, answering 413 before the app runs;
 - closes the connection after any answer given before the request body was read (413, the
   rate limiter's 429, 503 while shutting down), discarding the rest of the body meanwhile;
@@ -25,7 +26,6 @@ import contextvars
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Protocol
@@ -33,6 +33,7 @@ from typing import IO, Any, Protocol
 import orjson
 from asgiref.sync import async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
+from sqlalchemy.util import await_, greenlet_spawn
 
 from service.http.types import Message, Receive, Scope, Send
 from service.infra.observability import request_id_from
@@ -41,45 +42,28 @@ logger = logging.getLogger("conduit.adapter")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# The loop serving the current request; set by the adapter before it hands the request to
-# a worker thread, so that code in that thread can run coroutines on it.
-serving_loop: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
-    "conduit_serving_loop", default=None
+# Set while the adapter runs a request's WSGI app in its greenlet: async views are then
+# awaited on the loop from that greenlet.
+_in_request_greenlet: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "conduit_in_request_greenlet", default=False
 )
 
 
 def run_on_serving_loop(
     func: Callable[..., Coroutine[Any, Any, Any]],
 ) -> Callable[..., Any]:
-    """Wrap a coroutine function so a worker thread can call it and wait for its result.
+    """Wrap a coroutine function so the WSGI app can call it and wait for its result.
 
-    The coroutine runs as a task on the serving loop, in a copy of the calling thread's
-    context (Flask's request context, the request id). Outside a request served by the
-    adapter (no serving loop, e.g. a CLI), it falls back to asgiref's `async_to_sync`.
+    In a request served by the adapter the coroutine runs on the serving loop, in the
+    request's context, while the request's greenlet waits. Elsewhere (a CLI, Flask's test
+    client) it falls back to asgiref's `async_to_sync`.
     """
 
     @functools.wraps(func)
     def call(*args: Any, **kwargs: Any) -> Any:
-        loop = serving_loop.get()
-        if loop is None:
-            return async_to_sync(func)(*args, **kwargs)
-        context = contextvars.copy_context()
-        result: Future[Any] = Future()
-
-        def finish(task: asyncio.Task[Any]) -> None:
-            if task.cancelled():
-                result.cancel()
-            elif (error := task.exception()) is not None:
-                result.set_exception(error)
-            else:
-                result.set_result(task.result())
-
-        def start() -> None:
-            task = loop.create_task(func(*args, **kwargs), context=context)
-            task.add_done_callback(finish)
-
-        loop.call_soon_threadsafe(start)
-        return result.result()
+        if _in_request_greenlet.get():
+            return await_(func(*args, **kwargs))
+        return async_to_sync(func)(*args, **kwargs)
 
     return call
 
@@ -169,7 +153,7 @@ class ConcurrentWsgiToAsgi:
         self,
         wsgi_application: WSGIApp,
         *,
-        threads: int,
+        concurrency: int,
         max_body_bytes: int,
         lifespan: Lifespan | None = None,
         shutdown_grace_seconds: float = 10.0,
@@ -180,7 +164,10 @@ class ConcurrentWsgiToAsgi:
         self.max_body_bytes = max_body_bytes
         self.lifespan = lifespan
         self.shutdown_grace_seconds = shutdown_grace_seconds
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="conduit-http")
+        self.concurrency = concurrency
+        # Requests beyond `concurrency` wait here, before the app, rather than for a database
+        # connection; created on the serving loop by `startup` (or the first request).
+        self._slots: asyncio.Semaphore | None = None
         self._in_flight = 0
         self._drained: asyncio.Event | None = None
         self._closing = False
@@ -200,6 +187,7 @@ class ConcurrentWsgiToAsgi:
     async def startup(self) -> None:
         """Run the lifespan startup (also called directly by tests, which get no lifespan)."""
         self._closing = False
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._drained = asyncio.Event()
         self._drained.set()
         if self.lifespan is not None:
@@ -234,13 +222,11 @@ class ConcurrentWsgiToAsgi:
                     logger.exception("shutdown failed")
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
                     return
-                finally:
-                    self.executor.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one HTTP request through the WSGI app on the thread pool."""
+        """Serve one HTTP request through the WSGI app in a greenlet of its own."""
         if self._closing:
             await self._send_error(scope, send, 503, "server is shutting down")
             return
@@ -258,19 +244,19 @@ class ConcurrentWsgiToAsgi:
                 body.seek(0)
                 instance = _BufferedInstance(self.wsgi_application)  # type: ignore[no-untyped-call]
                 instance.scope = scope
-                loop = asyncio.get_running_loop()
-                token = serving_loop.set(loop)
-                context = contextvars.copy_context()
-                serving_loop.reset(token)
+                token = _in_request_greenlet.set(True)
                 try:
-                    start, chunks = await loop.run_in_executor(
-                        self.executor, context.run, instance.run, body
-                    )
+                    if self._slots is None:
+                        self._slots = asyncio.Semaphore(self.concurrency)
+                    async with self._slots:
+                        start, chunks = await greenlet_spawn(instance.run, body)
                 except Exception:
                     # Flask handles its own errors; this is e.g. a streamed body that raised.
                     logger.exception("unhandled error in the WSGI app")
                     await self._send_error(scope, send, 500, "internal server error")
                     return
+                finally:
+                    _in_request_greenlet.reset(token)
             await send(start)
             await send({"type": "http.response.body", "body": b"".join(chunks)})
         finally:

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
-    # Threads that run Flask; every request holds one while it is in the app. Requests beyond
-    # it wait in the adapter's queue, first come first served.
+    # Requests in Flask at once per process (historically threads: each now runs in a greenlet
+    # on the event loop's thread). Requests beyond it wait in the adapter's queue, first come
+    # first served.
     threads: int = Field(default=32, ge=1, le=1024)
     # Database connections per process; 0 means one per thread (`threads`). The pool must
     # cover the threads, so that no request in the app waits for a connection (and times out

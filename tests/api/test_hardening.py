@@ -52,7 +52,6 @@ def serve(settings: Settings, app: ConduitASGI) -> Serve:
                 yield client
         finally:
             await asgi.shutdown()
-            asgi.executor.shutdown(wait=True)
 
     return start
 

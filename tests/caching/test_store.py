@@ -76,7 +76,6 @@ async def app(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterat
     await asgi.startup()
     yield asgi
     await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -86,7 +85,6 @@ async def oracle_app(settings: Settings) -> AsyncIterator[ConduitASGI]:
     await asgi.startup()
     yield asgi
     await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
 
 
 @pytest_asyncio.fixture
@@ -723,7 +721,6 @@ async def via_proxy(settings: Settings, app: ConduitASGI) -> AsyncIterator[ViaPr
             yield ViaProxy(app=asgi, client=http, proxy=proxy)
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
         await proxy.stop()
 
 
@@ -892,7 +889,6 @@ async def small_pool(settings: Settings, app: ConduitASGI) -> AsyncIterator[http
             yield http
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 async def test_readers_waiting_for_a_load_do_not_starve_it_of_connections(

@@ -128,7 +128,7 @@ def probe() -> Probe:
 async def adapter(probe: Probe) -> AsyncIterator[ConcurrentWsgiToAsgi]:
     asgi = ConcurrentWsgiToAsgi(
         build_app(probe),
-        threads=16,
+        concurrency=16,
         max_body_bytes=MAX_BODY,
         lifespan=RecordingLifespan(probe),
         shutdown_grace_seconds=5,
@@ -136,7 +136,6 @@ async def adapter(probe: Probe) -> AsyncIterator[ConcurrentWsgiToAsgi]:
     await asgi.startup()
     yield asgi
     await asgi.shutdown()
-    asgi.executor.shutdown(wait=True)
 
 
 def http_client(asgi: Any) -> httpx.AsyncClient:
@@ -205,7 +204,7 @@ async def test_stock_asgiref_adapter_serialises_requests(probe: Probe) -> None:
 
 async def test_lifespan_startup_then_shutdown(probe: Probe) -> None:
     asgi = ConcurrentWsgiToAsgi(
-        build_app(probe), threads=2, max_body_bytes=MAX_BODY, lifespan=RecordingLifespan(probe)
+        build_app(probe), concurrency=2, max_body_bytes=MAX_BODY, lifespan=RecordingLifespan(probe)
     )
     receive: asyncio.Queue[Message] = asyncio.Queue()
     sent: asyncio.Queue[Message] = asyncio.Queue()
@@ -224,7 +223,7 @@ async def test_lifespan_startup_then_shutdown(probe: Probe) -> None:
 async def test_lifespan_startup_failure_is_reported(probe: Probe) -> None:
     asgi = ConcurrentWsgiToAsgi(
         build_app(probe),
-        threads=2,
+        concurrency=2,
         max_body_bytes=MAX_BODY,
         lifespan=RecordingLifespan(probe, fail_with="database unreachable at postgresql://x"),
     )
@@ -237,7 +236,6 @@ async def test_lifespan_startup_failure_is_reported(probe: Probe) -> None:
         "message": "database unreachable at postgresql://x",
     }
     assert sent.empty()
-    asgi.executor.shutdown(wait=True)
 
 
 async def test_body_over_content_length_limit_is_refused_before_the_app(
@@ -317,7 +315,7 @@ async def test_client_gone_mid_upload_does_not_run_the_app(
 async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(probe: Probe) -> None:
     asgi = ConcurrentWsgiToAsgi(
         build_app(probe),
-        threads=4,
+        concurrency=4,
         max_body_bytes=MAX_BODY,
         lifespan=RecordingLifespan(probe),
         shutdown_grace_seconds=30,
@@ -356,7 +354,7 @@ async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(probe: Pr
 async def test_shutdown_grace_is_bounded(probe: Probe) -> None:
     asgi = ConcurrentWsgiToAsgi(
         build_app(probe),
-        threads=2,
+        concurrency=2,
         max_body_bytes=MAX_BODY,
         lifespan=RecordingLifespan(probe),
         shutdown_grace_seconds=0.1,
@@ -369,7 +367,6 @@ async def test_shutdown_grace_is_bounded(probe: Probe) -> None:
         assert probe.events == ["lifespan startup", "lifespan shutdown"]
         probe.release.set()
         await asyncio.wait_for(stuck, 5)
-    asgi.executor.shutdown(wait=True)
 
 
 async def test_websocket_scope_is_closed(adapter: ConcurrentWsgiToAsgi) -> None:
@@ -447,14 +444,13 @@ class SlowToRead(ConcurrentWsgiToAsgi):
 async def test_answer_before_the_body_is_read_closes_the_connection(probe: Probe) -> None:
     """Hypercorn queues 10 body chunks for the app: once they wait unread, the end of an early
     answer used to block forever, and so did the connection."""
-    asgi = SlowToRead(build_app(probe), threads=2, max_body_bytes=MAX_BODY)
+    asgi = SlowToRead(build_app(probe), concurrency=2, max_body_bytes=MAX_BODY)
     await asgi.startup()
     try:
         async with over_tcp(asgi) as port:
             received = await post_then_get(port, "/echo", 2_000_000, then="/nothing")
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 ")
     assert b"\r\nconnection: close" in head

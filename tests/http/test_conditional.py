@@ -213,7 +213,6 @@ async def test_304_carries_the_rate_limit_headers(settings: Settings) -> None:
             assert_hardened(response)
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 # --- compression ----------------------------------------------------------------------------

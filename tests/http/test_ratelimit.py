@@ -56,7 +56,6 @@ def serve(settings: Settings, app: ConduitASGI) -> Serve:
             yield asgi
         finally:
             await asgi.shutdown()
-            asgi.executor.shutdown(wait=True)
 
     return start
 

@@ -302,7 +302,6 @@ async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[Proxied
             yield ProxiedRedis(client=http, proxy=proxy)
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
         await proxy.stop()
 
 
