@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -16,7 +15,7 @@ from service.infra.mail import Mailer, MailRejected
 from service.infra.redis import ClientOptions, close_client, open_client
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
-from service.services import password_reset, revocation
+from service.services import password_reset
 from service.webhooks import retention
 from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
 from service.webhooks.handler import DeliveryHandler
@@ -47,16 +46,10 @@ async def password_reset_request(payload: dict[str, Any], context: JobContext) -
         raise PermanentJobError(str(exc)) from exc
 
 
-async def publish_revocations(payload: dict[str, Any], context: JobContext) -> None:
-    """Write revocation markers that could not be written when their sessions were revoked
-    (`{"sessionIds": [...], "ttlSeconds": n}`); retried until Redis answers."""
-    try:
-        session_ids = [uuid.UUID(value) for value in payload["sessionIds"]]
-        ttl = int(payload["ttlSeconds"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentJobError(f"malformed payload: {exc!r}") from exc
-    async with _redis(context) as client:
-        await revocation.publish(redis=client, session_ids=session_ids, ttl_seconds=ttl)
+async def retired(payload: dict[str, Any], context: JobContext) -> None:
+    """A job kind this version no longer has work for: done at once, so that jobs queued by
+    an earlier version do not fail (`auth.publish_revocations`: revocations are read from
+    the database on every request since 2026-12)."""
 
 
 async def bump_cache(payload: dict[str, Any], context: JobContext) -> None:
@@ -83,7 +76,7 @@ async def _redis(context: JobContext) -> AsyncIterator[Redis]:
 
 HANDLERS: dict[str, Handler] = {
     password_reset.REQUEST_JOB: password_reset_request,
-    revocation.PUBLISH_JOB: publish_revocations,
+    "auth.publish_revocations": retired,
     generations.BUMP_JOB: bump_cache,
     DELIVER_JOB: DeliveryHandler(),
     DISABLED_MAIL_JOB: send_disabled_mail,

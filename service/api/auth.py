@@ -8,18 +8,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask, request
-from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain import scopes as scopes_service
 from service.domain.errors import NotAuthenticated, PermissionDenied
 from service.infra.db import db
 from service.infra.extensions import Extension
-from service.infra.redis import redis
 from service.infra.settings import Settings
-from service.jobs.queue import enqueue
 from service.models import User
-from service.services import revocation, sessions
+from service.services import sessions
 from service.services.security import PasswordPolicy, Passwords, TokenClaims, Tokens
 
 logger = logging.getLogger("conduit.auth")
@@ -37,7 +33,7 @@ def challenge(*, token_refused: bool) -> str:
 
 @dataclass(frozen=True)
 class AuthState:
-    """The password hasher, token issuer and revocation check of one app."""
+    """The password hasher and token issuer of one app."""
 
     passwords: Passwords
     tokens: Tokens
@@ -45,24 +41,22 @@ class AuthState:
     oauth_token_lifetime: timedelta
     refresh_lifetime: timedelta
     refresh_grace: timedelta
-    revocations: revocation.RevocationCheck
 
 
 AUTH: Extension[AuthState] = Extension("conduit.auth")
 
 
 class Auth:
-    """Flask extension holding the app's `Passwords`, `Tokens` and revocation check."""
+    """Flask extension holding the app's `Passwords` and `Tokens`."""
 
     def init_app(self, app: Flask, settings: Settings, secret_key: str) -> None:
-        """Bind hashing and token settings to `app`; publish revocations after commits."""
+        """Bind hashing and token settings to `app`."""
         policy = PasswordPolicy(
             time_cost=settings.password_time_cost,
             memory_cost_kib=settings.password_memory_kib,
             parallelism=settings.password_parallelism,
             max_concurrent=settings.password_max_concurrent,
         )
-        longest = max(settings.access_token_minutes, settings.oauth_access_token_minutes)
         AUTH.bind(
             app,
             AuthState(
@@ -71,11 +65,8 @@ class Auth:
                 oauth_token_lifetime=timedelta(minutes=settings.oauth_access_token_minutes),
                 refresh_lifetime=timedelta(days=settings.refresh_token_days),
                 refresh_grace=timedelta(seconds=settings.refresh_reuse_grace_seconds),
-                # A marker outlives the longest-lived access token (plus clock skew).
-                revocations=revocation.RevocationCheck(ttl_seconds=longest * 60 + 60),
             ),
         )
-        db.on_commit(app, publish_revocations)
 
     @property
     def state(self) -> AuthState:
@@ -94,25 +85,6 @@ class Auth:
 
 
 auth = Auth()
-
-
-async def publish_revocations(session: AsyncSession) -> None:
-    """After a commit: mark the sessions it revoked in Redis, or leave a job to do it."""
-    revoked = sessions.take_revoked(session)
-    if not revoked:
-        return
-    ttl = auth.state.revocations.ttl_seconds
-    try:
-        await revocation.publish(redis=redis.client, session_ids=revoked, ttl_seconds=ttl)
-    except (RedisError, OSError) as exc:
-        logger.warning("revocations not published (%s); queued for retry", type(exc).__name__)
-        auth.state.revocations.redis_failed()
-        await enqueue(
-            session=session,
-            kind=revocation.PUBLISH_JOB,
-            payload={"sessionIds": sorted(str(sid) for sid in revoked), "ttlSeconds": ttl},
-        )
-        await session.commit()
 
 
 async def sign_in(user: User, *, scopes: Iterable[str] | None = None) -> str:
@@ -159,25 +131,22 @@ async def load_viewer(claims: TokenClaims | None) -> User | None:
     """The user a verified token names; 401 if its session was revoked, or the account no
     longer exists or is suspended.
 
-    Redis's revocation markers refuse a revoked token before any query; the user is then
-    loaded together with the token's session, so the database has the last word even when a
-    marker is missing.
+    One query reads the user with the token's session, so a revocation or a suspension
+    refuses the very next request, on every instance, with nothing else to keep in step
+    (docs/performance.md: cheaper than asking Redis first).
     """
     if claims is None:
         return None
-    revoked = await auth.state.revocations.is_revoked(
-        redis=redis.client, session=db.session, session_id=claims.session_id
-    )
-    if revoked:
-        raise NotAuthenticated("token has been revoked", field="token")
-    user = await sessions.signed_in_user(
+    found = await sessions.viewer(
         session=db.session, user_id=claims.user_id, session_id=claims.session_id
     )
-    if user is None:
+    if found is None:
         raise NotAuthenticated("token is invalid", field="token")
-    if user.suspended:
+    if found.revoked:
+        raise NotAuthenticated("token has been revoked", field="token")
+    if found.user.suspended:
         raise NotAuthenticated("account is suspended", field="token")
-    return user
+    return found.user
 
 
 def current_claims() -> TokenClaims:

@@ -56,7 +56,7 @@ from service.jobs.queue import enqueue
 logger = logging.getLogger("conduit.cache")
 
 # After a Redis failure, reads go straight to the database for this long: short, as every
-# read skipping Redis costs a query (revocation checks, a cheap query, wait 5 s).
+# read skipping Redis costs a query.
 RETRY_REDIS_AFTER_SECONDS = 1.0
 # How long a miss waits for another process that is loading the same entry.
 LOCK_WAIT_SECONDS = 0.05

@@ -1,9 +1,9 @@
 """Sign-in sessions (`auth_sessions`) and their rotating refresh tokens.
 
 Every access token names its session (`sid`). Revoking a session stops its access tokens at
-once (see `service.services.revocation`) and its refresh token. The ids of the sessions a
-transaction revokes are noted in `session.info[REVOKED_KEY]` so that the request can publish
-them to Redis once the transaction has committed.
+once and its refresh token: every signed-in request loads its user together with the
+session's row (`viewer`), so the database decides on each request, with no copy elsewhere
+that could lag behind it.
 """
 
 from __future__ import annotations
@@ -21,25 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.domain import scopes as scopes_service
 from service.models import ApiClient, AuthSession, RefreshToken, User
 
-REVOKED_KEY = "conduit.revoked_sessions"
 REUSE_REASON = "refresh_token_reuse"
 
 
 def _hash(token: str) -> bytes:
     # Refresh tokens are 256 random bits: a fast hash is enough to make a stolen table useless.
     return hashlib.sha256(token.encode()).digest()
-
-
-def note_revoked(session: AsyncSession, session_ids: Iterable[uuid.UUID]) -> None:
-    """Remember `session_ids` as revoked by this transaction (published after commit)."""
-    noted: set[uuid.UUID] = session.info.setdefault(REVOKED_KEY, set())
-    noted.update(session_ids)
-
-
-def take_revoked(session: AsyncSession) -> set[uuid.UUID]:
-    """The session ids this transaction revoked; forgets them."""
-    noted: set[uuid.UUID] = session.info.pop(REVOKED_KEY, set())
-    return noted
 
 
 async def start_session(
@@ -167,10 +154,7 @@ async def revoke_session(*, session: AsyncSession, session_id: uuid.UUID, reason
         .returning(AuthSession.id)
         .execution_options(synchronize_session=False)
     )
-    if revoked is None:
-        return False
-    note_revoked(session, [revoked])
-    return True
+    return revoked is not None
 
 
 async def revoke_all_sessions(
@@ -186,37 +170,33 @@ async def revoke_all_sessions(
     )
     if client_id is not None:
         query = query.where(AuthSession.client_id == client_id)
-    revoked = list(
+    return list(
         await session.scalars(
             query.values(revoked_at=func.now(), revoked_reason=reason)
             .returning(AuthSession.id)
             .execution_options(synchronize_session=False)
         )
     )
-    note_revoked(session, revoked)
-    return revoked
 
 
-async def signed_in_user(
-    *, session: AsyncSession, user_id: int, session_id: uuid.UUID
-) -> User | None:
-    """The user of a live session `session_id` of `user_id`; None when the session does not
-    exist, is not theirs, or was revoked. One query: the user's row with its session's."""
-    return await session.scalar(
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(
-            User.id == user_id,
-            AuthSession.id == session_id,
-            AuthSession.revoked_at.is_(None),
+@dataclass(frozen=True)
+class Viewer:
+    """The user a token's session belongs to, and whether that session was revoked."""
+
+    user: User
+    revoked: bool
+
+
+async def viewer(*, session: AsyncSession, user_id: int, session_id: uuid.UUID) -> Viewer | None:
+    """The user of session `session_id` of `user_id` and whether it was revoked; None when the
+    session does not exist or is not theirs. One query: the user's row with its session's."""
+    row = (
+        await session.execute(
+            select(User, AuthSession.revoked_at)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(User.id == user_id, AuthSession.id == session_id)
         )
-    )
-
-
-async def is_revoked(*, session: AsyncSession, session_id: uuid.UUID) -> bool:
-    """What the database says: revoked, or gone (its client was deleted)."""
-    found = await session.execute(
-        select(AuthSession.revoked_at).where(AuthSession.id == session_id)
-    )
-    row = found.first()
-    return row is None or row.revoked_at is not None
+    ).first()
+    if row is None:
+        return None
+    return Viewer(user=row[0], revoked=row[1] is not None)

@@ -620,7 +620,7 @@ async def test_a_signed_in_hit_costs_only_the_viewers_queries(
     for i in range(5):
         await make_article(client, alice, title=f"Dragons {i}", tags=["alpha"])
     await make_comment(client, alice, "dragons-0", body="hello")
-    await get(client, "/user", bob)  # loads the revocation markers once
+    await get(client, "/user", bob)
     with count_statements(app) as miss:
         await get(client, "/articles", bob)
     with count_statements(app) as hit:
@@ -833,8 +833,8 @@ async def test_slow_redis_reads_stay_fast_and_correct(
     proxy.delay = SLOW_REPLY
     for path in OUTAGE_READS * 2:
         await assert_fast_and_right(http, oracle, path)
-    # A write waits for the revocation check (each Redis reply up to REDIS_SOCKET_TIMEOUT, a
-    # reconnection several replies), not for the cache.
+    # A write waits for the rate limiter and the cache's generation bump (each Redis reply up
+    # to REDIS_SOCKET_TIMEOUT, a reconnection several replies), not for the cache's reads.
     started = time.perf_counter()
     await send(http, "PATCH", f"/articles/{slug}", alice, {"article": {"body": "slow times"}})
     assert time.perf_counter() - started < 3.0
@@ -898,7 +898,7 @@ async def test_readers_waiting_for_a_load_do_not_starve_it_of_connections(
     readers = [await make_user(username=f"reader{i}") for i in range(2)]
     await make_article(client, alice, title="Dragons", tags=["alpha"])
     for reader in readers:
-        await get(small_pool, "/user", reader)  # revocation markers loaded: steady state
+        await get(small_pool, "/user", reader)  # steady state
     # Another process is loading /articles (its lock is held): the anonymous request that
     # misses first waits LOCK_POLLS x LOCK_WAIT_SECONDS, then loads; meanwhile the signed-in
     # readers (each with its connection) wait for that load.

@@ -32,8 +32,7 @@ async def app(settings: Settings) -> AsyncIterator[ConduitASGI]:
 async def statements_for(
     app: ConduitASGI, client: httpx.AsyncClient, url: str, user: TestUser | None = None
 ) -> tuple[int, httpx.Response]:
-    """Statements of one request in the steady state: after a first signed-in request, which
-    loads the revocation markers into the (per test emptied) Redis once."""
+    """Statements of one request in the steady state: after a first signed-in request."""
     if user is not None:
         await client.get("/api/v1/user", headers=user.headers)
     with count_statements(app) as statements:
