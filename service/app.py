@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from flask import Flask
+from flask import Flask, has_request_context, request
 
 from service.api import errors, hardening
 from service.api.auth import AUTH, auth
@@ -27,6 +27,9 @@ from service.infra.lifecycle import AppLifespan, register_lifespan
 from service.infra.redis import REDIS, redis
 from service.infra.settings import Settings
 
+# Requests that never write: their statements run in autocommit (`Database.unit_of_work`).
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
 
 class ConduitFlask(Flask):
     """Flask whose async views each run in one database unit of work."""
@@ -38,7 +41,8 @@ class ConduitFlask(Flask):
 
         @functools.wraps(func)
         async def in_unit_of_work(*args: Any, **kwargs: Any) -> Any:
-            async with db.unit_of_work():
+            reads_only = has_request_context() and request.method in READ_ONLY_METHODS
+            async with db.unit_of_work(autocommit=reads_only):
                 return await func(*args, **kwargs)
 
         return run_on_serving_loop(in_unit_of_work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from service.infra.extensions import Extension
 from service.infra.lifecycle import StartupError, register_lifespan
@@ -28,6 +30,7 @@ logger = logging.getLogger("conduit.db")
 
 @dataclass
 class _UnitOfWork:
+    autocommit: bool = False
     session: AsyncSession | None = None
 
 
@@ -40,14 +43,23 @@ CommitHook = Callable[[AsyncSession], Awaitable[None]]
 _current: ContextVar[_UnitOfWork | None] = ContextVar("conduit_unit_of_work", default=None)
 
 
+# When a pooled connection was last returned (`ConnectionPoolEntry.info`).
+_RETURNED_AT = "conduit.returned_at"
+
+
 def build_engine(settings: Settings, url: str) -> AsyncEngine:
-    """Create the process's async engine with pool limits and a statement timeout."""
+    """Create the process's async engine with pool limits and a statement timeout.
+
+    With `DB_POOL_PRE_PING`, a connection is checked before use only when it sat in the pool
+    for `DB_PING_AFTER_IDLE_SECONDS` or more: a connection that a server restart or an idle
+    timeout killed is replaced before a request meets it, while a busy pool pays nothing (the
+    asyncpg dialect's ping is three round trips: BEGIN, an empty query, ROLLBACK).
+    """
     engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
-        pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout,
@@ -62,7 +74,31 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         },
     )
     event.listen(engine.sync_engine, "do_connect", _connect)
+    if settings.db_pool_pre_ping:
+        idle = settings.db_ping_after_idle_seconds
+        event.listen(engine.sync_engine, "checkin", _note_returned)
+        event.listen(
+            engine.sync_engine,
+            "checkout",
+            lambda dbapi_conn, record, _proxy: _ping_if_idle(dbapi_conn, record, idle),
+        )
     return engine
+
+
+def _note_returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_RETURNED_AT] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, idle: float) -> None:
+    returned = record.info.get(_RETURNED_AT)
+    if returned is None or time.monotonic() - returned < idle:
+        return  # new, or in use a moment ago
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        # The pool discards this connection and checks out another (SQLAlchemy's own
+        # pessimistic-disconnect recipe).
+        raise exc.DisconnectionError(describe_error(error)) from error
 
 
 def _connect(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:
@@ -81,6 +117,8 @@ class DatabaseState:
     settings: Settings
     url: str
     engine: AsyncEngine | None = None
+    # The same pool, its connections in autocommit: no BEGIN and no COMMIT round trips.
+    autocommit_engine: AsyncEngine | None = None
     sessionmaker: async_sessionmaker[AsyncSession] | None = field(default=None, repr=False)
     # Awaited after each request's commit, with the committed session (see `Database.on_commit`).
     commit_hooks: list[CommitHook] = field(default_factory=list, repr=False)
@@ -88,6 +126,7 @@ class DatabaseState:
     async def startup(self) -> None:
         """Create the engine on the running loop and check that the database answers."""
         self.engine = build_engine(self.settings, self.url)
+        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         try:
             async with self.engine.connect() as conn:
@@ -148,16 +187,25 @@ class Database:
         if uow is None:
             raise RuntimeError("db.session used outside a unit of work")
         if uow.session is None:
-            maker = self.state().sessionmaker
-            if maker is None:
+            state = self.state()
+            if state.sessionmaker is None:
                 raise RuntimeError("database session used before lifespan startup")
-            uow.session = maker()
+            uow.session = (
+                state.sessionmaker(bind=state.autocommit_engine)
+                if uow.autocommit
+                else state.sessionmaker()
+            )
         return uow.session
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[None]:
-        """Scope one request: commit once if it succeeds, roll back if it raises."""
-        uow = _UnitOfWork()
+    async def unit_of_work(self, *, autocommit: bool = False) -> AsyncIterator[None]:
+        """Scope one request: commit once if it succeeds, roll back if it raises.
+
+        `autocommit` is for requests that only read (GET, HEAD): each statement runs on its
+        own, which at PostgreSQL's READ COMMITTED is what a transaction's statements see
+        anyway, and the BEGIN and COMMIT round trips are saved.
+        """
+        uow = _UnitOfWork(autocommit=autocommit)
         token = _current.set(uow)
         try:
             yield

@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_pool_pre_ping: bool = True
+    # A pooled connection idle this long is pinged before use (`service.infra.db.build_engine`).
+    db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
     redis_socket_timeout: float = Field(default=1.0, gt=0)
 
