@@ -1,7 +1,7 @@
 """Minimal Flask app served through both ASGI adapters, for `bench.adapter_bench`.
 
 Hypercorn imports `bench.adapter_app:stock` or `bench.adapter_app:pooled`. The pooled
-adapter's thread count comes from the environment variable BENCH_THREADS (default 64).
+adapter's concurrency comes from the environment variable BENCH_THREADS (default 64).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def trivial_view() -> dict[str, Any]:
 
 # asgiref's WsgiToAsgi.__init__ has no annotations.
 stock: Any = WsgiToAsgi(flask_app)  # type: ignore[no-untyped-call]
-pooled = ConcurrentWsgiToAsgi(flask_app, threads=THREADS, max_body_bytes=1_048_576)
+pooled = ConcurrentWsgiToAsgi(flask_app, concurrency=THREADS, max_body_bytes=1_048_576)
 
 
 async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:

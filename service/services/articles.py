@@ -1,8 +1,8 @@
 """Articles, their tags and favorites.
 
 Reads build each article with its author, tags, favorites count and the viewer's `favorited`
-in ONE statement (correlated subqueries), plus one statement for the viewer's follows of the
-authors: a list costs the same number of statements whatever its length.
+and `following` in ONE statement (correlated subqueries): a list costs the same number of
+statements whatever its length.
 
 Slugs come from the title when an article is created and then never change, so links to an
 article keep working after its title is edited. The `uq_articles_slug` constraint decides
@@ -40,14 +40,15 @@ from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.pages import Page
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import admin, audit, profiles, slugs
+from service.services import admin, audit, slugs
 from service.services.sql import one_of_ids
 from service.webhooks import catalogue, outbox
 
 SLUG_CONSTRAINT = "uq_articles_slug"
 
 
-def _storable(key: str) -> bool:
+def storable(key: str) -> bool:
+    """Whether `key` can be compared with a text column (PostgreSQL text holds no NUL)."""
     # PostgreSQL text cannot hold NUL: such a key matches nothing and must not reach the DB.
     return "\x00" not in key
 
@@ -62,13 +63,15 @@ def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
     favorites_count = (
         select(func.count()).where(Favorite.article_id == Article.id).scalar_subquery()
     )
-    favorited: ColumnElement[bool] = (
-        exists().where(Favorite.article_id == Article.id, Favorite.user_id == viewer.id)
-        if viewer is not None
-        else false()
-    )
+    favorited: ColumnElement[bool] = false()
+    following: ColumnElement[bool] = false()
+    if viewer is not None:
+        favorited = exists().where(Favorite.article_id == Article.id, Favorite.user_id == viewer.id)
+        following = exists().where(
+            Follow.follower_id == viewer.id, Follow.followee_id == Article.author_id
+        )
     statement = (
-        select(Article, User, tags, favorites_count, favorited)
+        select(Article, User, tags, favorites_count, favorited, following)
         .join(User, User.id == Article.author_id)
         # Rows written earlier in this transaction must show their new values.
         .execution_options(populate_existing=True)
@@ -83,9 +86,6 @@ async def _views(
     session: AsyncSession, viewer: User | None, statement: Select[Any]
 ) -> list[ArticleView]:
     rows = (await session.execute(statement)).all()
-    followed = await profiles.following_ids(
-        session=session, viewer=viewer, user_ids={row[1].id for row in rows}
-    )
     return [
         ArticleView(
             article=article,
@@ -93,14 +93,14 @@ async def _views(
             tags=list(tags or ()),
             favorited=bool(favorited),
             favorites_count=int(count),
-            following=author.id in followed,
+            following=bool(following),
         )
-        for article, author, tags, count, favorited in rows
+        for article, author, tags, count, favorited, following in rows
     ]
 
 
 async def _one(session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:
-    if _storable(slug):
+    if storable(slug):
         statement = _views_statement(viewer, with_body=True).where(Article.slug == slug)
         found = await _views(session, viewer, statement)
         if found:
@@ -204,7 +204,7 @@ async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = Fals
     delete cannot remove it under a row about to reference it.
     """
     found = None
-    if _storable(slug):
+    if storable(slug):
         statement = select(Article.id).where(Article.slug == slug)
         if lock:
             statement = statement.with_for_update(key_share=True)
@@ -292,7 +292,7 @@ async def _emit(session: AsyncSession, event_type: str, view: ArticleView) -> No
 async def _owned_for_change(session: AsyncSession, viewer: User, slug: str) -> Article:
     """Lock the article with `slug` for a change by its author; `NotFound` or `PermissionDenied`."""
     article = None
-    if _storable(slug):
+    if storable(slug):
         article = await session.scalar(
             select(Article)
             .where(Article.slug == slug)
@@ -338,7 +338,7 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
     Its author may; so may a moderator or admin, and then the deletion is audited.
     """
     row = None
-    if _storable(slug):
+    if storable(slug):
         row = (
             await session.execute(
                 select(Article.id, Article.author_id, Article.title, User.username)
@@ -372,7 +372,7 @@ async def delete_article(*, session: AsyncSession, viewer: User, slug: str) -> N
 async def favorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
     """Mark the article favorited by `viewer` (idempotent)."""
     added = None
-    if _storable(slug):
+    if storable(slug):
         added = await session.scalar(
             pg_insert(Favorite)
             .from_select(
@@ -414,7 +414,7 @@ async def _favorites_changed(
 async def unfavorite(*, session: AsyncSession, viewer: User, slug: str) -> ArticleView:
     """Remove `viewer`'s favorite of the article (idempotent)."""
     removed = None
-    if _storable(slug):
+    if storable(slug):
         removed = await session.scalar(
             delete(Favorite)
             .where(

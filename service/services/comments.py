@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, literal, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.caching import generations
 from service.domain import events
 from service.domain.comments import CommentView
 from service.domain.errors import NotFound, PermissionDenied
-from service.models import Comment, User
+from service.models import Article, Comment, User
 from service.schemas.comment import CommentCreate
 from service.services import admin, audit, profiles
-from service.services.articles import find_article_id
+from service.services.articles import find_article_id, storable
 from service.webhooks import catalogue, outbox
 
 # Ids are BIGINT: a larger number in the URL names no comment (and must not reach asyncpg).
@@ -45,15 +46,23 @@ async def add_comment(
     *, session: AsyncSession, author: User, slug: str, data: CommentCreate
 ) -> CommentView:
     """Add `author`'s comment to the article with `slug`."""
-    # The key-share lock keeps the article from being deleted before the comment references it.
-    article_id = await find_article_id(session=session, slug=slug, lock=True)
-    comment = (
-        await session.scalars(
-            insert(Comment)
-            .values(body=data.body, article_id=article_id, author_id=author.id)
-            .returning(Comment)
+    # One statement finds the article and inserts; its foreign key check key-share locks the
+    # article row, so a concurrent delete either waits or has already won (then: not found).
+    comment = None
+    if storable(slug):
+        article = select(literal(data.body), Article.id, literal(author.id)).where(
+            Article.slug == slug
         )
-    ).one()
+        try:
+            comment = await session.scalar(
+                insert(Comment)
+                .from_select(["body", "article_id", "author_id"], article)
+                .returning(Comment)
+            )
+        except IntegrityError as exc:  # the article was deleted meanwhile
+            raise NotFound("article not found", field="article") from exc
+    if comment is None:
+        raise NotFound("article not found", field="article")
     await _changed(session, events.COMMENT_CREATED, comment, author, slug)
     return CommentView(comment=comment, author=author, following=False)
 
