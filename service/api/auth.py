@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask, request
+from sqlalchemy import ColumnElement
 
 from service.domain import scopes as scopes_service
 from service.domain.errors import NotAuthenticated, PermissionDenied
@@ -127,18 +129,21 @@ def verify_request(*, required: bool, scope: str | None) -> TokenClaims | None:
     return claims
 
 
-async def load_viewer(claims: TokenClaims | None) -> User | None:
-    """The user a verified token names; 401 if its session was revoked, or the account no
-    longer exists or is suspended.
+async def load_viewer(
+    claims: TokenClaims | None, extra: Sequence[ColumnElement[Any]] = ()
+) -> tuple[User | None, tuple[Any, ...]]:
+    """The user a verified token names, with the values of `extra` columns (see
+    `sessions.viewer`); 401 if its session was revoked, or the account no longer exists or
+    is suspended.
 
     One query reads the user with the token's session, so a revocation or a suspension
     refuses the very next request, on every instance, with nothing else to keep in step
     (docs/performance.md: cheaper than asking Redis first).
     """
     if claims is None:
-        return None
+        return None, ()
     found = await sessions.viewer(
-        session=db.session, user_id=claims.user_id, session_id=claims.session_id
+        session=db.session, user_id=claims.user_id, session_id=claims.session_id, extra=extra
     )
     if found is None:
         raise NotAuthenticated("token is invalid", field="token")
@@ -146,7 +151,28 @@ async def load_viewer(claims: TokenClaims | None) -> User | None:
         raise NotAuthenticated("token has been revoked", field="token")
     if found.user.suspended:
         raise NotAuthenticated("account is suspended", field="token")
-    return found.user
+    return found.user, found.extra
+
+
+class PendingViewer:
+    """The caller of a read whose user is not loaded yet: the view loads it together with
+    what it needs to know about them (`load(extra)`), one query instead of two.
+
+    `operation(defer_viewer=True)` passes one to the view and makes sure it was loaded (so
+    the token was checked) before any answer leaves, the view's errors included.
+    """
+
+    def __init__(self, claims: TokenClaims | None) -> None:
+        self.claims = claims
+        self.loaded = False
+        self.user: User | None = None
+
+    async def load(self, extra: Sequence[ColumnElement[Any]] = ()) -> tuple[Any, ...] | None:
+        """Check the token and load the user with `extra`; their values, or None for an
+        anonymous caller."""
+        user, values = await load_viewer(self.claims, extra)
+        self.user, self.loaded = user, True
+        return values if user is not None else None
 
 
 def current_claims() -> TokenClaims:

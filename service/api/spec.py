@@ -33,7 +33,7 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from werkzeug.routing import BaseConverter, Rule, UnicodeConverter
 
 from service import __version__
-from service.api.auth import load_viewer, verify_request
+from service.api.auth import PendingViewer, load_viewer, verify_request
 from service.api.jsonprovider import loads_body
 from service.domain import scopes
 from service.infra.extensions import Extension
@@ -389,6 +389,7 @@ def operation(
     form: type[BaseModel] | None = None,
     oauth_errors: Iterable[int] = (),
     headers: dict[int, dict[str, Any]] | None = None,
+    defer_viewer: bool = False,
 ) -> Callable[[View], Callable[..., Any]]:
     """Validate, authenticate and document an async view (see the module docstring).
 
@@ -396,7 +397,8 @@ def operation(
     leaving it out is an error at import time); a token without it gets 403. `form` documents
     a form-encoded body that the view parses itself; `oauth_errors` are answered in the RFC
     6749 error format instead of the envelope. `headers` documents response headers (OpenAPI
-    Header Objects by name) per status code.
+    Header Objects by name) per status code. `defer_viewer` (reads only) passes the view a
+    `PendingViewer` to load with its own viewer-specific columns.
     """
     if auth != "none" and scope is None:
         raise ValueError("an authenticated operation must name the scope it requires")
@@ -414,9 +416,21 @@ def operation(
     def decorate(view: View) -> Callable[..., Any]:
         @functools.wraps(view)
         async def with_viewer(claims: TokenClaims | None, *args: Any, **kwargs: Any) -> Any:
-            if auth != "none":
-                kwargs["viewer"] = await load_viewer(claims)
-            return await view(*args, **kwargs)
+            if auth == "none":
+                return await view(*args, **kwargs)
+            if not defer_viewer:
+                kwargs["viewer"] = (await load_viewer(claims))[0]
+                return await view(*args, **kwargs)
+            if request.method not in ("GET", "HEAD"):
+                raise RuntimeError("defer_viewer is for reads: the token comes before effects")
+            pending = kwargs["viewer"] = PendingViewer(claims)
+            try:
+                result = await view(*args, **kwargs)
+            finally:
+                # A bad token is refused, whatever the view answered (a 404 included).
+                if not pending.loaded:
+                    await pending.load()
+            return result
 
         @functools.wraps(view)
         def run_sync(*args: Any, **kwargs: Any) -> Any:

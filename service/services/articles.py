@@ -178,23 +178,15 @@ async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) 
     return await _one(session, viewer, slug)
 
 
-async def viewer_marks(
-    *, session: AsyncSession, viewer: User, article_ids: Sequence[int], author_ids: Sequence[int]
-) -> tuple[set[int], set[int]]:
-    """Which of `article_ids` `viewer` favorited and which of `author_ids` they follow (one
-    query): the viewer's part of answers whose shared part may come from the cache."""
-    favorited = (
+def favorited_column(article_ids: Sequence[int]) -> ColumnElement[Any]:
+    """Which of `article_ids` the user of the enclosing `User` row favorited (an array, NULL
+    for none): the viewer's part of answers whose shared part may come from the cache, read
+    with the viewer (`sessions.viewer`)."""
+    return (
         select(func.array_agg(Favorite.article_id))
-        .where(Favorite.user_id == viewer.id, one_of_ids(Favorite.article_id, article_ids))
+        .where(Favorite.user_id == User.id, one_of_ids(Favorite.article_id, article_ids))
         .scalar_subquery()
     )
-    following = (
-        select(func.array_agg(Follow.followee_id))
-        .where(Follow.follower_id == viewer.id, one_of_ids(Follow.followee_id, author_ids))
-        .scalar_subquery()
-    )
-    row = (await session.execute(select(favorited, following))).one()
-    return set(row[0] or ()), set(row[1] or ())
 
 
 async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = False) -> int:

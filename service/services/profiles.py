@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,6 +32,16 @@ async def following_ids(
         )
     )
     return set(rows)
+
+
+def following_column(user_ids: Collection[int]) -> ColumnElement[Any]:
+    """Which of `user_ids` the user of the enclosing `User` row follows (an array, NULL for
+    none), to read with the viewer (`sessions.viewer`)."""
+    return (
+        select(func.array_agg(Follow.followee_id))
+        .where(Follow.follower_id == User.id, one_of_ids(Follow.followee_id, user_ids))
+        .scalar_subquery()
+    )
 
 
 async def get_by_username(*, session: AsyncSession, username: str) -> User | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain import scopes as scopes_service
@@ -181,22 +182,32 @@ async def revoke_all_sessions(
 
 @dataclass(frozen=True)
 class Viewer:
-    """The user a token's session belongs to, and whether that session was revoked."""
+    """The user a token's session belongs to, whether that session was revoked, and the
+    values of the `extra` columns asked for with it."""
 
     user: User
     revoked: bool
+    extra: tuple[Any, ...] = ()
 
 
-async def viewer(*, session: AsyncSession, user_id: int, session_id: uuid.UUID) -> Viewer | None:
+async def viewer(
+    *,
+    session: AsyncSession,
+    user_id: int,
+    session_id: uuid.UUID,
+    extra: Sequence[ColumnElement[Any]] = (),
+) -> Viewer | None:
     """The user of session `session_id` of `user_id` and whether it was revoked; None when the
-    session does not exist or is not theirs. One query: the user's row with its session's."""
+    session does not exist or is not theirs. One query: the user's row with its session's,
+    and `extra` columns (scalar subqueries correlated with `User.id`: what a read needs to
+    know about its viewer, in the same round trip)."""
     row = (
         await session.execute(
-            select(User, AuthSession.revoked_at)
+            select(User, AuthSession.revoked_at, *extra)
             .join(AuthSession, AuthSession.user_id == User.id)
             .where(User.id == user_id, AuthSession.id == session_id)
         )
     ).first()
     if row is None:
         return None
-    return Viewer(user=row[0], revoked=row[1] is not None)
+    return Viewer(user=row[0], revoked=row[1] is not None, extra=tuple(row[2:]))

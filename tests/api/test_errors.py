@@ -99,7 +99,7 @@ def _test_blueprint(settings: Settings, admin_url: str) -> Blueprint:
         await db.session.execute(text("SELECT 1"))
         return jsonify({})
 
-    @bp.get("/statement-timeout")
+    @bp.post("/statement-timeout")  # a write: its unit of work is a transaction (SET LOCAL)
     async def errors_statement_timeout() -> Response:
         await db.session.execute(text("SET LOCAL statement_timeout = '1ms'"))
         await db.session.execute(text("SELECT pg_sleep(0.5)"))
@@ -243,7 +243,7 @@ async def test_connection_lost_mid_request_is_503_and_the_pool_recovers(
 
 
 async def test_statement_timeout_is_503(errors_client: httpx.AsyncClient) -> None:
-    response = await errors_client.get("/t/statement-timeout")
+    response = await errors_client.post("/t/statement-timeout")
     assert_envelope(response, 503, {"database": ["database unavailable, try again later"]})
     assert (await errors_client.get("/readyz")).status_code == 200
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from service.api.auth import PendingViewer
 from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
@@ -51,11 +52,12 @@ def _article_json(view: ArticleView) -> Response:
     responses={200: MultipleArticlesResponse},
     tags=["Articles"],
     auth="optional",
+    defer_viewer=True,
     scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
 )
-async def list_articles(viewer: User | None) -> Response:
+async def list_articles(viewer: PendingViewer) -> Response:
     """List articles, newest first, optionally filtered by tag, author or favoriting user."""
     query = query_of(ArticleListQuery)
 
@@ -97,11 +99,12 @@ async def get_feed(viewer: User) -> Response:
     responses={200: ArticleResponse},
     tags=["Articles"],
     auth="optional",
+    defer_viewer=True,
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
 )
-async def get_article(slug: str, viewer: User | None) -> Response:
+async def get_article(slug: str, viewer: PendingViewer) -> Response:
     """Get one article."""
     return jsonify(await cached.article(viewer, slug))
 

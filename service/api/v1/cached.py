@@ -1,18 +1,19 @@
 """Read answers in two parts: the shared part, the same for everyone and cached
-(`service.caching.store`), and the viewer's part (`favorited`, `following`), looked up per request
-and merged in. Anonymous reads of a cached answer touch no database at all."""
+(`service.caching.store`), and the viewer's part (`favorited`, `following`), read per request in
+the same statement as the viewer's user (`PendingViewer`) and merged in. Anonymous reads of a
+cached answer touch no database at all; signed-in ones run one statement."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from service.api.auth import PendingViewer
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
 from service.domain.articles import ArticleView
 from service.domain.pages import Page
 from service.infra.db import db
-from service.models import User
 from service.schemas.article import ArticleOut, ArticleSummary
 from service.schemas.comment import CommentOut
 from service.schemas.profile import ProfileOut
@@ -44,17 +45,25 @@ def _with_marks(
 
 
 async def _article_marks(
-    viewer: User | None, ids: Sequence[int], authors: Sequence[int]
+    viewer: PendingViewer, ids: Sequence[int], authors: Sequence[int]
 ) -> tuple[set[int], set[int]]:
-    if viewer is None or not ids:
+    # The viewer's user and marks in one statement (the user must be loaded either way).
+    if not ids:
+        await viewer.load()
         return set(), set()
-    return await articles_service.viewer_marks(
-        session=db.session, viewer=viewer, article_ids=ids, author_ids=sorted(set(authors))
+    marks = await viewer.load(
+        [
+            articles_service.favorited_column(ids),
+            profiles_service.following_column(set(authors)),
+        ]
     )
+    if marks is None:
+        return set(), set()
+    return set(marks[0] or ()), set(marks[1] or ())
 
 
 async def article_page(
-    viewer: User | None, key: Sequence[Any], load: Callable[[], Awaitable[Page[ArticleView]]]
+    viewer: PendingViewer, key: Sequence[Any], load: Callable[[], Awaitable[Page[ArticleView]]]
 ) -> Json:
     """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`."""
 
@@ -73,7 +82,7 @@ async def article_page(
     return {"articles": articles, "articlesCount": page["articlesCount"]}
 
 
-async def article(viewer: User | None, slug: str) -> Json:
+async def article(viewer: PendingViewer, slug: str) -> Json:
     """`{"article"}` with `slug` (`NotFound` when there is none)."""
 
     async def shared() -> Json:
@@ -102,15 +111,15 @@ async def tags() -> Json:
     return result
 
 
-async def _following(viewer: User | None, user_ids: Sequence[int]) -> set[int]:
-    if viewer is None or not user_ids:
+async def _following(viewer: PendingViewer, user_ids: Sequence[int]) -> set[int]:
+    if not user_ids:
+        await viewer.load()
         return set()
-    return await profiles_service.following_ids(
-        session=db.session, viewer=viewer, user_ids=set(user_ids)
-    )
+    marks = await viewer.load([profiles_service.following_column(set(user_ids))])
+    return set(marks[0] or ()) if marks is not None else set()
 
 
-async def profile(viewer: User | None, username: str) -> Json:
+async def profile(viewer: PendingViewer, username: str) -> Json:
     """`{"profile"}` of `username` (any case; `NotFound` when there is none)."""
 
     async def shared() -> Json:
@@ -122,7 +131,7 @@ async def profile(viewer: User | None, username: str) -> Json:
     return {"profile": {**found["profile"], "following": found["id"] in following}}
 
 
-async def comments(viewer: User | None, slug: str) -> Json:
+async def comments(viewer: PendingViewer, slug: str) -> Json:
     """`{"comments"}` on the article with `slug`, oldest first (`NotFound` for no article)."""
 
     async def shared() -> Json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api.auth import PendingViewer
 from service.api.spec import body_of, operation
 from service.api.v1 import cached
 from service.domain import scopes
@@ -28,11 +29,12 @@ bp = Blueprint("comments", __name__)
     responses={200: MultipleCommentsResponse},
     tags=["Comments"],
     auth="optional",
+    defer_viewer=True,
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: COMMENTS_RESPONSE_EXAMPLE},
 )
-async def list_comments(slug: str, viewer: User | None) -> Response:
+async def list_comments(slug: str, viewer: PendingViewer) -> Response:
     """List the comments on an article, oldest first."""
     return jsonify(await cached.comments(viewer, slug))
 

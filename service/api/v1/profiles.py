@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api.auth import PendingViewer
 from service.api.spec import operation
 from service.api.v1 import cached
 from service.domain import scopes
@@ -36,11 +37,12 @@ def _profile_response(profile: ProfileOut) -> Response:
     responses={200: ProfileResponse},
     tags=TAGS,
     auth="optional",
+    defer_viewer=True,
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: PROFILE_RESPONSE_EXAMPLE, 404: NOT_FOUND_EXAMPLE},
 )
-async def get_profile(username: str, viewer: User | None) -> Response:
+async def get_profile(username: str, viewer: PendingViewer) -> Response:
     """Get a profile.
 
     Usernames match regardless of case. Authentication is optional; `following` is false for

@@ -185,3 +185,26 @@ async def test_a_revocation_made_while_redis_was_down_holds_once_redis_is_back(
 
     assert await status_of(proxied.client, tokens["access_token"]) == 401
     assert await status_of(client, tokens["access_token"]) == 401
+
+
+async def test_reads_that_load_the_viewer_late_still_refuse_a_revoked_token_first(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    jake = await make_user(username="jake")
+    tokens = await password_grant(client, jake)
+    headers = bearer(tokens["access_token"])
+    paths = [
+        "/api/v1/articles",
+        "/api/v1/articles/no-such-article",  # 401, not the view's 404
+        "/api/v1/articles/no-such-article/comments",
+        "/api/v1/profiles/jake",
+        "/api/v1/profiles/nobody-here",
+    ]
+    for path in paths:
+        assert (await client.get(path, headers=headers)).status_code in {200, 404}, path
+    assert (await client.post("/api/v1/users/logout", headers=headers)).status_code == 204
+
+    for path in paths:
+        refused = await client.get(path, headers=headers)
+        assert refused.status_code == 401, path
+        assert refused.json() == REVOKED, path
