@@ -165,3 +165,33 @@ async def test_single_article_reads_are_constant(
     signed_in, _ = await statements_for(app, client, f"/api/v1/articles/{article.slug}", reader)
     # The shared article with tags and counts in one statement; + the viewer with their marks.
     assert (anonymous, signed_in) == (1, 2)
+
+
+async def test_writes_run_a_fixed_number_of_statements(
+    app: ConduitASGI, client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    writer = await make_user()
+    author = await make_user()
+    article = await add_articles(app, writer, [author], 1)
+    comment = {"comment": {"body": "counted"}}
+    create = {"article": {"title": f"Counted {next(_numbers)}", "description": "d", "body": "b"}}
+    writes = [
+        ("POST", f"/api/v1/articles/{article.slug}/comments", comment),
+        ("DELETE", f"/api/v1/articles/{article.slug}/favorite", None),  # `add_articles`'s
+        ("POST", f"/api/v1/articles/{article.slug}/favorite", None),
+        ("POST", f"/api/v1/articles/{article.slug}/favorite", None),  # again: no change
+        ("POST", f"/api/v1/profiles/{author.username}/follow", None),
+        ("POST", f"/api/v1/profiles/{author.username}/follow", None),
+        ("POST", "/api/v1/articles", create),
+    ]
+    counts = []
+    for method, url, body in writes:
+        with count_statements(app) as statements:
+            response = await client.request(method, url, json=body, headers=writer.headers)
+        assert response.status_code in {200, 201}, response.text
+        counts.append(len(statements))
+    # Each: the viewer, then (comment) one INSERT ... SELECT from the article + the outbox
+    # statement; (favorite) the INSERT, the article as the viewer sees it, + the outbox when
+    # something changed (unfavorite alike); (follow) the followee, the INSERT, + the outbox;
+    # (create) the slug's INSERT, the tags, the article read back, + the outbox.
+    assert counts == [3, 4, 4, 3, 4, 3, 5], counts
