@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Flask, request
-from sqlalchemy import ColumnElement
 
 from service.domain import scopes as scopes_service
 from service.domain.errors import NotAuthenticated, PermissionDenied
@@ -130,7 +129,7 @@ def verify_request(*, required: bool, scope: str | None) -> TokenClaims | None:
 
 
 async def load_viewer(
-    claims: TokenClaims | None, extra: Sequence[ColumnElement[Any]] = ()
+    claims: TokenClaims | None, extra: Sequence[sessions.ViewerColumn] = ()
 ) -> tuple[User | None, tuple[Any, ...]]:
     """The user a verified token names, with the values of `extra` columns (see
     `sessions.viewer`); 401 if its session was revoked, or the account no longer exists or
@@ -167,7 +166,7 @@ class PendingViewer:
         self.loaded = False
         self.user: User | None = None
 
-    async def load(self, extra: Sequence[ColumnElement[Any]] = ()) -> tuple[Any, ...] | None:
+    async def load(self, extra: Sequence[sessions.ViewerColumn] = ()) -> tuple[Any, ...] | None:
         """Check the token and load the user with `extra`; their values, or None for an
         anonymous caller."""
         user, values = await load_viewer(self.claims, extra)

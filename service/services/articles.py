@@ -12,7 +12,7 @@ violation, so concurrent creates with one title all succeed with distinct slugs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -40,8 +40,8 @@ from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.pages import Page
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import admin, audit, slugs
-from service.services.sql import one_of_ids
+from service.services import admin, audit, sessions, slugs
+from service.services.sql import any_ids
 from service.webhooks import catalogue, outbox
 
 SLUG_CONSTRAINT = "uq_articles_slug"
@@ -178,15 +178,18 @@ async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) 
     return await _one(session, viewer, slug)
 
 
-def favorited_column(article_ids: Sequence[int]) -> ColumnElement[Any]:
-    """Which of `article_ids` the user of the enclosing `User` row favorited (an array, NULL
-    for none): the viewer's part of answers whose shared part may come from the cache, read
-    with the viewer (`sessions.viewer`)."""
-    return (
-        select(func.array_agg(Favorite.article_id))
-        .where(Favorite.user_id == User.id, one_of_ids(Favorite.article_id, article_ids))
-        .scalar_subquery()
-    )
+_FAVORITED = (
+    select(func.array_agg(Favorite.article_id))
+    .where(Favorite.user_id == User.id, Favorite.article_id == any_ids("favorite_article_ids"))
+    .scalar_subquery()
+)
+
+
+def favorited_column(article_ids: Collection[int]) -> sessions.ViewerColumn:
+    """Which of `article_ids` the viewer favorited (an array, NULL for none): the viewer's
+    part of answers whose shared part may come from the cache, read with the viewer
+    (`sessions.viewer`)."""
+    return _FAVORITED, {"favorite_article_ids": sorted(article_ids)}
 
 
 async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = False) -> int:

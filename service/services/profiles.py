@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,7 +13,8 @@ from service.domain.errors import NotFound, PermissionDenied
 from service.models import Follow, User
 from service.schemas.profile import ProfileOut
 from service.schemas.user import is_valid_username
-from service.services.sql import one_of_ids
+from service.services import sessions
+from service.services.sql import any_ids, one_of_ids
 from service.webhooks import catalogue, outbox
 
 SELF_FOLLOW = "you cannot follow or unfollow yourself"
@@ -34,14 +34,17 @@ async def following_ids(
     return set(rows)
 
 
-def following_column(user_ids: Collection[int]) -> ColumnElement[Any]:
-    """Which of `user_ids` the user of the enclosing `User` row follows (an array, NULL for
-    none), to read with the viewer (`sessions.viewer`)."""
-    return (
-        select(func.array_agg(Follow.followee_id))
-        .where(Follow.follower_id == User.id, one_of_ids(Follow.followee_id, user_ids))
-        .scalar_subquery()
-    )
+_FOLLOWING = (
+    select(func.array_agg(Follow.followee_id))
+    .where(Follow.follower_id == User.id, Follow.followee_id == any_ids("followee_ids"))
+    .scalar_subquery()
+)
+
+
+def following_column(user_ids: Collection[int]) -> sessions.ViewerColumn:
+    """Which of `user_ids` the viewer follows (an array, NULL for none), to read with the
+    viewer (`sessions.viewer`)."""
+    return _FOLLOWING, {"followee_ids": sorted(user_ids)}
 
 
 async def get_by_username(*, session: AsyncSession, username: str) -> User | None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain import scopes as scopes_service
@@ -190,24 +190,41 @@ class Viewer:
     extra: tuple[Any, ...] = ()
 
 
+# A column to read with the viewer: a scalar subquery correlated with `User.id`, built once
+# with bound parameters, and its parameters' values for this request.
+ViewerColumn = tuple[ColumnElement[Any], Mapping[str, Any]]
+
+# Statements are built once per combination of extra columns (module constants): building and
+# cache-keying a statement per request costs more than running it.
+_viewer_statements: dict[tuple[ColumnElement[Any], ...], Select[Any]] = {}
+
+
+def _viewer_statement(columns: tuple[ColumnElement[Any], ...]) -> Select[Any]:
+    statement = _viewer_statements.get(columns)
+    if statement is None:
+        statement = _viewer_statements[columns] = (
+            select(User, AuthSession.revoked_at, *columns)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(User.id == bindparam("viewer_id"), AuthSession.id == bindparam("session_id"))
+        )
+    return statement
+
+
 async def viewer(
     *,
     session: AsyncSession,
     user_id: int,
     session_id: uuid.UUID,
-    extra: Sequence[ColumnElement[Any]] = (),
+    extra: Sequence[ViewerColumn] = (),
 ) -> Viewer | None:
     """The user of session `session_id` of `user_id` and whether it was revoked; None when the
     session does not exist or is not theirs. One query: the user's row with its session's,
-    and `extra` columns (scalar subqueries correlated with `User.id`: what a read needs to
-    know about its viewer, in the same round trip)."""
-    row = (
-        await session.execute(
-            select(User, AuthSession.revoked_at, *extra)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == user_id, AuthSession.id == session_id)
-        )
-    ).first()
+    and `extra` columns (what a read needs to know about its viewer, same round trip)."""
+    params: dict[str, Any] = {"viewer_id": user_id, "session_id": session_id}
+    for _, values in extra:
+        params.update(values)
+    statement = _viewer_statement(tuple(column for column, _ in extra))
+    row = (await session.execute(statement, params)).first()
     if row is None:
         return None
     return Viewer(user=row[0], revoked=row[1] is not None, extra=tuple(row[2:]))
