@@ -17,6 +17,7 @@ as deploy/Dockerfile does, then checks in it that:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -169,14 +170,23 @@ def healthcheck_command() -> str:
     return match[1].replace('\\"', '"')
 
 
+def image_command(bin_dir: Path) -> list[str | Path]:
+    """The Dockerfile's CMD, with its program taken from the venv's bin."""
+    match = re.search(r"^CMD (\[.*\])$", DOCKERFILE.read_text(), re.MULTILINE)
+    if match is None:
+        raise CheckFailed("deploy/Dockerfile: no CMD [...] line")
+    program, *args = json.loads(match[1])
+    return [bin_dir / program, *args]
+
+
 def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
     bin_dir = venv / "bin"
     run(bin_dir / "conduit", "migrate", env=env)
     say("conduit migrate on a scratch database")
     port = free_port()
-    # The image's command (deploy/Dockerfile), on a free port.
-    args: list[str | Path] = [bin_dir / "hypercorn", "--config", "hypercorn.toml"]
-    args += ["--bind", f"127.0.0.1:{port}", "service.asgi:app"]
+    command = image_command(bin_dir)
+    # The image's command, on a free port (a --bind given replaces hypercorn.toml's).
+    args = [*command[:-1], "--bind", f"127.0.0.1:{port}", command[-1]]
     base = f"http://127.0.0.1:{port}"
     log = work / "hypercorn.log"
     with started(args, env, log) as proc:
@@ -190,7 +200,17 @@ def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
                 raise CheckFailed(f"GET {path}: {status}\n{log.read_text()}")
         probe = healthcheck_command().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         run(bin_dir / "python", "-c", probe, env=env)
-    say(f"hypercorn from the runtime venv: /healthz, /readyz, API reads 200 ({base})")
+        shown = shlex.join([Path(command[0]).name, *map(str, command[1:])])
+        say(f"the image's command ({shown}): /healthz, /readyz, API reads 200")
+        # What `docker stop` and Kubernetes send: the process must exit by itself, cleanly.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise CheckFailed(f"hypercorn ignored SIGTERM:\n{log.read_text()}") from None
+    if code != 0:
+        raise CheckFailed(f"hypercorn exited {code} on SIGTERM:\n{log.read_text()}")
+    say("hypercorn stopped on SIGTERM, exit 0")
 
 
 def check_worker(venv: Path, env: dict[str, str], work: Path) -> None:
