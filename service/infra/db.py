@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -51,6 +52,9 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout,
+            # asyncpg's own timer on each command (no asyncio.wait_for per call): a frozen
+            # server cannot hold a request longer than this.
+            "command_timeout": settings.db_command_timeout,
             # The API runs ~180 distinct statements; the default cache of 100 keeps evicting.
             "prepared_statement_cache_size": 256,
             "server_settings": {
@@ -62,7 +66,42 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         },
     )
     event.listen(engine.sync_engine, "do_connect", _connect)
+    event.listen(engine.sync_engine, "handle_error", _command_timed_out)
+    dialect = engine.sync_engine.dialect
+    dialect.do_ping = functools.partial(_ping, dialect.do_ping)  # type: ignore[method-assign]
     return engine
+
+
+def _abort(dbapi_connection: Any) -> None:
+    # A connection whose command timed out is mid-conversation with a server that does not
+    # answer: close its socket now. A graceful close would wait on that server again (2 s
+    # in SQLAlchemy's asyncpg dialect) before the pool could replace it.
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None:
+        driver.terminate()
+
+
+def _ping(ping: Callable[[Any], bool], dbapi_connection: Any) -> bool:
+    # The pre-ping's own timeout: a pooled connection that does not answer counts as dead
+    # (the pool opens a new one, bounded by the connect timeout), as a refused one does.
+    try:
+        return ping(dbapi_connection)
+    except TimeoutError:
+        _abort(dbapi_connection)
+        return False
+
+
+def _command_timed_out(context: ExceptionContext) -> None:
+    # asyncpg's command_timeout surfaces as a bare TimeoutError, which SQLAlchemy passes on
+    # unwrapped. The server never answered (frozen, partitioned): drop that one connection
+    # and name the database as what is unavailable (503).
+    error = context.original_exception
+    if isinstance(error, TimeoutError):
+        if context.connection is not None and not context.connection.invalidated:
+            _abort(context.connection.connection)
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
+        raise DatabaseUnavailable(f"no answer from the database: {describe_error(error)}")
 
 
 def _connect(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:
