@@ -31,36 +31,40 @@ class DrainingASGI:
             return
         DRAIN.in_flight += 1
         try:
-            # Checked once per request: nothing more unless the process is draining.
-            if DRAIN.draining:
-                await self._draining(scope, receive, send)
+            if DRAIN.draining and scope["path"] == "/readyz":
+                # On the loop, before the thread pool: the probe is answered however busy the
+                # process is with the requests it drains.
+                await _shutting_down(send)
+            elif scope.get("http_version", "1.1") in {"1.0", "1.1"}:
+                # Decided when the response starts: a request already running at SIGTERM
+                # closes its connection too. (HTTP/2: Hypercorn sends GOAWAY itself.)
+                await self.app(scope, receive, _CloseWhenDraining(send))
             else:
                 await self.app(scope, receive, send)
         finally:
             DRAIN.in_flight -= 1
 
-    async def _draining(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("http_version", "1.1") in {"1.0", "1.1"}:  # HTTP/2: GOAWAY, by Hypercorn
-            send = _closing(send)
-        if scope["path"] == "/readyz":
-            # On the loop, before the thread pool: the probe is answered however busy the
-            # process is with the requests it drains.
-            start, body = error_response(503, "shutting down")
-            start["headers"].append((b"retry-after", b"1"))
-            await send(start)
-            await send(body)
-            return
-        await self.app(scope, receive, send)
 
+class _CloseWhenDraining:
+    """`send` adding `Connection: close` to a response that starts while draining."""
 
-def _closing(send: Send) -> Send:
-    async def closing_send(message: Message) -> None:
-        if message["type"] == "http.response.start":
+    __slots__ = ("send",)
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+
+    async def __call__(self, message: Message) -> None:
+        if DRAIN.draining and message["type"] == "http.response.start":
             headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
             message = {**message, "headers": [*headers, CLOSE]}
-        await send(message)
+        await self.send(message)
 
-    return closing_send
+
+async def _shutting_down(send: Send) -> None:
+    start, body = error_response(503, "shutting down")
+    start["headers"] = [*start["headers"], (b"retry-after", b"1"), CLOSE]
+    await send(start)
+    await send(body)
 
 
 def _from_environment() -> DrainingASGI:
