@@ -86,9 +86,5 @@ class Drain:
         """Start draining (idempotent)."""
         self.draining = True
 
-    def reset(self) -> None:
-        """Serve normally again (tests)."""
-        self.draining = False
-
 
 DRAIN = Drain()

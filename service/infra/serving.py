@@ -55,8 +55,12 @@ async def _serve(app: object, config: Config, sockets: Sockets | None, delay: fl
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    signalled = 0.0
+
     async def drain() -> None:
+        nonlocal signalled
         await stop.wait()
+        signalled = time.monotonic()
         DRAIN.begin()
         logger.info(
             "shutting down: readiness fails now, %d requests in flight; "
@@ -69,7 +73,6 @@ async def _serve(app: object, config: Config, sockets: Sockets | None, delay: fl
             await asyncio.sleep(delay)
         logger.info("no longer accepting connections, %d requests in flight", DRAIN.in_flight)
 
-    started = time.monotonic()
     await worker_serve(app, config, sockets=sockets, shutdown_trigger=drain)  # type: ignore[arg-type]
     if DRAIN.in_flight:
         logger.warning(
@@ -77,8 +80,8 @@ async def _serve(app: object, config: Config, sockets: Sockets | None, delay: fl
         )
     elif DRAIN.draining:
         logger.info(
-            "stopped cleanly: every request answered, pools closed (%.1f s after start)",
-            time.monotonic() - started,
+            "stopped cleanly: every request answered, pools closed, %.1f s after the signal",
+            time.monotonic() - signalled,
         )
 
 

@@ -39,6 +39,9 @@ def _environment(
         LOG_FORMAT="json",
         RATE_LIMIT_ENABLED="false",
         WORKER_IN_PROCESS="false",
+        # Light on the shared PostgreSQL: two processes, 12 connections each at most.
+        THREADS="8",
+        DB_POOL_SIZE="8",
         # Logins that each take a while (the rehash to these argon2id parameters, a few at a
         # time): many stay in flight.
         PASSWORD_TIME_COST="6",
