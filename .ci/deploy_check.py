@@ -4,13 +4,13 @@ Kubernetes: every kustomization under deploy/k8s is rendered (`kubectl kustomize
 kubectl, the files each one lists) and every resource is validated against the Kubernetes API
 schema (kubernetes-validate, strict: an unknown or misspelt field fails). Then what a schema
 cannot see, on the rendered example overlay: the API's grace period covers the preStop sleep
-plus GRACEFUL_TIMEOUT plus a margin; the probes hit /readyz and /healthz; Services, the PDB and
-the HPA point at pods that exist; containers run as non-root with resources; the migration Job
+plus SHUTDOWN_GRACE_SECONDS plus a margin; the probes hit /readyz and /healthz; Services, the
+PDB and the HPA point at pods that exist; containers run as non-root with resources; the migration Job
 and what it needs carry the label of the first deploy step.
 
 Compose: deploy/compose.yaml against the Compose Specification's JSON schema
 (.ci/schemas/compose-spec.json, from github.com/compose-spec/compose-spec, Apache-2.0), then
-dependencies that exist and the API's stop_grace_period against GRACEFUL_TIMEOUT.
+dependencies that exist and the API's stop_grace_period against SHUTDOWN_GRACE_SECONDS.
 
     python .ci/deploy_check.py
 """
@@ -104,7 +104,7 @@ def check_api_lifecycle(resources: list[Resource]) -> list[str]:
     api = by_kind(resources, "Deployment")["conduit-api"]["spec"]["template"]["spec"]
     config = by_kind(resources, "ConfigMap")["conduit"]["data"]
     container = api["containers"][0]
-    drain = int(config["GRACEFUL_TIMEOUT"])
+    drain = int(config["SHUTDOWN_GRACE_SECONDS"])
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     problems = []
@@ -113,8 +113,8 @@ def check_api_lifecycle(resources: list[Resource]) -> list[str]:
     grace = api["terminationGracePeriodSeconds"]
     if grace < sleep + drain + GRACE_MARGIN_SECONDS:
         problems.append(
-            f"api: terminationGracePeriodSeconds {grace} < preStop {sleep} + GRACEFUL_TIMEOUT "
-            f"{drain} + margin {GRACE_MARGIN_SECONDS}"
+            f"api: terminationGracePeriodSeconds {grace} < preStop {sleep} + "
+            f"SHUTDOWN_GRACE_SECONDS {drain} + margin {GRACE_MARGIN_SECONDS}"
         )
     wanted = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     for probe, path in wanted.items():
@@ -204,11 +204,11 @@ def check_compose() -> list[str]:
             if dependency not in services:
                 problems.append(f"compose: {name} depends on unknown service {dependency}")
     api = services.get("api", {})
-    drain = float(default_of(str(api.get("environment", {}).get("GRACEFUL_TIMEOUT", "0"))))
+    drain = float(default_of(str(api.get("environment", {}).get("SHUTDOWN_GRACE_SECONDS", "0"))))
     grace = seconds(str(api.get("stop_grace_period", "10s")))
     if grace < drain + GRACE_MARGIN_SECONDS:
         problems.append(
-            f"compose: api stop_grace_period {grace:g}s < GRACEFUL_TIMEOUT {drain:g}s + margin"
+            f"compose: api stop_grace_period {grace:g}s < SHUTDOWN_GRACE_SECONDS {drain:g}s + margin"
         )
     print(f"  deploy/compose.yaml: {len(services)} services")
     return problems

@@ -60,5 +60,9 @@ async def run_migrations_online() -> None:
 
 if context.is_offline_mode():
     run_migrations_offline()
+elif isinstance(config.attributes.get("connection"), Connection):
+    # A synchronous connection handed over by `service.infra.migrate.upgrade`, which holds
+    # the migration lock on it: already inside that caller's event loop.
+    _run(config.attributes["connection"])
 else:
     asyncio.run(run_migrations_online())

@@ -182,9 +182,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
-    from hypercorn.run import run
-
     from service.infra.lifecycle import StartupError
+    from service.infra.serving import run_worker, supervise
 
     if not settings.is_production:
         settings = settings.with_dev_secret()
@@ -202,8 +201,17 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
         _start_worker_thread(settings) if in_process or (in_process is None and embedded) else None
     )
     logger.info(_serving_message(config.bind[0]))
+    # SHUTDOWN_GRACE_SECONDS, not hypercorn.toml's graceful_timeout: one setting for the drain.
+    config.graceful_timeout = settings.shutdown_grace_seconds
+    delay = settings.shutdown_delay_seconds
     try:
-        return run(config)
+        if config.workers:
+            # The listener's delay, then the connections' grace, then the adapter's own wait
+            # for requests still running (a second grace at most), then a margin.
+            stop_timeout = delay + 2 * settings.shutdown_grace_seconds + 5
+            return supervise(config, workers=config.workers, delay=delay, stop_timeout=stop_timeout)
+        run_worker(config, delay=delay)
+        return 0
     finally:
         if job_thread is not None and not job_thread.stop(settings.shutdown_grace_seconds + 5):
             logger.warning("the in-process worker did not stop in time")
@@ -520,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help=serve.__doc__, description=serve.__doc__)
     serve_cmd.add_argument("--bind", help="HOST:PORT (default from HOST and PORT)")
     serve_cmd.add_argument(
-        "--workers", type=int, default=0, help="worker processes (0: serve in this process)"
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes, supervised: replaced if one dies (0: serve in this process)",
     )
     serve_cmd.add_argument(
         "--migrate", action="store_true", help="apply migrations first (always on embedded)"

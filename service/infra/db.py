@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event, exc, text
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -63,6 +63,9 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_recycle=1800,
         connect_args={
             "timeout": settings.db_connect_timeout,
+            # asyncpg's own timer on each command (no asyncio.wait_for per call): a frozen
+            # server cannot hold a request longer than this.
+            "command_timeout": settings.db_command_timeout,
             # The API runs ~180 distinct statements; the default cache of 100 keeps evicting.
             "prepared_statement_cache_size": 256,
             "server_settings": {
@@ -74,6 +77,7 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         },
     )
     event.listen(engine.sync_engine, "do_connect", _connect)
+    event.listen(engine.sync_engine, "handle_error", _command_timed_out)
     if settings.db_pool_pre_ping:
         idle = settings.db_ping_after_idle_seconds
         event.listen(engine.sync_engine, "checkin", _note_returned)
@@ -96,9 +100,34 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, idle: floa
     try:
         dbapi_connection.ping()
     except Exception as error:
+        if isinstance(error, TimeoutError):
+            # No answer within DB_COMMAND_TIMEOUT: count it dead, as a refused one.
+            _abort(dbapi_connection)
         # The pool discards this connection and checks out another (SQLAlchemy's own
         # pessimistic-disconnect recipe).
         raise exc.DisconnectionError(describe_error(error)) from error
+
+
+def _abort(dbapi_connection: Any) -> None:
+    # A connection whose command timed out is mid-conversation with a server that does not
+    # answer: close its socket now. A graceful close would wait on that server again (2 s
+    # in SQLAlchemy's asyncpg dialect) before the pool could replace it.
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None:
+        driver.terminate()
+
+
+def _command_timed_out(context: ExceptionContext) -> None:
+    # asyncpg's command_timeout surfaces as a bare TimeoutError, which SQLAlchemy passes on
+    # unwrapped. The server never answered (frozen, partitioned): drop that one connection
+    # and name the database as what is unavailable (503).
+    error = context.original_exception
+    if isinstance(error, TimeoutError):
+        if context.connection is not None and not context.connection.invalidated:
+            _abort(context.connection.connection)
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False
+        raise DatabaseUnavailable(f"no answer from the database: {describe_error(error)}")
 
 
 def _connect(dialect: Dialect, _record: object, cargs: Any, cparams: Any) -> Any:

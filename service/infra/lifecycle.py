@@ -68,3 +68,23 @@ class AppLifespan:
                 await resource.shutdown()
             except Exception:
                 logger.exception("error while closing %s", type(resource).__name__)
+
+
+class Drain:
+    """Whether this process is shutting down, and the requests it is still answering.
+
+    Process-wide: a signal stops the whole process. Once `draining`, readiness answers 503 (a
+    load balancer stops sending) and every response closes its connection (a client does not
+    send its next request on a connection about to close); requests in flight still finish.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+
+    def begin(self) -> None:
+        """Start draining (idempotent)."""
+        self.draining = True
+
+
+DRAIN = Drain()

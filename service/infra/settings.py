@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
+    # Client-side bound on every database command (asyncpg's protocol timer, no per-call
+    # wrapper): a frozen or unreachable server costs this, then 503. Above the statement
+    # timeout, so that a merely slow query is cancelled by the server, keeping the connection.
+    db_command_timeout: float = Field(default=6.0, gt=0)
     db_pool_pre_ping: bool = True
     # A pooled connection idle this long is pinged before use (`service.infra.db.build_engine`).
     db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
@@ -158,6 +162,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # After SIGTERM, keep accepting connections this long while /readyz answers 503, so that a
+    # load balancer stops sending before the listener closes (0: close it at once).
+    shutdown_delay_seconds: float = Field(default=0.0, ge=0, le=300)
     log_level: str = "INFO"
     # `json`: one object per line, for collectors; `text`: lines for people; `auto`: text in
     # development when stdout is a terminal, JSON otherwise (service/infra/observability.py).

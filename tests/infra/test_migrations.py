@@ -17,7 +17,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.infra.migrate import alembic_config, upgrade_async
+from service.infra.migrate import MIGRATION_LOCK_KEY, alembic_config, upgrade_async
 from service.infra.settings import normalise_database_url
 from service.models import Base
 
@@ -77,3 +77,27 @@ async def test_downgrade_to_base_and_upgrade_again(fresh_database: str) -> None:
     await upgrade_async(fresh_database)
     assert await table_names(fresh_database) == tables | {"alembic_version"}
     assert await schema_drift(fresh_database) == []
+
+
+async def test_concurrent_migrate_runs_both_succeed(fresh_database: str) -> None:
+    # Several hosts starting at once: without the lock, both would create alembic_version
+    # and the tables, and one would fail half-way.
+    await asyncio.gather(*(upgrade_async(fresh_database) for _ in range(3)))
+    tables = {table.name for table in Base.metadata.sorted_tables}
+    assert await table_names(fresh_database) == tables | {"alembic_version"}
+    assert await schema_drift(fresh_database) == []
+
+
+async def test_migrate_waits_for_the_lock_holder(fresh_database: str) -> None:
+    holder = await asyncpg.connect(fresh_database)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        run = asyncio.create_task(upgrade_async(fresh_database))
+        await asyncio.sleep(1.0)
+        assert not run.done()
+        assert await table_names(fresh_database) == set()
+        await holder.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        await asyncio.wait_for(run, 30)
+    finally:
+        await holder.close()
+    assert "alembic_version" in await table_names(fresh_database)

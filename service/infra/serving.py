@@ -1,0 +1,196 @@
+"""Running Hypercorn so that SIGTERM drains and a crashed worker is replaced.
+
+Hypercorn's own multi-worker master (`hypercorn --workers N`) does neither (measured, see
+docs/operations.md): on SIGTERM it terminates the remaining workers as soon as the first has
+exited, resetting their in-flight requests, and when one worker dies it stops the others and
+exits. Here:
+
+- each worker process (`run_worker`) handles SIGTERM/SIGINT itself: it starts draining (see
+  `lifecycle.DRAIN`), keeps its listener open `delay` seconds, stops accepting, lets the
+  requests in flight finish within Hypercorn's `graceful_timeout`, closes its pools and exits 0;
+- with `workers` > 0, a supervisor (`supervise`) starts them, forwards SIGTERM/SIGINT, waits
+  for them, and replaces one that exits while serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections import deque
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import load_application
+
+from service.infra.lifecycle import DRAIN
+
+logger = logging.getLogger("conduit.serving")
+
+# A worker that keeps dying is not replaced for ever: more exits than this within
+# CRASH_WINDOW seconds stop the supervisor (non-zero), and the service manager takes over.
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+
+
+def run_worker(config: Config, sockets: Sockets | None = None, delay: float = 0.0) -> None:
+    """Serve `config.application_path` in this process until SIGTERM/SIGINT, then drain."""
+    import uvloop
+
+    # Loading the app configures logging: before it, nothing of ours would be shown.
+    app = load_application(config.application_path, config.wsgi_max_body_size)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(app, config, sockets, delay))
+
+
+async def _serve(app: object, config: Config, sockets: Sockets | None, delay: float) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    signalled = 0.0
+
+    async def drain() -> None:
+        nonlocal signalled
+        await stop.wait()
+        signalled = time.monotonic()
+        DRAIN.begin()
+        logger.info(
+            "shutting down: readiness fails now, %d requests in flight; "
+            "stop accepting in %.1f s, then up to %.1f s for them to finish",
+            DRAIN.in_flight,
+            delay,
+            config.graceful_timeout,
+        )
+        if delay:
+            await asyncio.sleep(delay)
+        logger.info("no longer accepting connections, %d requests in flight", DRAIN.in_flight)
+
+    await worker_serve(app, config, sockets=sockets, shutdown_trigger=drain)  # type: ignore[arg-type]
+    if DRAIN.in_flight:
+        logger.warning(
+            "stopped with %d requests unfinished after the grace period", DRAIN.in_flight
+        )
+    elif DRAIN.draining:
+        logger.info(
+            "stopped cleanly: every request answered, pools closed, %.1f s after the signal",
+            time.monotonic() - signalled,
+        )
+
+
+class _Supervisor:
+    def __init__(self, config: Config, workers: int, delay: float, stop_timeout: float) -> None:
+        self.config = config
+        self.workers = workers
+        self.delay = delay
+        self.stop_timeout = stop_timeout
+        self.context = get_context("spawn")
+        self.sockets = config.create_sockets()
+        self.processes: list[BaseProcess] = []
+        self.crashes: deque[float] = deque()
+        self.stopping = False
+
+    def _stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        # At once, not at the next turn of the loop: readiness must fail without delay.
+        self._signal_workers()
+
+    def _signal_workers(self) -> None:
+        for process in self.processes:
+            if process.exitcode is None and process.pid is not None:
+                # A service manager may have signalled the whole group already: harmless.
+                os.kill(process.pid, signal.SIGTERM)
+
+    def _start(self) -> None:
+        process = self.context.Process(
+            target=run_worker,
+            kwargs={"config": self.config, "sockets": self.sockets, "delay": self.delay},
+            name="conduit-worker",
+        )
+        process.start()
+        self.processes.append(process)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._stop)
+        for _ in range(self.workers):
+            self._start()
+        logger.info(
+            "supervising %d workers: %s",
+            self.workers,
+            ", ".join(str(p.pid) for p in self.processes),
+        )
+        while not self.stopping:
+            # Short waits: a signal sets `stopping` between two of them.
+            wait([p.sentinel for p in self.processes], timeout=0.2)
+            for process in [p for p in self.processes if p.exitcode is not None]:
+                if self.stopping:
+                    break
+                self.processes.remove(process)
+                process.join()
+                if not self._replace(process):
+                    self.stopping = True
+                    self._close_sockets()
+                    self._stop_workers()
+                    return 1
+        return self._stop_workers()
+
+    def _replace(self, process: BaseProcess) -> bool:
+        now = time.monotonic()
+        self.crashes.append(now)
+        while self.crashes and self.crashes[0] < now - CRASH_WINDOW:
+            self.crashes.popleft()
+        if len(self.crashes) > MAX_CRASHES:
+            logger.error(
+                "worker %s exited with code %s; %d exits within %.0f s: giving up",
+                process.pid,
+                process.exitcode,
+                len(self.crashes),
+                CRASH_WINDOW,
+            )
+            return False
+        self._start()
+        logger.error(
+            "worker %s exited with code %s; replaced by worker %s",
+            process.pid,
+            process.exitcode,
+            self.processes[-1].pid,
+        )
+        return True
+
+    def _close_sockets(self) -> None:
+        # The workers hold their own copies: once they close theirs too, the port refuses.
+        for sock in [*self.sockets.secure_sockets, *self.sockets.insecure_sockets]:
+            sock.close()
+
+    def _stop_workers(self) -> int:
+        alive = [p for p in self.processes if p.exitcode is None]
+        logger.info("stopping %d workers", len(alive))
+        self._signal_workers()
+        self._close_sockets()
+        deadline = time.monotonic() + self.stop_timeout
+        code = 0
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                logger.error("worker %s did not stop in time: killed", process.pid)
+                process.kill()
+                process.join()
+            if process.exitcode != 0:
+                code = 1
+        logger.info("all workers stopped" if code == 0 else "workers stopped with errors")
+        return code
+
+
+def supervise(config: Config, *, workers: int, delay: float, stop_timeout: float) -> int:
+    """Run `workers` worker processes until SIGTERM/SIGINT, replacing any that exits; drain
+    them on the signal (each gets `stop_timeout` seconds before SIGKILL). The exit code is 0
+    when every worker stopped cleanly."""
+    return _Supervisor(config, workers, delay, stop_timeout).run()
