@@ -5,8 +5,8 @@ kubectl, the files each one lists) and every resource is validated against the K
 schema (kubernetes-validate, strict: an unknown or misspelt field fails). Then what a schema
 cannot see, on the rendered example overlay: the API's grace period covers the preStop sleep
 plus SHUTDOWN_GRACE_SECONDS plus a margin; the probes hit /readyz and /healthz; Services, the
-PDB and the HPA point at pods that exist; containers run as non-root with resources; the migration Job
-and what it needs carry the label of the first deploy step.
+PDB and the HPA point at pods that exist; containers run as non-root with resources; the
+migration Job and what it needs carry the label of the first deploy step.
 
 Compose: deploy/compose.yaml against the Compose Specification's JSON schema
 (.ci/schemas/compose-spec.json, from github.com/compose-spec/compose-spec, Apache-2.0), then
@@ -208,7 +208,8 @@ def check_compose() -> list[str]:
     grace = seconds(str(api.get("stop_grace_period", "10s")))
     if grace < drain + GRACE_MARGIN_SECONDS:
         problems.append(
-            f"compose: api stop_grace_period {grace:g}s < SHUTDOWN_GRACE_SECONDS {drain:g}s + margin"
+            f"compose: api stop_grace_period {grace:g}s < SHUTDOWN_GRACE_SECONDS {drain:g}s"
+            " + margin"
         )
     print(f"  deploy/compose.yaml: {len(services)} services")
     return problems
