@@ -336,6 +336,11 @@ class ResponseCache:
                 return
             await self.app(scope, receive, send)
             return
+        # A load that finished while this request's look-up was under way kept its answer here.
+        entry = self.local.get(full_key)
+        if entry is not None:
+            await self._answer(scope, request, entry, send, started)
+            return
         future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self.inflight[full_key] = future
         entry = None  # what the waiters get when the request fails

@@ -349,7 +349,11 @@ async def test_concurrent_misses_of_one_answer_go_through_flask_once(
     after = layer(app).stats.as_dict()
     assert flask_calls(app) - calls == 1
     assert after["stored"] - before["stored"] == 1
-    assert after["misses"] - before["misses"] == 20
+    # Requests whose look-up began before the load finished count as misses (answered by the
+    # one load); later ones, once its answer is kept, as hits. How many of each depends on
+    # scheduling (with Flask on the loop, the load can finish before the last look-up starts).
+    assert 1 <= after["misses"] - before["misses"] <= 20
+    assert after["hits"] - before["hits"] >= 20 - (after["misses"] - before["misses"])
 
 
 async def test_redis_cut_sends_reads_to_flask_and_they_stay_right(

@@ -91,7 +91,6 @@ async def frozen_client(
             yield http
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 async def _timed_get(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:

@@ -67,7 +67,6 @@ async def frozen_redis_client(
             yield http
     finally:
         await asgi.shutdown()
-        asgi.executor.shutdown(wait=True)
 
 
 async def test_a_frozen_redis_costs_at_most_the_socket_timeout(
