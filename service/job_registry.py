@@ -22,10 +22,6 @@ from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
 from service.webhooks.handler import DeliveryHandler
 from service.webhooks.outbox import DELIVER_JOB
 
-# Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
-# slots of their own, beside WORKER_CONCURRENCY, so they neither starve nor are starved by mail.
-WEBHOOK_DELIVERY_CONCURRENCY = 32
-
 
 async def password_reset_request(payload: dict[str, Any], context: JobContext) -> None:
     """Mail a reset link if the address has an account (`{"email": ...}`)."""
@@ -95,7 +91,9 @@ def worker_config(settings: Settings) -> WorkerConfig:
     slots of their own for webhook deliveries and the webhook retention as a periodic task."""
     return WorkerConfig.from_settings(
         settings,
-        kind_concurrency={DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY},
+        # Deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): in slots of
+        # their own they neither starve nor are starved by mail.
+        kind_concurrency={DELIVER_JOB: settings.webhook_delivery_concurrency},
         periodic={"webhook retention": retention.PERIODIC},
     )
 

@@ -29,6 +29,7 @@ import os
 import re
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -57,7 +58,10 @@ USER_AGENT = "Conduit-Webhooks/1.0"
 # Shorter than common servers' idle keep-alive timeouts (Node.js: 5 s), so a pooled connection is
 # dropped by us before the receiver closes it under a request we are sending.
 KEEPALIVE_EXPIRY = 4.0
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 256  # per origin
+# Origins (scheme, host, port) a client keeps a connection pool for; beyond it, the least
+# recently used idle pools are closed.
+MAX_ORIGINS = 1024
 
 # Headers the transport owns; a caller setting them could smuggle requests or confuse framing.
 _RESERVED_HEADERS = frozenset(
@@ -216,8 +220,20 @@ def _describe(exc: BaseException) -> tuple[DeliveryErrorKind, str]:
     return DeliveryErrorKind.PROTOCOL, f"{type(exc).__name__}: {exc or 'connection broken'}"
 
 
+@dataclass(eq=False, slots=True)
+class _OriginPool:
+    """The kept-alive connections to one origin, and how many requests use them now."""
+
+    pool: httpcore.AsyncConnectionPool
+    in_use: int = 0
+
+
 class WebhookClient:
-    """A pooled delivery client bound to one address policy and one event loop."""
+    """A pooled delivery client bound to one address policy and one event loop.
+
+    One connection pool per origin: httpcore checks every pooled connection for expiry on
+    each request (a socket poll each), so one pool for all endpoints made every delivery pay
+    for every other endpoint's idle connections."""
 
     def __init__(
         self,
@@ -227,17 +243,44 @@ class WebhookClient:
         resolver: Resolver = system_resolve,
         max_connections: int = MAX_CONNECTIONS,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        max_origins: int = MAX_ORIGINS,
     ) -> None:
         self.policy = policy
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context if ssl_context is not None else httpx.create_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=_GuardedBackend(policy=policy, resolver=resolver),
+        self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+        self._backend = _GuardedBackend(policy=policy, resolver=resolver)
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._max_origins = max_origins
+        self._pools: OrderedDict[tuple[str, str, int], _OriginPool] = OrderedDict()
+
+    async def _pool_for(self, origin: tuple[str, str, int]) -> _OriginPool:
+        """The origin's pool (made on first use); closes least recently used idle pools
+        beyond `max_origins`."""
+        entry = self._pools.get(origin)
+        if entry is not None:
+            self._pools.move_to_end(origin)
+            return entry
+        entry = _OriginPool(
+            httpcore.AsyncConnectionPool(
+                ssl_context=self._ssl_context,
+                max_connections=self._max_connections,
+                keepalive_expiry=self._keepalive_expiry,
+                http1=True,
+                http2=False,
+                retries=0,
+                network_backend=self._backend,
+            )
         )
+        self._pools[origin] = entry
+        idle = [key for key, pool in self._pools.items() if pool.in_use == 0 and key != origin]
+        for key in idle[: max(len(self._pools) - self._max_origins, 0)]:
+            await self._pools.pop(key).pool.aclose()
+        return entry
+
+    @property
+    def origins(self) -> int:
+        """How many origins have a connection pool."""
+        return len(self._pools)
 
     async def __aenter__(self) -> WebhookClient:
         return self
@@ -247,7 +290,10 @@ class WebhookClient:
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._pool.aclose()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for entry in pools:
+            await entry.pool.aclose()
 
     async def deliver(
         self,
@@ -286,9 +332,11 @@ class WebhookClient:
         kept = bytearray()
         received = 0
         truncated = False
+        origin = await self._pool_for((target.scheme, target.host, target.port))
+        origin.in_use += 1
         try:
             async with asyncio.timeout(timeout):
-                async with self._pool.stream(
+                async with origin.pool.stream(
                     b"POST",
                     request_url,
                     headers=request_headers,
@@ -335,6 +383,8 @@ class WebhookClient:
                 retry_after=retry_after,
                 remote_address=remote,
             )
+        finally:
+            origin.in_use -= 1
         return result(
             status_code=status,
             response_excerpt=_excerpt(bytes(kept)),

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, func, insert, update
+from sqlalchemy import Update, bindparam, func, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from service.jobs import PermanentJobError, enqueue
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
@@ -92,6 +94,51 @@ def _claim(job: DeliveryJob, *, ok: bool = False) -> Update:
     )
 
 
+# The message UPDATEs of `record_attempt`, by (ok, names of the columns set), built once:
+# constructing a statement costs more CPU than running a cached one.
+_SETTLE_STATEMENTS: dict[tuple[bool, tuple[str, ...]], ReturningUpdate[Any]] = {}
+
+
+def _settle_statement(ok: bool, names: tuple[str, ...]) -> ReturningUpdate[Any]:
+    """The UPDATE settling an attempt: the message (bound `message_id`, still at `expected`
+    attempts) counts the attempt and sets `names` (bound `set_<name>`); the attempt itself is
+    logged by a CTE of it (bound `number`, `started`, ...), one statement, always run."""
+    statement = _SETTLE_STATEMENTS.get((ok, names))
+    if statement is None:
+        logged = (
+            insert(WebhookAttempt)
+            .values(
+                message_id=bindparam("message_id"),
+                attempt=bindparam("number"),
+                started_at=bindparam("started"),
+                duration_ms=bindparam("duration_ms"),
+                status_code=bindparam("status_code"),
+                response_excerpt=bindparam("excerpt"),
+                error=bindparam("error"),
+            )
+            .returning(WebhookAttempt.id)
+            .cte("attempt")
+        )
+        statuses = ("pending", "failed") if ok else ("pending",)
+        statement = (
+            update(WebhookMessage)
+            .where(
+                WebhookMessage.id == bindparam("message_id"),
+                WebhookMessage.attempts == bindparam("expected"),
+                WebhookMessage.status.in_(statuses),
+            )
+            .values(
+                attempts=WebhookMessage.attempts + 1,
+                last_attempt_at=bindparam("started"),
+                **{name: bindparam(f"set_{name}") for name in names},
+            )
+            .returning(WebhookMessage.id)
+            .add_cte(logged)
+        )
+        _SETTLE_STATEMENTS[(ok, names)] = statement
+    return statement
+
+
 def _attempt_error(result: DeliveryResult) -> str | None:
     if result.error is not None:
         return result.error
@@ -123,37 +170,34 @@ async def record_attempt(
     result: DeliveryResult,
     started: datetime,
     retry_after: float | None,
+    finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> None:
     """Log the attempt that started at `started` and act on its result (see the module
-    docstring); `failing_since` is the endpoint's as loaded before the attempt."""
+    docstring); `failing_since` is the endpoint's as loaded before the attempt. `finish`
+    runs last in the same transaction (the delivery job marks itself done there)."""
     number = job.attempt + 1
     finished = config.clock()
-    # The attempt is logged by a CTE of the message's UPDATE: one statement, always run.
-    logged = (
-        insert(WebhookAttempt)
-        .values(
-            message_id=job.message_id,
-            attempt=number,
-            started_at=started,
-            duration_ms=result.duration_ms,
-            status_code=result.status_code,
-            response_excerpt=result.response_excerpt or None,
-            error=_attempt_error(result),
-        )
-        .returning(WebhookAttempt.id)
-        .cte("attempt")
-    )
+    attempt = {
+        "message_id": job.message_id,
+        "expected": job.attempt,
+        "number": number,
+        "started": started,
+        "duration_ms": result.duration_ms,
+        "status_code": result.status_code,
+        "excerpt": result.response_excerpt or None,
+        "error": _attempt_error(result),
+    }
 
     async def settle(session: AsyncSession, ok: bool = False, **values: Any) -> bool:
-        statement = (
-            _claim(job, ok=ok)
-            .values(attempts=WebhookMessage.attempts + 1, last_attempt_at=started, **values)
-            .returning(WebhookMessage.id)
-            .add_cte(logged)
-        )
-        return await session.scalar(statement) is not None
+        statement = _settle_statement(ok, tuple(sorted(values)))
+        parameters = attempt | {f"set_{name}": value for name, value in values.items()}
+        # Core execution: the ORM's bulk-update bookkeeping costs more than the statement.
+        return await (await session.connection()).scalar(statement, parameters) is not None
 
-    async with sessions.begin() as session:
+    async def act(session: AsyncSession) -> tuple[float | None, bool]:
+        """Write what the result leads to; return the retry delay scheduled (None: no
+        retry) and whether this job's write won."""
+        nonlocal failing_since
         if result.ok:
             delivered = {"status": "delivered", "delivered_at": finished}
             won = await settle(session, ok=True, next_attempt_at=None, **delivered)
@@ -166,11 +210,11 @@ async def record_attempt(
                     )
                     .values(failing_since=None, updated_at=WebhookEndpoint.updated_at)
                 )
-            return
+            return None, False
         if result.status_code == 410:
             if await settle(session, status="failed", next_attempt_at=None):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_GONE)
-            return
+            return None, False
         failing_since = failing_since or await _mark_failing(session, endpoint_id, started)
         delay = retry_delay(number, config=config, retry_after=retry_after)
         too_long = failing_since is not None and finished - failing_since >= config.disable_after
@@ -178,11 +222,19 @@ async def record_attempt(
             won = await settle(session, status="failed", next_attempt_at=None)
             if won and (too_long or not job.manual):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_FAILING)
-            return
+            return None, False
         run_at = finished + timedelta(seconds=delay)
         won = await settle(session, next_attempt_at=run_at)
         if won:
             await _next_job(session, job, run_at, attempt=number, manual=False)
+        return delay, won
+
+    async with sessions.begin() as session:
+        delay, won = await act(session)
+        if finish is not None:
+            await finish(session)
+    if delay is None:
+        return
     logger.info(
         "webhook %s attempt %d failed (%s); %s",
         job.message_id,

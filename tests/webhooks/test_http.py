@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
@@ -342,3 +343,30 @@ async def test_module_level_deliver_shares_one_client_per_policy(receiver: Recei
     finally:
         await aclose_clients()
     assert webhook_http._clients == {}
+
+
+async def test_concurrent_deliveries_reuse_fewer_connections_than_requests(
+    client: WebhookClient, receiver: Receiver
+) -> None:
+    for _ in range(5):
+        results = await asyncio.gather(
+            *(client.deliver(url=receiver.url("/ok"), headers={}, body=BODY) for _ in range(4))
+        )
+        assert all(result.ok for result in results)
+    ports = {hit.client_port for hit in receiver.hits("/ok")}
+    assert len(receiver.hits("/ok")) == 20
+    assert len(ports) <= 4  # kept alive across rounds: at most one connection per parallel one
+
+
+async def test_each_origin_has_its_own_pool_and_idle_ones_are_closed_beyond_the_bound(
+    receiver: Receiver,
+) -> None:
+    async with WebhookClient(policy=LOOPBACK, max_origins=1) as client:
+        assert (await client.deliver(url=receiver.url("/ok"), headers={}, body=BODY)).ok
+        assert (
+            await client.deliver(url=receiver.url("/ok", host="localhost"), headers={}, body=BODY)
+        ).ok
+        # The first origin's pool was idle: closed when the second one came.
+        assert client.origins == 1
+        assert (await client.deliver(url=receiver.url("/ok"), headers={}, body=BODY)).ok
+    assert len({hit.client_port for hit in receiver.hits("/ok")}) == 3
