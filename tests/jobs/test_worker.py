@@ -653,3 +653,49 @@ async def test_a_mark_on_a_job_taken_over_changes_nothing(
     row = await fetch_job(database_url, job_id)
     assert (row["status"], row["locked_by"]) == ("running", "other")
     assert "was taken over by another worker" in caplog.text
+
+
+async def test_every_job_runs_exactly_once_under_batched_claims_slow_handlers_and_short_leases(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    """Three running workers with lingering batched claims, own-slot and shared lanes, handlers
+    that outlast the lease (kept by the heartbeat) and half marking their job done
+    themselves: no job may run twice, or be left undone."""
+    runs: Counter[int] = Counter()
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        runs[context.job_id] += 1
+        await asyncio.sleep(payload["sleep"])
+        if payload["marks"]:
+            async with context.sessionmaker.begin() as session:
+                await context.mark_done(session)
+
+    handlers = {"test.slow": handler, "test.own": handler}
+    payloads = [{"sleep": (i % 7) * 0.09, "marks": i % 2 == 0} for i in range(60)]
+    ids = await add_jobs(sessionmaker, "test.slow", payloads[:30])
+    ids += await add_jobs(sessionmaker, "test.own", payloads[30:])
+    workers = [
+        make_worker(
+            handlers=handlers,
+            name=f"w{n}",
+            concurrency=3,
+            kind_concurrency={"test.own": 5},
+            lease_seconds=0.3,
+            claim_linger=0.02,
+            poll_interval=0.1,
+        )
+        for n in range(3)
+    ]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        for job_id in ids:
+            await wait_for_status(database_url, job_id, "done", within=20)
+        await asyncio.sleep(0.5)  # room for a wrongful second run to show up
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert runs == dict.fromkeys(ids, 1)
+    for job_id in ids:
+        row = await fetch_job(database_url, job_id)
+        assert (row["status"], row["attempts"]) == ("done", 1)
