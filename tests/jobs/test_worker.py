@@ -658,7 +658,7 @@ async def test_a_mark_on_a_job_taken_over_changes_nothing(
 async def test_every_job_runs_exactly_once_under_batched_claims_slow_handlers_and_short_leases(
     make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
 ) -> None:
-    """Three running workers with lingering batched claims, own-slot and shared lanes, handlers
+    """Two running workers with lingering batched claims, own-slot and shared lanes, handlers
     that outlast the lease (kept by the heartbeat) and half marking their job done
     themselves: no job may run twice, or be left undone."""
     runs: Counter[int] = Counter()
@@ -671,20 +671,20 @@ async def test_every_job_runs_exactly_once_under_batched_claims_slow_handlers_an
                 await context.mark_done(session)
 
     handlers = {"test.slow": handler, "test.own": handler}
-    payloads = [{"sleep": (i % 7) * 0.09, "marks": i % 2 == 0} for i in range(60)]
-    ids = await add_jobs(sessionmaker, "test.slow", payloads[:30])
-    ids += await add_jobs(sessionmaker, "test.own", payloads[30:])
+    payloads = [{"sleep": (i % 7) * 0.09, "marks": i % 2 == 0} for i in range(40)]
+    ids = await add_jobs(sessionmaker, "test.slow", payloads[:20])
+    ids += await add_jobs(sessionmaker, "test.own", payloads[20:])
     workers = [
         make_worker(
             handlers=handlers,
             name=f"w{n}",
-            concurrency=3,
-            kind_concurrency={"test.own": 5},
+            concurrency=2,
+            kind_concurrency={"test.own": 4},
             lease_seconds=0.3,
             claim_linger=0.02,
             poll_interval=0.1,
         )
-        for n in range(3)
+        for n in range(2)  # the database server's connections are shared: few
     ]
     tasks = [asyncio.create_task(worker.run()) for worker in workers]
     try:
