@@ -48,14 +48,28 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
-from sqlalchemy import Row, Select, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -100,6 +114,16 @@ def _outcome_statement(values: dict[str, Any]) -> ReturningUpdate[Any]:
 
 # Built once: constructing a statement costs more CPU than running a cached one.
 _DONE = _outcome_statement({"status": "done"})
+_DONE_MANY = (
+    update(Job)
+    .where(
+        Job.id == any_(bindparam("job_ids", type_=ARRAY(BigInteger))),
+        Job.status == "running",
+        Job.locked_by == bindparam("worker"),
+    )
+    .values(status="done", locked_until=None, updated_at=func.now())
+    .returning(Job.id)
+)
 
 
 @dataclass
@@ -117,6 +141,21 @@ class Completion:
         connection = await session.connection()
         row = await connection.scalar(_DONE, {"job_id": self.job_id, "worker": self.worker})
         self.owned = row is not None
+
+    @staticmethod
+    async def mark_all_done(session: AsyncSession, completions: Sequence[Completion]) -> None:
+        """`mark_done` for several jobs at once: one statement per worker, not one per job
+        (handlers that batch their work, e.g. webhook deliveries, record many at once)."""
+        connection = await session.connection()
+        workers: dict[str, list[Completion]] = {}
+        for completion in completions:
+            workers.setdefault(completion.worker, []).append(completion)
+        for worker, group in workers.items():
+            ids = [completion.job_id for completion in group]
+            result = await connection.execute(_DONE_MANY, {"job_ids": ids, "worker": worker})
+            owned = set(result.scalars())
+            for completion in group:
+                completion.owned = completion.job_id in owned
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.infra.secret_box import CANNOT_DECRYPT, UnreadableSecret
 from service.infra.settings import Settings
@@ -31,6 +35,7 @@ from service.jobs import JobContext, PermanentJobError
 from service.models import WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.webhooks import http as webhook_http
 from service.webhooks import outcomes
+from service.webhooks.batching import Batcher, Batchers
 from service.webhooks.config import DeliveryConfig
 from service.webhooks.gates import EndpointGates, Postponed
 from service.webhooks.outcomes import DeliveryJob
@@ -61,6 +66,7 @@ class _Target:
 
 _LOAD = (
     select(
+        WebhookMessage.id.label("message_id"),
         WebhookMessage.status,
         WebhookMessage.attempts,
         WebhookEndpoint.id.label("endpoint_id"),
@@ -77,8 +83,23 @@ _LOAD = (
     )
     .join(WebhookEndpoint, WebhookEndpoint.id == WebhookMessage.endpoint_id)
     .join(WebhookEvent, WebhookEvent.id == WebhookMessage.event_id)
-    .where(WebhookMessage.id == bindparam("id"))
+    .where(WebhookMessage.id == any_(bindparam("ids", type_=ARRAY(String))))
 )
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def _load(sessions: Sessions, message_ids: Sequence[str]) -> list[Row[Any] | None]:
+    """The delivery rows of `message_ids` (None for a message deleted with its endpoint), in
+    one query for a whole batch of deliveries."""
+    async with sessions() as session:
+        # One read, nothing to keep consistent: no transaction (saves BEGIN and ROLLBACK
+        # round trips); Core: rows, no ORM bookkeeping.
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        result = await connection.execute(_LOAD, {"ids": list(set(message_ids))})
+        rows = cast("Sequence[Row[Any]]", result.all())
+    found = {row.message_id: row for row in rows}
+    return [found.get(message_id) for message_id in message_ids]
 
 
 class DeliveryHandler:
@@ -95,20 +116,25 @@ class DeliveryHandler:
         self.config = config or DeliveryConfig()
         self.gates = gates or EndpointGates(self.config)
         self.limiter = limiter or RateLimiter()
+        size, linger = self.config.batch_size, self.config.batch_linger
+        self._loads: Batchers[Sessions, str, Row[Any] | None] = Batchers(
+            lambda sessions: Batcher(partial(_load, sessions), max_size=size, linger=linger)
+        )
+        self._records: Batchers[Sessions, outcomes.Delivered, Exception | None] = Batchers(
+            lambda sessions: Batcher(
+                partial(outcomes.record_delivered, sessions), max_size=size, linger=linger
+            )
+        )
 
     async def __call__(self, payload: dict[str, Any], context: JobContext) -> None:
         """Make one attempt to deliver the job's message, or postpone it, or skip it."""
         job = DeliveryJob.parse(payload)
-        async with context.sessionmaker() as session:
-            # One read, nothing to keep consistent: no transaction (saves BEGIN and ROLLBACK
-            # round trips); Core: a row, no ORM bookkeeping.
-            connection = await session.connection(
-                execution_options={"isolation_level": "AUTOCOMMIT"}
-            )
-            row = (await connection.execute(_LOAD, {"id": job.message_id})).one_or_none()
+        row = await self._loads.get(context.sessionmaker).submit(job.message_id)
         if row is None:
             return  # deleted with its endpoint
-        target = _Target(**row._asdict())
+        fields = row._asdict()
+        del fields["message_id"]
+        target = _Target(**fields)
         if target.status != "pending" or target.attempts != job.attempt:
             return  # handled already: this job is stale
         if not target.enabled:
@@ -149,6 +175,19 @@ class DeliveryHandler:
             else None
         )
         ticket.release(failed=not result.ok, retry_after=retry_after)
+        if result.ok:
+            delivered = outcomes.Delivered(
+                job=job,
+                heal=target.failing_since is not None,
+                result=result,
+                started=started,
+                finished=self.config.clock(),
+                completion=context.completion,  # the job is done when the attempt is recorded
+            )
+            error = await self._records.get(context.sessionmaker).submit(delivered)
+            if error is not None:
+                raise error
+            return
         await outcomes.record_attempt(
             sessions=context.sessionmaker,
             config=self.config,
