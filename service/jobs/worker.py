@@ -256,6 +256,7 @@ class Worker:
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._claim_statements: dict[tuple[str, ...], ReturningUpdate[Any]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -490,14 +491,20 @@ class Worker:
             return [], None
         abandoned: list[ClaimedJob] = []
         seconds = None
-        async with self.sessionmaker.begin() as session:
-            if time.monotonic() - self._last_maintenance >= self.config.maintenance_interval:
-                abandoned = await self._maintain(session)
-            connection = await session.connection()  # Core: no ORM bulk-update machinery
+        maintain = time.monotonic() - self._last_maintenance >= self.config.maintenance_interval
+        async with self.sessionmaker() as session:
+            if maintain:
+                async with session.begin():
+                    abandoned = await self._maintain(session)
+            # Each claim is one statement, atomic by itself: no BEGIN and COMMIT round trips.
+            connection = await session.connection(
+                execution_options={"isolation_level": "AUTOCOMMIT"}
+            )
             rows: list[Row[Any]] = []
             filled = False
             for kinds, free in lanes:
-                claimed = (await connection.execute(self._claim_statement(kinds, free))).all()
+                statement = self._claim_statement(kinds)
+                claimed = (await connection.execute(statement, {"limit": free})).all()
                 filled = filled or len(claimed) == free
                 rows += claimed
             if not filled:
@@ -510,8 +517,16 @@ class Worker:
         jobs = [ClaimedJob.from_row(row) for row in rows]
         return jobs, float(seconds) if seconds is not None else None
 
-    def _claim_statement(self, kinds: list[str], limit: int) -> ReturningUpdate[Any]:
-        """UPDATE ... RETURNING that marks up to `limit` due jobs of `kinds` as ours."""
+    def _claim_statement(self, kinds: list[str]) -> ReturningUpdate[Any]:
+        """UPDATE ... RETURNING that marks up to `limit` (bound) due jobs of `kinds` as ours;
+        built once per lane (building it cost more than running it)."""
+        key = tuple(kinds)
+        statement = self._claim_statements.get(key)
+        if statement is None:
+            statement = self._claim_statements[key] = self._build_claim_statement(kinds)
+        return statement
+
+    def _build_claim_statement(self, kinds: list[str]) -> ReturningUpdate[Any]:
         now = func.now()
         due = (
             select(Job.id)
@@ -524,7 +539,7 @@ class Worker:
                 ),
             )
             .order_by(Job.run_at, Job.id)
-            .limit(limit)
+            .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
             # Materialised: the LIMIT ... SKIP LOCKED selection must run exactly once.
             .cte("due")

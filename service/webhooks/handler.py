@@ -29,7 +29,8 @@ from sqlalchemy import Row, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.infra.secret_box import CANNOT_DECRYPT, UnreadableSecret
+from service.infra.address_policy import AddressPolicy
+from service.infra.secret_box import CANNOT_DECRYPT, SecretBox, UnreadableSecret
 from service.infra.settings import Settings
 from service.jobs import JobContext, PermanentJobError
 from service.models import WebhookEndpoint, WebhookEvent, WebhookMessage
@@ -116,6 +117,9 @@ class DeliveryHandler:
         self.config = config or DeliveryConfig()
         self.gates = gates or EndpointGates(self.config)
         self.limiter = limiter or RateLimiter()
+        # What `settings` derive per call (the secret box, the address policy), kept for the
+        # settings object they came from: deriving them cost more than signing a delivery.
+        self._derived: tuple[Settings, SecretBox, AddressPolicy] | None = None
         size, linger = self.config.batch_size, self.config.batch_linger
         self._loads: Batchers[Sessions, str, Row[Any] | None] = Batchers(
             lambda sessions: Batcher(partial(_load, sessions), max_size=size, linger=linger)
@@ -222,10 +226,20 @@ class DeliveryHandler:
             sessions=context.sessionmaker, config=self.config, job=job, delay=delay, reason=reason
         )
 
+    def _box_and_policy(self, settings: Settings) -> tuple[SecretBox, AddressPolicy]:
+        derived = self._derived
+        if derived is None or derived[0] is not settings:
+            derived = self._derived = (
+                settings,
+                settings.webhook_secret_box,
+                settings.webhook_policy,
+            )
+        return derived[1], derived[2]
+
     async def _send(
         self, settings: Settings, job: DeliveryJob, target: _Target, started: datetime
     ) -> webhook_http.DeliveryResult:
-        box = settings.webhook_secret_box
+        box, policy = self._box_and_policy(settings)
         try:
             secrets = [box.open(target.secret)]
             expires = target.previous_secret_expires_at
@@ -254,7 +268,7 @@ class DeliveryHandler:
             url=target.url,
             headers=headers,
             body=body,
-            policy=settings.webhook_policy,
+            policy=policy,
             timeout=settings.webhook_timeout_seconds,
             max_response_bytes=settings.webhook_max_response_bytes,
             excerpt_bytes=settings.webhook_response_excerpt_bytes,
