@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -56,7 +56,13 @@ class Batcher(Generic[Item, Result]):
             self._start()
         elif self._timer is None:
             self._timer = loop.call_later(self.linger, self._start)
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Nobody will read the result now: take it when it comes, so that a failed flush
+            # (the engine closing at shutdown) is not reported as a never-retrieved error.
+            future.add_done_callback(_consume)
+            raise
 
     def _start(self) -> None:
         if self._timer is not None:
@@ -90,6 +96,11 @@ class Batcher(Generic[Item, Result]):
         self._start()
         if self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Batchers(Generic[Key, Item, Result]):
