@@ -7,11 +7,13 @@ attempt wins, the other finds itself stale). A job whose message has moved on (d
 failed, or attempted since) is stale and does nothing.
 
 Before sending, the endpoint's gates (in-flight cap, circuit breaker: `gates`) and its rate
-limit (`rate_limit`) may postpone the job. The `webhook-id` header is the message id, the
-same on every attempt; `webhook-timestamp` is the time of the attempt, and the body is the
-event as stored (identical on every try). Per-endpoint ordering is not promised (retries and
-postponements reorder messages): receivers de-duplicate on `webhook-id` and order by the
-event `timestamp`.
+limit (`rate_limit`) may postpone the job. The deliveries running at once load their messages
+and record their 2xx outcomes together (`batching`, `outcomes.record_delivered`).
+
+The `webhook-id` header is the message id, the same on every attempt; `webhook-timestamp` is
+the time of the attempt, and the body is the event as stored (identical on every try).
+Per-endpoint ordering is not promised (retries and postponements reorder messages): receivers
+de-duplicate on `webhook-id` and order by the event `timestamp`.
 """
 
 from __future__ import annotations
