@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -15,15 +17,14 @@ from service.infra.mail import Mailer, MailRejected
 from service.infra.redis import ClientOptions, close_client, open_client
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
+from service.jobs.worker import describe_failure
 from service.services import password_reset
 from service.webhooks import retention
 from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
 from service.webhooks.handler import DeliveryHandler
 from service.webhooks.outbox import DELIVER_JOB
 
-# Webhook deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): they run in
-# slots of their own, beside WORKER_CONCURRENCY, so they neither starve nor are starved by mail.
-WEBHOOK_DELIVERY_CONCURRENCY = 32
+logger = logging.getLogger("conduit.jobs")
 
 
 async def password_reset_request(payload: dict[str, Any], context: JobContext) -> None:
@@ -32,18 +33,36 @@ async def password_reset_request(payload: dict[str, Any], context: JobContext) -
     if not isinstance(email, str):
         raise PermanentJobError("payload has no email")
     settings = context.settings
+    lifetime = timedelta(minutes=settings.password_reset_minutes)
+    # The token commits before the mail leaves: its reader may follow the link at once.
+    async with context.sessionmaker.begin() as session:
+        issued = await password_reset.issue_reset(session=session, email=email, lifetime=lifetime)
+    if issued is None:
+        return
     try:
-        # The token commits only if the mail went out (a failed send rolls it back).
+        await password_reset.mail_reset(
+            mailer=context.mailer,
+            issued=issued,
+            reset_url=settings.password_reset_url,
+            lifetime=lifetime,
+        )
+    except BaseException as exc:
+        # Not sent (or not known to be: shutdown): withdrawn, it does not hold back the retry.
+        await asyncio.shield(_withdraw(context, issued))
+        if isinstance(exc, MailRejected):
+            raise PermanentJobError(str(exc)) from exc
+        raise
+
+
+async def _withdraw(context: JobContext, issued: password_reset.IssuedReset) -> None:
+    try:
         async with context.sessionmaker.begin() as session:
-            await password_reset.send_reset_mail(
-                session=session,
-                email=email,
-                mailer=context.mailer,
-                reset_url=settings.password_reset_url,
-                lifetime=timedelta(minutes=settings.password_reset_minutes),
-            )
-    except MailRejected as exc:
-        raise PermanentJobError(str(exc)) from exc
+            await password_reset.withdraw_reset(session=session, issued=issued)
+    except Exception as exc:
+        # The retry then finds a link "sent" moments ago and mails nothing; the user can ask
+        # again after the resend interval. Logged rather than raised: the mail's error is the
+        # one the job records.
+        logger.warning("withdrawing an unsent reset token failed: %s", describe_failure(exc))
 
 
 async def retired(payload: dict[str, Any], context: JobContext) -> None:
@@ -88,7 +107,9 @@ def worker_config(settings: Settings) -> WorkerConfig:
     slots of their own for webhook deliveries and the webhook retention as a periodic task."""
     return WorkerConfig.from_settings(
         settings,
-        kind_concurrency={DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY},
+        # Deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): in slots of
+        # their own they neither starve nor are starved by mail.
+        kind_concurrency={DELIVER_JOB: settings.webhook_delivery_concurrency},
         periodic={"webhook retention": retention.PERIODIC},
     )
 

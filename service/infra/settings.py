@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     webhook_response_excerpt_bytes: int = Field(default=1024, ge=0, le=65_536)
     # Deliveries to one endpoint in flight at once per worker process.
     webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=64)
+    # Deliveries in flight at once per worker process, in slots of their own beside
+    # WORKER_CONCURRENCY (they mostly wait on the network).
+    webhook_delivery_concurrency: int = Field(default=32, ge=1, le=256)
     # Days the delivery log (events, messages, attempts) is kept; see service/webhooks/retention.
     webhook_retention_days: int = Field(default=30, ge=1, le=3650)
     # Fernet keys sealing the signing secrets in the database, comma-separated: the first seals,

@@ -8,10 +8,18 @@ inside `conduit serve`) claim due jobs with `FOR UPDATE SKIP LOCKED`, are woken 
 
 from service.jobs.config import Periodic, WorkerConfig
 from service.jobs.queue import CHANNEL, enqueue
-from service.jobs.worker import Handler, JobContext, PermanentJobError, Worker, backoff_delay
+from service.jobs.worker import (
+    Completion,
+    Handler,
+    JobContext,
+    PermanentJobError,
+    Worker,
+    backoff_delay,
+)
 
 __all__ = [
     "CHANNEL",
+    "Completion",
     "Handler",
     "JobContext",
     "Periodic",

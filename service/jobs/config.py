@@ -38,6 +38,9 @@ class WorkerConfig:
     kind_concurrency: Mapping[str, int] = field(default_factory=dict)
     shutdown_grace: float  # seconds running jobs get to finish at stop (SHUTDOWN_GRACE_SECONDS)
     poll_interval: float = 5.0  # seconds between claims when no NOTIFY wakes the worker
+    # Seconds a freed slot waits, while most slots are busy, for others to free up and be
+    # claimed for in the same statement (0: claim at once for each).
+    claim_linger: float = 0.005
     lease_seconds: float = 60.0  # a running job is claimable again this long after its lease
     job_timeout: float = 300.0
     backoff_base: float = 10.0  # a failed attempt retries after base * 2**(attempt-1) s,

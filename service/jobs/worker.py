@@ -20,6 +20,11 @@ Guarantees and how they are kept:
   `job_failed` method (`FailureAware`) is told when one of its jobs has failed for good, also
   when its worker died during the last attempt, so that what the job stood for (a webhook
   message) does not stay pending forever.
+- Batched: one claim statement per lane takes up to its free slots. While most slots are
+  busy, a freed slot waits `claim_linger` seconds (a few ms) for others to free up, so that
+  a busy worker claims several jobs per round trip rather than one per finished job. A
+  handler whose success is one transaction marks its job done in it (`JobContext.mark_done`):
+  one commit instead of two.
 - Bounded: at most `concurrency` jobs run at once; each is limited to `job_timeout`. A kind
   given its own slots (`kind_concurrency`, e.g. webhook deliveries, which wait on remote
   servers) runs up to that many jobs besides them: neither starves the other.
@@ -43,14 +48,28 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
-from sqlalchemy import Row, Select, and_, case, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Select,
+    and_,
+    any_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -78,6 +97,67 @@ class PermanentJobError(Exception):
     """Raised by a handler when retrying cannot succeed: the job fails at once."""
 
 
+def _outcome_statement(values: dict[str, Any]) -> ReturningUpdate[Any]:
+    """UPDATE writing a job's outcome `values`, only while the job (bound `job_id`) is still
+    the worker's (bound `worker`)."""
+    return (
+        update(Job)
+        .where(
+            Job.id == bindparam("job_id"),
+            Job.status == "running",
+            Job.locked_by == bindparam("worker"),
+        )
+        .values(locked_until=None, updated_at=func.now(), **values)
+        .returning(Job.id)
+    )
+
+
+# Built once: constructing a statement costs more CPU than running a cached one.
+_DONE = _outcome_statement({"status": "done"})
+_DONE_MANY = (
+    update(Job)
+    .where(
+        Job.id == any_(bindparam("job_ids", type_=ARRAY(BigInteger))),
+        Job.status == "running",
+        Job.locked_by == bindparam("worker"),
+    )
+    .values(status="done", locked_until=None, updated_at=func.now())
+    .returning(Job.id)
+)
+
+
+@dataclass
+class Completion:
+    """A job's `done` mark written by its handler in the handler's own transaction (one
+    commit for the work and the mark instead of two); `owned` says whether it was written
+    (None: the handler did not use it, the worker marks the job itself)."""
+
+    job_id: int
+    worker: str
+    owned: bool | None = None
+
+    async def mark_done(self, session: AsyncSession) -> None:
+        """Mark the job done in `session`'s transaction (it counts once that commits)."""
+        connection = await session.connection()
+        row = await connection.scalar(_DONE, {"job_id": self.job_id, "worker": self.worker})
+        self.owned = row is not None
+
+    @staticmethod
+    async def mark_all_done(session: AsyncSession, completions: Sequence[Completion]) -> None:
+        """`mark_done` for several jobs at once: one statement per worker, not one per job
+        (handlers that batch their work, e.g. webhook deliveries, record many at once)."""
+        connection = await session.connection()
+        workers: dict[str, list[Completion]] = {}
+        for completion in completions:
+            workers.setdefault(completion.worker, []).append(completion)
+        for worker, group in workers.items():
+            ids = [completion.job_id for completion in group]
+            result = await connection.execute(_DONE_MANY, {"job_ids": ids, "worker": worker})
+            owned = set(result.scalars())
+            for completion in group:
+                completion.owned = completion.job_id in owned
+
+
 @dataclass(frozen=True)
 class JobContext:
     """What a handler gets besides its payload."""
@@ -89,6 +169,14 @@ class JobContext:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     mailer: Mailer
+    completion: Completion | None = None  # None: the handler cannot mark its job done itself
+
+    async def mark_done(self, session: AsyncSession) -> None:
+        """Mark this job done in `session`'s transaction, for a handler whose success is
+        one transaction: called last in it, the work and the job commit together (and the
+        worker skips its own write). Without a `completion` it does nothing."""
+        if self.completion is not None:
+            await self.completion.mark_done(session)
 
 
 @dataclass(frozen=True)
@@ -168,6 +256,7 @@ class Worker:
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._in_flight: dict[asyncio.Task[None], ClaimedJob] = {}
+        self._claim_statements: dict[tuple[str, ...], ReturningUpdate[Any]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -226,6 +315,9 @@ class Worker:
         # slots add at most 8: their handlers (webhook deliveries) hold no connection while
         # they wait on the network, and many workers must fit in the server's connections.
         own = min(self.total_concurrency - self.config.concurrency, 8)
+        # The pre-ping stays (three round trips per checkout with asyncpg): without it, after a
+        # database restart every pooled connection would fail one job, and a webhook message
+        # would lose one of its attempts to our own outage rather than its receiver's.
         pool = self.settings.model_copy(
             update={"db_pool_size": self.config.concurrency + own + 3, "db_max_overflow": 2}
         )
@@ -326,6 +418,11 @@ class Worker:
             self._wake.clear()
             delay = min(self.config.poll_interval, self._start_periodic())
             lanes = self._lanes()
+            if lanes and self._in_flight and self._few_free(lanes):
+                # Few free slots among busy ones (a job just finished): let a few more
+                # finish, then claim for all of them in one statement, not one each.
+                await asyncio.sleep(self.config.claim_linger)
+                lanes = self._lanes()
             if lanes:
                 try:
                     jobs, next_due = await self._claim(lanes)
@@ -348,6 +445,11 @@ class Worker:
                     delay = min(delay, max(next_due, 0.02))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _few_free(self, lanes: list[tuple[list[str], int]]) -> bool:
+        """Whether under a quarter of all slots are free (and lingering is on)."""
+        free = sum(count for _, count in lanes)
+        return self.config.claim_linger > 0 and 4 * free < self.total_concurrency
 
     def _start_periodic(self) -> float:
         """Start the periodic tasks that are due and not running; return the seconds until
@@ -388,21 +490,43 @@ class Worker:
         if not lanes:
             return [], None
         abandoned: list[ClaimedJob] = []
-        async with self.sessionmaker.begin() as session:
-            if time.monotonic() - self._last_maintenance >= self.config.maintenance_interval:
-                abandoned = await self._maintain(session)
+        seconds = None
+        maintain = time.monotonic() - self._last_maintenance >= self.config.maintenance_interval
+        async with self.sessionmaker() as session:
+            if maintain:
+                async with session.begin():
+                    abandoned = await self._maintain(session)
+            # Each claim is one statement, atomic by itself: no BEGIN and COMMIT round trips.
+            connection = await session.connection(
+                execution_options={"isolation_level": "AUTOCOMMIT"}
+            )
             rows: list[Row[Any]] = []
+            filled = False
             for kinds, free in lanes:
-                rows += (await session.execute(self._claim_statement(kinds, free))).all()
-            every_kind = [kind for kinds, _ in lanes for kind in kinds]
-            seconds = await session.scalar(_next_due_query(every_kind))
+                statement = self._claim_statement(kinds)
+                claimed = (await connection.execute(statement, {"limit": free})).all()
+                filled = filled or len(claimed) == free
+                rows += claimed
+            if not filled:
+                # The loop claims again at once when a lane filled up: only otherwise does it
+                # need to know when to look next.
+                every_kind = [kind for kinds, _ in lanes for kind in kinds]
+                seconds = await connection.scalar(_next_due_query(every_kind))
         for job in abandoned:
             await self._failed_for_good(job, ABANDONED)
         jobs = [ClaimedJob.from_row(row) for row in rows]
         return jobs, float(seconds) if seconds is not None else None
 
-    def _claim_statement(self, kinds: list[str], limit: int) -> ReturningUpdate[Any]:
-        """UPDATE ... RETURNING that marks up to `limit` due jobs of `kinds` as ours."""
+    def _claim_statement(self, kinds: list[str]) -> ReturningUpdate[Any]:
+        """UPDATE ... RETURNING that marks up to `limit` (bound) due jobs of `kinds` as ours;
+        built once per lane (building it cost more than running it)."""
+        key = tuple(kinds)
+        statement = self._claim_statements.get(key)
+        if statement is None:
+            statement = self._claim_statements[key] = self._build_claim_statement(kinds)
+        return statement
+
+    def _build_claim_statement(self, kinds: list[str]) -> ReturningUpdate[Any]:
         now = func.now()
         due = (
             select(Job.id)
@@ -415,7 +539,7 @@ class Worker:
                 ),
             )
             .order_by(Job.run_at, Job.id)
-            .limit(limit)
+            .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
             # Materialised: the LIMIT ... SKIP LOCKED selection must run exactly once.
             .cte("due")
@@ -484,7 +608,7 @@ class Worker:
         self._in_flight.pop(task, None)
         self._wake.set()  # a free slot: claim more
 
-    def _context(self, job: ClaimedJob) -> JobContext:
+    def _context(self, job: ClaimedJob, completion: Completion | None = None) -> JobContext:
         return JobContext(
             job_id=job.id,
             kind=job.kind,
@@ -493,11 +617,13 @@ class Worker:
             settings=self.settings,
             sessionmaker=self.sessionmaker,
             mailer=self.mailer,
+            completion=completion,
         )
 
     async def _execute(self, job: ClaimedJob) -> None:
         handler = self._handlers[job.kind]
-        context = self._context(job)
+        completion = Completion(job.id, self.name)
+        context = self._context(job, completion)
         try:
             try:
                 async with asyncio.timeout(self.config.job_timeout):
@@ -509,7 +635,10 @@ class Worker:
             except Exception as exc:
                 await self._record_failure(job, exc)
             else:
-                await self._record_outcome(job, status="done", error=None, delay=None)
+                if completion.owned is None:
+                    await self._record_outcome(job, status="done", error=None, delay=None)
+                elif not completion.owned:
+                    self._taken_over(job)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -577,27 +706,28 @@ class Worker:
         self, job: ClaimedJob, *, status: str, error: str | None, delay: float | None
     ) -> bool:
         """Write the outcome if the job is still ours; return whether it was."""
-        now = func.now()
-        values: dict[str, Any] = {"status": status, "locked_until": None, "updated_at": now}
+        values: dict[str, Any] = {"status": status}
         if error is not None:
             values["last_error"] = error
         if delay is not None:
-            values["run_at"] = now + timedelta(seconds=delay)
+            values["run_at"] = func.now() + timedelta(seconds=delay)
         async with self.sessionmaker.begin() as session:
-            owned = await session.scalar(
-                update(Job)
-                .where(Job.id == job.id, Job.status == "running", Job.locked_by == self.name)
-                .values(**values)
-                .returning(Job.id)
+            connection = await session.connection()  # Core: no ORM bulk-update machinery
+            owned = await connection.scalar(
+                _outcome_statement(values), {"job_id": job.id, "worker": self.name}
             )
         if owned is None:
-            logger.warning(
-                "job %d (%s) was taken over by another worker before it finished here",
-                job.id,
-                job.kind,
-                extra={"job_id": job.id, "kind": job.kind},
-            )
+            self._taken_over(job)
         return owned is not None
+
+    @staticmethod
+    def _taken_over(job: ClaimedJob) -> None:
+        logger.warning(
+            "job %d (%s) was taken over by another worker before it finished here",
+            job.id,
+            job.kind,
+            extra={"job_id": job.id, "kind": job.kind},
+        )
 
     async def _release(self, job: ClaimedJob) -> None:
         try:

@@ -3,20 +3,21 @@
 The request only enqueues a job (`password_reset.request`) in the request's transaction, so
 answering takes the same work whether or not the address has an account: nothing reveals
 which emails are registered. The worker then looks the account up and, if there is one (not
-suspended, and not sent a link in the last minute), stores a new token (only its SHA-256) and
-mails the link. Confirming uses the
-token once: it is marked used with a conditional UPDATE (two concurrent confirmations cannot
-both win), the password changes, the user's other reset tokens are cancelled and every
-sign-in session is revoked.
+suspended, and not sent a link in the last minute), stores a new token (only its SHA-256),
+commits, and only then mails the link (withdrawing the token if the mail does not go out).
+Confirming uses the token once: it is marked used with a conditional UPDATE (two concurrent
+confirmations cannot both win), the password changes, the user's other reset tokens are
+cancelled and every sign-in session is revoked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain.errors import PermissionDenied
@@ -50,15 +51,30 @@ async def request_reset(*, session: AsyncSession, email: str) -> None:
     await enqueue(session=session, kind=REQUEST_JOB, payload={"email": email})
 
 
+@dataclass(frozen=True)
+class IssuedReset:
+    """A committed reset token still to be mailed (the only place it exists in clear)."""
+
+    token_id: int
+    email: str
+    token: str
+
+
+async def _store_token(
+    *, session: AsyncSession, user_id: int, lifetime: timedelta
+) -> tuple[int, str]:
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    row = PasswordResetToken(
+        user_id=user_id, token_hash=hash_token(token), expires_at=func.now() + lifetime
+    )
+    session.add(row)
+    await session.flush()
+    return row.id, token
+
+
 async def issue_token(*, session: AsyncSession, user_id: int, lifetime: timedelta) -> str:
     """Store a new single-use token for `user_id` (hashed) and return it in clear."""
-    token = secrets.token_urlsafe(TOKEN_BYTES)
-    session.add(
-        PasswordResetToken(
-            user_id=user_id, token_hash=hash_token(token), expires_at=func.now() + lifetime
-        )
-    )
-    await session.flush()
+    _, token = await _store_token(session=session, user_id=user_id, lifetime=lifetime)
     return token
 
 
@@ -73,28 +89,26 @@ def reset_mail_text(*, link: str, minutes: int) -> str:
     )
 
 
-async def send_reset_mail(
+async def issue_reset(
     *,
     session: AsyncSession,
     email: str,
-    mailer: Mailer,
-    reset_url: str,
     lifetime: timedelta,
     resend_interval: timedelta = RESEND_INTERVAL,
-) -> bool:
-    """Mail a reset link to the account with `email`; False when nothing was sent.
+) -> IssuedReset | None:
+    """Store a reset token for the account with `email`, to be mailed by `mail_reset` once the
+    caller has committed; None when nothing is to be sent.
 
-    Suspended accounts get nothing, and neither does an account that was sent a link less
+    Suspended accounts get nothing, and neither does an account that was issued a link less
     than `resend_interval` ago (whoever asks, however often, one mail per interval). The
-    token is stored in the caller's transaction: commit after this returns (a failed send
-    raises, and the rollback discards the token).
+    commit comes before the mail because whoever reads the mail may follow its link at once:
+    a token still in an open transaction would be refused.
     """
     user = await session.scalar(select(User).where(User.email == email.lower()))
     if user is None or user.suspended:
-        return False
+        return None
     # Concurrent requests for one account are decided one after the other. An advisory lock,
-    # not a row lock: the user row stays free for logins and profile updates while the mail
-    # is being sent.
+    # not a row lock: the user row stays free for logins and profile updates.
     await session.execute(select(func.pg_advisory_xact_lock(ADVISORY_LOCK_NAMESPACE, user.id)))
     if resend_interval > timedelta(0):
         recent = await session.scalar(
@@ -108,13 +122,30 @@ async def send_reset_mail(
         )
         if recent is not None:
             # The mail sent moments ago is still valid: do not let anyone flood the inbox.
-            return False
-    token = await issue_token(session=session, user_id=user.id, lifetime=lifetime)
+            return None
+    token_id, token = await _store_token(session=session, user_id=user.id, lifetime=lifetime)
+    return IssuedReset(token_id=token_id, email=user.email, token=token)
+
+
+async def mail_reset(
+    *, mailer: Mailer, issued: IssuedReset, reset_url: str, lifetime: timedelta
+) -> None:
+    """Mail the link of a committed reset token; raises `MailError` when it did not go out
+    (then `withdraw_reset` it, so that it does not count as sent)."""
     # `replace`, not `format`: other braces in the configured URL are left alone.
-    link = reset_url.replace("{token}", token)
+    link = reset_url.replace("{token}", issued.token)
     minutes = int(lifetime.total_seconds() // 60)
-    await mailer.send(user.email, MAIL_SUBJECT, reset_mail_text(link=link, minutes=minutes))
-    return True
+    await mailer.send(issued.email, MAIL_SUBJECT, reset_mail_text(link=link, minutes=minutes))
+
+
+async def withdraw_reset(*, session: AsyncSession, issued: IssuedReset) -> None:
+    """Delete a token whose mail did not go out: nobody knows it, and left in place it would
+    hold back the retry's mail for the resend interval."""
+    await session.execute(
+        delete(PasswordResetToken).where(
+            PasswordResetToken.id == issued.token_id, PasswordResetToken.used_at.is_(None)
+        )
+    )
 
 
 async def confirm_reset(

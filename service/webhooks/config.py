@@ -37,6 +37,10 @@ class DeliveryConfig:
     max_queue_wait: float = 1.0  # at the cap, wait this long in the job for a place at most
     max_postpone: float = 300.0
     max_rate_wait: float = 5.0  # wait in the job for a rate-limit slot at most this long
+    # Concurrent deliveries load their messages and record their 2xx outcomes together
+    # (`batching`): a batch gathers for at most this many seconds, up to this many items.
+    batch_linger: float = 0.002
+    batch_size: int = 64
     clock: Callable[[], datetime] = _utcnow
 
 

@@ -1,18 +1,23 @@
 """One webhook delivery attempt over HTTP, with the SSRF guard on the address actually connected.
 
-Design: an httpcore connection pool whose network backend is `_GuardedBackend`. The pool asks the
-backend for a TCP connection to the URL's host name; the backend resolves the name itself,
-refuses the target if any resolved address is refused (`ssrf.resolve_checked`), connects to one
-checked IP literal, and compares the socket's peer address with it before handing the stream
-back. TLS then runs over that stream with SNI and certificate verification for the host name, and
-the Host header carries the host name, exactly as for an ordinary request.
+Design: a small HTTP/1.1 client of our own, h11 for the protocol and an asyncio `Protocol` per
+connection, pooled per origin (scheme, host name, port). A new connection resolves the host name
+itself, refuses the target if any resolved address is refused (`ssrf.resolve_checked`), connects
+to one checked IP literal (TLS with SNI and certificate verification for the host name), and
+compares the socket's peer address with it before use. The Host header carries the host name,
+exactly as for an ordinary request.
 
-Why not "request the IP URL with a Host header and `sni_hostname`" through plain httpx: its pool
-is keyed by origin, which would then be the IP, so a kept-alive TLS connection verified for host A
-could carry a request for host B on the same IP (a shared CDN address). Here the pool stays keyed
-by host name, so reuse is safe: a reused connection goes to the same name, on an address that was
-checked when it was opened, under the same policy (one pool per policy). No proxy is ever used,
-so proxy variables in the environment cannot route around the guard.
+Why not httpx/httpcore, which this module used before: per request they cost more CPU than the
+rest of a delivery (anyio's cancel scopes and events, header re-validation, a socket poll per
+pooled connection to check it is still open, headers and body written separately). Here a
+request is built once by h11 and written with one call; a pooled connection is known to be
+closed (or to have sent bytes nobody asked for) from the callbacks asyncio already makes, and
+is then dropped, not reused. Why not "request the IP URL with a Host header": the pool would be
+keyed by the IP, so a kept-alive TLS connection verified for host A could carry a request for
+host B on the same IP (a shared CDN address). Keyed by host name, a reused connection goes to the
+same name, on an address that was checked when it was opened, under the same policy (one client
+per policy). No proxy is ever used, so proxy variables in the environment cannot route around
+the guard.
 
 Other rules: redirects are never followed (a 3xx is just a non-2xx result); the whole attempt
 (resolve, connect, TLS, send, read) is bounded by one timeout; at most `max_response_bytes` of the
@@ -29,21 +34,22 @@ import os
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping
-from contextlib import aclosing
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import ip_address
 from typing import Any, cast
 
-import httpcore
+import h11
 import httpx
 
 from service.infra.address_policy import AddressPolicy, IPAddress
 from service.webhooks.ssrf import (
     ResolutionFailed,
     Resolver,
+    WebhookTarget,
     WebhookUrlRefused,
     check_url,
     resolve_checked,
@@ -57,7 +63,10 @@ USER_AGENT = "Conduit-Webhooks/1.0"
 # Shorter than common servers' idle keep-alive timeouts (Node.js: 5 s), so a pooled connection is
 # dropped by us before the receiver closes it under a request we are sending.
 KEEPALIVE_EXPIRY = 4.0
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 256  # per origin
+# Origins (scheme, host, port) a client keeps a connection pool for; beyond it, the least
+# recently used idle pools are closed.
+MAX_ORIGINS = 1024
 
 # Headers the transport owns; a caller setting them could smuggle requests or confuse framing.
 _RESERVED_HEADERS = frozenset(
@@ -117,57 +126,125 @@ def _strip_scope(value: str) -> IPAddress:
     return ip_address(value.partition("%")[0])
 
 
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves and checks the host itself, then connects to one checked IP literal."""
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a checked address, kept alive between requests: the
+    received bytes go straight to its h11 state machine (no stream layer between)."""
 
-    def __init__(self, *, policy: AddressPolicy, resolver: Resolver) -> None:
-        self._policy = policy
-        self._resolver = resolver
-        self._inner = httpcore.AnyIOBackend()
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.remote: str | None = None
+        self.idle_since = 0.0
+        self.unusable = False  # closed, or sent bytes nobody asked for
+        self._eof = False
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Connect to the first reachable checked address of `host`."""
-        addresses = await resolve_checked(host, port, policy=self._policy, resolver=self._resolver)
-        failure: Exception | None = None
-        for address in addresses:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport (asyncio's TCP transports already set TCP_NODELAY)."""
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Hand the bytes to h11; bytes arriving while idle make the connection unusable."""
+        if self._waiter is None:
+            self.unusable = True
+        self.h11.receive_data(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: h11 is told, and the connection is not reused."""
+        self._close_input()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Gone: nothing more will arrive."""
+        self._close_input()
+
+    def _close_input(self) -> None:
+        self.unusable = True
+        if not self._eof:
+            self._eof = True
+            self.h11.receive_data(b"")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        """Write a whole request at once (one system call for headers and body)."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def next_event(self) -> Any:
+        """The next thing h11 makes of the answer, waiting for bytes as needed."""
+        while True:
             try:
-                stream = await self._inner.connect_tcp(
-                    str(address),
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError:
+                if not self._eof:
+                    raise
+                event = h11.ConnectionClosed()
+            if isinstance(event, h11.ConnectionClosed) or (event is h11.NEED_DATA and self._eof):
+                raise h11.RemoteProtocolError(
+                    "Server disconnected before the response was complete."
                 )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-                continue
-            peer = stream.get_extra_info("server_addr")
-            if not peer or _strip_scope(str(peer[0])) != _strip_scope(str(address)):
-                await stream.aclose()
-                raise WebhookUrlRefused("the connection ended up at an unexpected address")
-            return stream
-        assert failure is not None
-        raise failure
+            if event is not h11.NEED_DATA:
+                return event
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """Never used: webhooks go over TCP only."""
-        raise WebhookUrlRefused("unix sockets are not webhook targets")
+    def reusable(self, now: float, expiry: float) -> bool:
+        """Whether it can carry another request (open, silent, not idle too long)."""
+        transport = self.transport
+        if self.unusable or transport is None or transport.is_closing():
+            return False
+        return now - self.idle_since < expiry
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep on the running event loop."""
-        await self._inner.sleep(seconds)
+    def close(self) -> None:
+        """Drop the connection at once (an unfinished exchange cannot be resumed)."""
+        self.unusable = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def _open(
+    target: WebhookTarget,
+    *,
+    policy: AddressPolicy,
+    resolver: Resolver,
+    ssl_context: ssl.SSLContext,
+) -> _Connection:
+    """Resolve and check the host, connect to the first reachable checked address (TLS with
+    SNI and verification for the host name), and make sure the socket's peer is that one."""
+    addresses = await resolve_checked(target.host, target.port, policy=policy, resolver=resolver)
+    loop = asyncio.get_running_loop()
+    tls = target.scheme == "https"
+    failure: Exception | None = None
+    for address in addresses:
+        try:
+            transport, connection = await loop.create_connection(
+                _Connection,
+                host=str(address),
+                port=target.port,
+                ssl=ssl_context if tls else None,
+                server_hostname=target.host if tls else None,
+            )
+        except ssl.SSLError:
+            raise  # the host is there but fails verification: no other address will do
+        except OSError as exc:
+            failure = exc
+            continue
+        peer = transport.get_extra_info("peername")
+        if not peer or _strip_scope(str(peer[0])) != _strip_scope(str(address)):
+            transport.abort()
+            raise WebhookUrlRefused("the connection ended up at an unexpected address")
+        connection.remote = str(peer[0])
+        return connection
+    assert failure is not None
+    raise failure
 
 
 def _request_headers(
@@ -208,7 +285,7 @@ def _describe(exc: BaseException) -> tuple[DeliveryErrorKind, str]:
     if tls is not None:
         detail = getattr(tls, "verify_message", None) or tls.reason or type(tls).__name__
         return DeliveryErrorKind.TLS, f"TLS error: {detail}"
-    if isinstance(exc, httpcore.ConnectError | OSError):
+    if isinstance(exc, OSError):
         # The root OSError's errno says more than anyio's "All connection attempts failed".
         errnos = [e.errno for e in chain if isinstance(e, OSError) and e.errno]
         detail = os.strerror(errnos[-1]) if errnos else str(exc)
@@ -216,8 +293,33 @@ def _describe(exc: BaseException) -> tuple[DeliveryErrorKind, str]:
     return DeliveryErrorKind.PROTOCOL, f"{type(exc).__name__}: {exc or 'connection broken'}"
 
 
+class _OriginPool:
+    """The kept-alive connections to one origin, and how many requests use it now."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.idle: list[_Connection] = []
+        self.in_use = 0
+        self.slots = asyncio.Semaphore(max_connections)
+
+    def take(self, now: float, expiry: float) -> _Connection | None:
+        """The most recently used idle connection still fit for a request (others closed)."""
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.reusable(now, expiry):
+                return connection
+            connection.close()
+        return None
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        for connection in self.idle:
+            connection.close()
+        self.idle.clear()
+
+
 class WebhookClient:
-    """A pooled delivery client bound to one address policy and one event loop."""
+    """A pooled delivery client bound to one address policy and one event loop: one pool of
+    kept-alive connections per origin (see the module docstring)."""
 
     def __init__(
         self,
@@ -227,17 +329,33 @@ class WebhookClient:
         resolver: Resolver = system_resolve,
         max_connections: int = MAX_CONNECTIONS,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        max_origins: int = MAX_ORIGINS,
     ) -> None:
         self.policy = policy
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context if ssl_context is not None else httpx.create_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-            http1=True,
-            http2=False,
-            retries=0,
-            network_backend=_GuardedBackend(policy=policy, resolver=resolver),
-        )
+        self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+        self._resolver = resolver
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._max_origins = max_origins
+        self._pools: OrderedDict[tuple[str, str, int], _OriginPool] = OrderedDict()
+
+    def _pool_for(self, origin: tuple[str, str, int]) -> _OriginPool:
+        """The origin's pool (made on first use); closes least recently used idle pools
+        beyond `max_origins`."""
+        entry = self._pools.get(origin)
+        if entry is not None:
+            self._pools.move_to_end(origin)
+            return entry
+        entry = self._pools[origin] = _OriginPool(self._max_connections)
+        idle = [key for key, pool in self._pools.items() if pool.in_use == 0 and key != origin]
+        for key in idle[: max(len(self._pools) - self._max_origins, 0)]:
+            self._pools.pop(key).close()
+        return entry
+
+    @property
+    def origins(self) -> int:
+        """How many origins have a connection pool."""
+        return len(self._pools)
 
     async def __aenter__(self) -> WebhookClient:
         return self
@@ -247,7 +365,10 @@ class WebhookClient:
 
     async def aclose(self) -> None:
         """Close every pooled connection."""
-        await self._pool.aclose()
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for entry in pools:
+            entry.close()
 
     async def deliver(
         self,
@@ -273,12 +394,10 @@ class WebhookClient:
         request_headers = _request_headers(
             headers, host_header=target.netloc, body_type="application/json"
         )
-        request_url = httpcore.URL(
-            scheme=target.scheme, host=target.host, port=target.port, target=target.target
+        request_headers.append((b"Content-Length", str(len(body)).encode("ascii")))
+        request = h11.Request(
+            method=b"POST", target=target.target.encode("ascii"), headers=request_headers
         )
-        extensions = {
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        }
 
         status: int | None = None
         retry_after: int | None = None
@@ -286,34 +405,62 @@ class WebhookClient:
         kept = bytearray()
         received = 0
         truncated = False
+        origin = self._pool_for((target.scheme, target.host, target.port))
+        origin.in_use += 1
+        connection: _Connection | None = None
+        reuse = False
         try:
-            async with asyncio.timeout(timeout):
-                async with self._pool.stream(
-                    b"POST",
-                    request_url,
-                    headers=request_headers,
-                    content=body,
-                    extensions=extensions,
-                ) as response:
-                    status = response.status
-                    retry_after = parse_retry_after(_header(response.headers, b"retry-after"))
-                    remote = _peer(response.extensions)
-                    chunks = cast(AsyncGenerator[bytes, None], response.aiter_stream())
-                    async with aclosing(chunks):
-                        async for chunk in chunks:
-                            if len(kept) < excerpt_bytes:
-                                kept += chunk[: excerpt_bytes - len(kept)]
-                            received += len(chunk)
-                            if received > max_response_bytes:
-                                # Stop reading; closing an unfinished response drops the connection.
-                                truncated = True
-                                break
-                    truncated = truncated or received > len(kept)
+            async with asyncio.timeout(timeout), origin.slots:
+                connection = origin.take(time.monotonic(), self._keepalive_expiry)
+                if connection is None:
+                    connection = await _open(
+                        target,
+                        policy=self.policy,
+                        resolver=self._resolver,
+                        ssl_context=self._ssl_context,
+                    )
+                remote = connection.remote
+                protocol = connection.h11
+                connection.send(
+                    b"".join(
+                        (
+                            protocol.send(request) or b"",
+                            protocol.send(h11.Data(data=body)) or b"",
+                            protocol.send(h11.EndOfMessage()) or b"",
+                        )
+                    )
+                )
+                event = await connection.next_event()
+                while isinstance(event, h11.InformationalResponse):
+                    event = await connection.next_event()
+                if not isinstance(event, h11.Response):
+                    raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+                status = event.status_code
+                retry_after = parse_retry_after(_header(event.headers, b"retry-after"))
+                while True:
+                    event = await connection.next_event()
+                    if isinstance(event, h11.EndOfMessage):
+                        break
+                    if not isinstance(event, h11.Data):
+                        raise h11.RemoteProtocolError("the response ended early")
+                    chunk = event.data
+                    if len(kept) < excerpt_bytes:
+                        kept += chunk[: excerpt_bytes - len(kept)]
+                    received += len(chunk)
+                    if received > max_response_bytes:
+                        # Stop reading; an unfinished response cannot leave the connection
+                        # reusable, so it is dropped.
+                        truncated = True
+                        break
+                truncated = truncated or received > len(kept)
+                if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+                    protocol.start_next_cycle()
+                    reuse = not received > max_response_bytes
         except WebhookUrlRefused as exc:
             return result(status_code=None, error=exc.reason, error_kind=DeliveryErrorKind.REFUSED)
         except ResolutionFailed as exc:
             return result(status_code=None, error=str(exc), error_kind=DeliveryErrorKind.DNS)
-        except (TimeoutError, httpcore.TimeoutException):
+        except TimeoutError:
             phase = "reading the response body" if status is not None else "waiting for a response"
             return result(
                 status_code=status,
@@ -324,7 +471,7 @@ class WebhookClient:
                 retry_after=retry_after,
                 remote_address=remote,
             )
-        except (httpcore.NetworkError, httpcore.ProtocolError, ssl.SSLError, OSError) as exc:
+        except (h11.ProtocolError, ssl.SSLError, OSError) as exc:
             kind, message = _describe(exc)
             return result(
                 status_code=status,
@@ -335,6 +482,14 @@ class WebhookClient:
                 retry_after=retry_after,
                 remote_address=remote,
             )
+        finally:
+            origin.in_use -= 1
+            if connection is not None:
+                if reuse:
+                    connection.idle_since = time.monotonic()
+                    origin.idle.append(connection)
+                else:
+                    connection.close()
         return result(
             status_code=status,
             response_excerpt=_excerpt(bytes(kept)),
@@ -344,19 +499,11 @@ class WebhookClient:
         )
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
-
-
-def _peer(extensions: Mapping[str, Any]) -> str | None:
-    stream = extensions.get("network_stream")
-    if stream is None:
-        return None
-    peer = stream.get_extra_info("server_addr")
-    return str(peer[0]) if peer else None
 
 
 # One client per policy, lazily created on the running loop: pooled sockets belong to one loop.

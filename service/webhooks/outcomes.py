@@ -18,6 +18,11 @@ error. Never the headers (signatures), the secret, or the URL.
   run. When the last retry fails, or the endpoint has been failing for 5 days, the message
   fails and the endpoint is disabled ("failing"; `disabling`). A manual redelivery whose
   message's schedule is used up fails again without disabling the endpoint.
+- 2xx results of concurrent deliveries are written together (`record_delivered`, through a
+  `batching.Batcher`): one statement settles every message of the batch and logs its attempt,
+  and the delivery jobs are marked done in the same transaction. If that fails, each is
+  written alone, so one that cannot be written (its message deleted meanwhile) fails only its
+  own job.
 - Postponed (the endpoint's gates or rate limit said not now): a new job, no attempt counted;
   the message keeps its place in the retry schedule, postponing never uses up retries.
 - A delivery job that fails for good without recording an outcome (it kept raising: a bug, or
@@ -29,14 +34,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Update, func, insert, update
+from sqlalchemy import Update, bindparam, func, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import ReturningUpdate
 
-from service.jobs import PermanentJobError, enqueue
+from service.jobs import Completion, PermanentJobError, enqueue
+from service.jobs.worker import describe_failure
 from service.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from service.webhooks.config import DeliveryConfig, retry_delay
 from service.webhooks.disabling import DISABLED_FAILING, DISABLED_GONE, disable
@@ -92,6 +100,51 @@ def _claim(job: DeliveryJob, *, ok: bool = False) -> Update:
     )
 
 
+# The message UPDATEs of `record_attempt`, by (ok, names of the columns set), built once:
+# constructing a statement costs more CPU than running a cached one.
+_SETTLE_STATEMENTS: dict[tuple[bool, tuple[str, ...]], ReturningUpdate[Any]] = {}
+
+
+def _settle_statement(ok: bool, names: tuple[str, ...]) -> ReturningUpdate[Any]:
+    """The UPDATE settling an attempt: the message (bound `message_id`, still at `expected`
+    attempts) counts the attempt and sets `names` (bound `set_<name>`); the attempt itself is
+    logged by a CTE of it (bound `number`, `started`, ...), one statement, always run."""
+    statement = _SETTLE_STATEMENTS.get((ok, names))
+    if statement is None:
+        logged = (
+            insert(WebhookAttempt)
+            .values(
+                message_id=bindparam("message_id"),
+                attempt=bindparam("number"),
+                started_at=bindparam("started"),
+                duration_ms=bindparam("duration_ms"),
+                status_code=bindparam("status_code"),
+                response_excerpt=bindparam("excerpt"),
+                error=bindparam("error"),
+            )
+            .returning(WebhookAttempt.id)
+            .cte("attempt")
+        )
+        statuses = ("pending", "failed") if ok else ("pending",)
+        statement = (
+            update(WebhookMessage)
+            .where(
+                WebhookMessage.id == bindparam("message_id"),
+                WebhookMessage.attempts == bindparam("expected"),
+                WebhookMessage.status.in_(statuses),
+            )
+            .values(
+                attempts=WebhookMessage.attempts + 1,
+                last_attempt_at=bindparam("started"),
+                **{name: bindparam(f"set_{name}") for name in names},
+            )
+            .returning(WebhookMessage.id)
+            .add_cte(logged)
+        )
+        _SETTLE_STATEMENTS[(ok, names)] = statement
+    return statement
+
+
 def _attempt_error(result: DeliveryResult) -> str | None:
     if result.error is not None:
         return result.error
@@ -123,37 +176,34 @@ async def record_attempt(
     result: DeliveryResult,
     started: datetime,
     retry_after: float | None,
+    finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> None:
     """Log the attempt that started at `started` and act on its result (see the module
-    docstring); `failing_since` is the endpoint's as loaded before the attempt."""
+    docstring); `failing_since` is the endpoint's as loaded before the attempt. `finish`
+    runs last in the same transaction (the delivery job marks itself done there)."""
     number = job.attempt + 1
     finished = config.clock()
-    # The attempt is logged by a CTE of the message's UPDATE: one statement, always run.
-    logged = (
-        insert(WebhookAttempt)
-        .values(
-            message_id=job.message_id,
-            attempt=number,
-            started_at=started,
-            duration_ms=result.duration_ms,
-            status_code=result.status_code,
-            response_excerpt=result.response_excerpt or None,
-            error=_attempt_error(result),
-        )
-        .returning(WebhookAttempt.id)
-        .cte("attempt")
-    )
+    attempt = {
+        "message_id": job.message_id,
+        "expected": job.attempt,
+        "number": number,
+        "started": started,
+        "duration_ms": result.duration_ms,
+        "status_code": result.status_code,
+        "excerpt": result.response_excerpt or None,
+        "error": _attempt_error(result),
+    }
 
     async def settle(session: AsyncSession, ok: bool = False, **values: Any) -> bool:
-        statement = (
-            _claim(job, ok=ok)
-            .values(attempts=WebhookMessage.attempts + 1, last_attempt_at=started, **values)
-            .returning(WebhookMessage.id)
-            .add_cte(logged)
-        )
-        return await session.scalar(statement) is not None
+        statement = _settle_statement(ok, tuple(sorted(values)))
+        parameters = attempt | {f"set_{name}": value for name, value in values.items()}
+        # Core execution: the ORM's bulk-update bookkeeping costs more than the statement.
+        return await (await session.connection()).scalar(statement, parameters) is not None
 
-    async with sessions.begin() as session:
+    async def act(session: AsyncSession) -> tuple[float | None, bool]:
+        """Write what the result leads to; return the retry delay scheduled (None: no
+        retry) and whether this job's write won."""
+        nonlocal failing_since
         if result.ok:
             delivered = {"status": "delivered", "delivered_at": finished}
             won = await settle(session, ok=True, next_attempt_at=None, **delivered)
@@ -166,11 +216,11 @@ async def record_attempt(
                     )
                     .values(failing_since=None, updated_at=WebhookEndpoint.updated_at)
                 )
-            return
+            return None, False
         if result.status_code == 410:
             if await settle(session, status="failed", next_attempt_at=None):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_GONE)
-            return
+            return None, False
         failing_since = failing_since or await _mark_failing(session, endpoint_id, started)
         delay = retry_delay(number, config=config, retry_after=retry_after)
         too_long = failing_since is not None and finished - failing_since >= config.disable_after
@@ -178,11 +228,19 @@ async def record_attempt(
             won = await settle(session, status="failed", next_attempt_at=None)
             if won and (too_long or not job.manual):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_FAILING)
-            return
+            return None, False
         run_at = finished + timedelta(seconds=delay)
         won = await settle(session, next_attempt_at=run_at)
         if won:
             await _next_job(session, job, run_at, attempt=number, manual=False)
+        return delay, won
+
+    async with sessions.begin() as session:
+        delay, won = await act(session)
+        if finish is not None:
+            await finish(session)
+    if delay is None:
+        return
     logger.info(
         "webhook %s attempt %d failed (%s); %s",
         job.message_id,
@@ -191,6 +249,95 @@ async def record_attempt(
         f"retrying in {delay:.0f} s" if won else "handled elsewhere",
         extra={"message_id": job.message_id, "endpoint_id": str(endpoint_id)},
     )
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A 2xx attempt to be recorded by `record_delivered`; `heal`: the endpoint was failing
+    when the attempt started (its `failing_since` is then cleared, if the write wins)."""
+
+    job: DeliveryJob
+    heal: bool
+    result: DeliveryResult
+    started: datetime
+    finished: datetime
+    completion: Completion | None  # the delivery job, marked done with the record
+
+
+# Settles every message of a batch of 2xx attempts and logs the attempts, in one statement
+# (the batched form of `record_attempt`'s success path: same conditions, same columns). An
+# attempt is logged only for a message that still exists: one deleted meanwhile would
+# otherwise fail the whole batch.
+_DELIVERED_MANY = text(
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:message_ids AS varchar[]), CAST(:expected AS integer[]),
+        CAST(:started AS timestamptz[]), CAST(:finished AS timestamptz[]),
+        CAST(:duration_ms AS integer[]), CAST(:status_codes AS integer[]),
+        CAST(:excerpts AS text[]), CAST(:errors AS text[]), CAST(:heal AS boolean[])
+    ) AS i(message_id, expected, started, finished, duration_ms, status_code, excerpt, error,
+           heal)
+), logged AS (
+    INSERT INTO webhook_attempts
+        (message_id, attempt, started_at, duration_ms, status_code, response_excerpt, error)
+    SELECT i.message_id, i.expected + 1, i.started, i.duration_ms, i.status_code, i.excerpt,
+           i.error
+    FROM input AS i JOIN webhook_messages AS m ON m.id = i.message_id
+), settled AS (
+    UPDATE webhook_messages AS m
+    SET status = 'delivered', delivered_at = i.finished, next_attempt_at = NULL,
+        attempts = m.attempts + 1, last_attempt_at = i.started
+    FROM input AS i
+    WHERE m.id = i.message_id AND m.attempts = i.expected
+      AND m.status IN ('pending', 'failed')
+    RETURNING m.endpoint_id, i.heal
+)
+UPDATE webhook_endpoints AS e SET failing_since = NULL
+FROM settled AS s
+WHERE e.id = s.endpoint_id AND s.heal AND e.failing_since IS NOT NULL
+"""
+)
+
+
+async def record_delivered(
+    sessions: Sessions, items: Sequence[Delivered]
+) -> list[Exception | None]:
+    """Record the 2xx attempts `items` and mark their jobs done, in one transaction; return,
+    per item, None or the error that kept it from being recorded."""
+    try:
+        async with sessions.begin() as session:
+            connection = await session.connection()
+            await connection.execute(
+                _DELIVERED_MANY,
+                {
+                    "message_ids": [item.job.message_id for item in items],
+                    "expected": [item.job.attempt for item in items],
+                    "started": [item.started for item in items],
+                    "finished": [item.finished for item in items],
+                    "duration_ms": [item.result.duration_ms for item in items],
+                    "status_codes": [item.result.status_code for item in items],
+                    "excerpts": [item.result.response_excerpt or None for item in items],
+                    "errors": [item.result.error for item in items],
+                    "heal": [item.heal for item in items],
+                },
+            )
+            completions = [item.completion for item in items if item.completion is not None]
+            if completions:
+                await Completion.mark_all_done(session, completions)
+    except Exception as exc:
+        if len(items) == 1:
+            return [exc]
+        logger.warning(
+            "recording %d webhook deliveries together failed, recording each alone: %s",
+            len(items),
+            describe_failure(exc),
+        )
+        results: list[Exception | None] = []
+        for item in items:
+            results += await record_delivered(sessions, [item])
+        return results
+    return [None] * len(items)
 
 
 async def postpone(

@@ -580,3 +580,122 @@ async def test_periodic_tasks_run_at_start_then_every_interval_despite_failures(
     assert "periodic task tick failed: RuntimeError: boom" in caplog.text
     with pytest.raises(ValueError, match="periodic intervals"):
         make_worker(handlers={}, periodic={"never": Periodic(interval=0, task=tick)})
+
+
+async def test_a_claim_takes_at_most_the_free_slots_and_two_workers_never_share_a_job(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    ids = await add_jobs(sessionmaker, "test.batch", [{"i": i} for i in range(30)])
+    handlers = {"test.batch": Recording()}
+    first = make_worker(handlers=handlers, name="a")
+    second = make_worker(handlers=handlers, name="b")
+    await first.start()
+    await second.start()
+    # Both claim at once, repeatedly, 7 at a time: one statement each, never a job twice.
+    claimed: list[int] = []
+    for _ in range(3):
+        batches = await asyncio.gather(
+            first._claim([(["test.batch"], 7)]), second._claim([(["test.batch"], 7)])
+        )
+        for jobs, _ in batches:
+            assert len(jobs) <= 7
+            claimed += [job.id for job in jobs]
+    assert len(claimed) == len(set(claimed))  # each job once
+    assert set(claimed) == set(ids)  # 3 rounds of 2 x 7 slots cover the 30 jobs
+
+
+async def test_a_handler_marks_its_job_done_in_its_own_transaction(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    async def commits(payload: dict[str, Any], context: JobContext) -> None:
+        async with context.sessionmaker.begin() as session:
+            await session.execute(text("SELECT 1"))
+            await context.mark_done(session)
+            if payload["fail"]:
+                raise RuntimeError("rolled back after marking")
+
+    [done, rolled_back] = await add_jobs(
+        sessionmaker, "test.marks", [{"fail": False}, {"fail": True}], max_attempts=1
+    )
+    worker = make_worker(handlers={"test.marks": commits})
+    assert await worker.run_pending() == 2
+    row = await fetch_job(database_url, done)
+    assert (row["status"], row["locked_until"], row["last_error"]) == ("done", None, None)
+    # The mark rolled back with the handler's transaction: the worker records the failure.
+    row = await fetch_job(database_url, rolled_back)
+    assert (row["status"], row["last_error"]) == (
+        "failed",
+        "RuntimeError: rolled back after marking",
+    )
+
+
+async def test_a_mark_on_a_job_taken_over_changes_nothing(
+    make_worker: MakeWorker,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def late(payload: dict[str, Any], context: JobContext) -> None:
+        # Another worker took the job over meanwhile (its lease expired).
+        await set_running(
+            database_url,
+            context.job_id,
+            attempts=2,
+            locked_by="other",
+            lease=timedelta(minutes=5),
+        )
+        async with context.sessionmaker.begin() as session:
+            await context.mark_done(session)
+
+    [job_id] = await add_jobs(sessionmaker, "test.late", [{}])
+    with caplog.at_level(logging.WARNING, logger="conduit.jobs"):
+        assert await make_worker(handlers={"test.late": late}).run_pending() == 1
+    row = await fetch_job(database_url, job_id)
+    assert (row["status"], row["locked_by"]) == ("running", "other")
+    assert "was taken over by another worker" in caplog.text
+
+
+async def test_every_job_runs_exactly_once_under_batched_claims_slow_handlers_and_short_leases(
+    make_worker: MakeWorker, sessionmaker: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    """Two running workers with lingering batched claims, own-slot and shared lanes, handlers
+    that outlast the lease (kept by the heartbeat) and half marking their job done
+    themselves: no job may run twice, or be left undone."""
+    runs: Counter[int] = Counter()
+
+    async def handler(payload: dict[str, Any], context: JobContext) -> None:
+        runs[context.job_id] += 1
+        await asyncio.sleep(payload["sleep"])
+        if payload["marks"]:
+            async with context.sessionmaker.begin() as session:
+                await context.mark_done(session)
+
+    handlers = {"test.slow": handler, "test.own": handler}
+    payloads = [{"sleep": (i % 7) * 0.09, "marks": i % 2 == 0} for i in range(40)]
+    ids = await add_jobs(sessionmaker, "test.slow", payloads[:20])
+    ids += await add_jobs(sessionmaker, "test.own", payloads[20:])
+    workers = [
+        make_worker(
+            handlers=handlers,
+            name=f"w{n}",
+            concurrency=2,
+            kind_concurrency={"test.own": 4},
+            lease_seconds=0.3,
+            claim_linger=0.02,
+            poll_interval=0.1,
+        )
+        for n in range(2)  # the database server's connections are shared: few
+    ]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    try:
+        for job_id in ids:
+            await wait_for_status(database_url, job_id, "done", within=20)
+        await asyncio.sleep(0.5)  # room for a wrongful second run to show up
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert runs == dict.fromkeys(ids, 1)
+    for job_id in ids:
+        row = await fetch_job(database_url, job_id)
+        assert (row["status"], row["attempts"]) == ("done", 1)

@@ -47,6 +47,25 @@ def mails(tmp_path: Path) -> list[str]:
     return bodies
 
 
+async def send_reset(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    mailer: Mailer,
+    email: str,
+    resend_interval: timedelta = password_reset.RESEND_INTERVAL,
+) -> bool:
+    """What the job does: issue and commit a token, then mail its link."""
+    async with sessionmaker.begin() as session:
+        issued = await password_reset.issue_reset(
+            session=session, email=email, lifetime=HOUR, resend_interval=resend_interval
+        )
+    if issued is None:
+        return False
+    await password_reset.mail_reset(
+        mailer=mailer, issued=issued, reset_url=RESET_URL, lifetime=HOUR
+    )
+    return True
+
+
 async def issue(sessionmaker: async_sessionmaker[AsyncSession], user_id: int) -> str:
     async with sessionmaker.begin() as session:
         return await password_reset.issue_token(session=session, user_id=user_id, lifetime=HOUR)
@@ -78,10 +97,7 @@ async def test_send_reset_mail_only_to_active_accounts(
         (await session.get_one(User, suspended.id)).suspended = True
 
     async def send(email: str) -> bool:
-        async with sessionmaker.begin() as session:
-            return await password_reset.send_reset_mail(
-                session=session, email=email, mailer=mailer, reset_url=RESET_URL, lifetime=HOUR
-            )
+        return await send_reset(sessionmaker, mailer, email)
 
     assert await send("nobody@jake.jake") is False
     assert await send("gone@jake.jake") is False
@@ -104,15 +120,7 @@ async def test_resend_interval(
     user = await make_user(email="jake@jake.jake")
 
     async def send(interval: timedelta) -> bool:
-        async with sessionmaker.begin() as session:
-            return await password_reset.send_reset_mail(
-                session=session,
-                email=user.email,
-                mailer=mailer,
-                reset_url=RESET_URL,
-                lifetime=HOUR,
-                resend_interval=interval,
-            )
+        return await send_reset(sessionmaker, mailer, user.email, interval)
 
     assert await send(timedelta(minutes=1)) is True
     assert await send(timedelta(minutes=1)) is False
@@ -126,24 +134,30 @@ async def test_resend_interval(
     assert len(mails(tmp_path)) == 3
 
 
-async def test_a_failed_send_keeps_no_token(
+async def test_a_withdrawn_token_is_gone_and_holds_back_no_new_one(
     sessionmaker: async_sessionmaker[AsyncSession], make_user: MakeUser, settings: Settings
 ) -> None:
     await make_user(email="jake@jake.jake")
-    # Production without SMTP_URL: sending raises, and the transaction rolls back.
+    # Production without SMTP_URL: sending raises; the job then withdraws the token.
     production = settings.model_copy(update={"smtp_url": None, "app_env": Environment.PRODUCTION})
-    broken = Mailer(production)
+    async with sessionmaker.begin() as session:
+        issued = await password_reset.issue_reset(
+            session=session, email="jake@jake.jake", lifetime=HOUR
+        )
+    assert issued is not None
     with pytest.raises(MailNotConfigured):
-        async with sessionmaker.begin() as session:
-            await password_reset.send_reset_mail(
-                session=session,
-                email="jake@jake.jake",
-                mailer=broken,
-                reset_url=RESET_URL,
-                lifetime=HOUR,
-            )
+        await password_reset.mail_reset(
+            mailer=Mailer(production), issued=issued, reset_url=RESET_URL, lifetime=HOUR
+        )
+    async with sessionmaker.begin() as session:
+        await password_reset.withdraw_reset(session=session, issued=issued)
     async with sessionmaker() as session:
         assert (await session.scalars(select(PasswordResetToken))).all() == []
+    async with sessionmaker.begin() as session:
+        again = await password_reset.issue_reset(
+            session=session, email="jake@jake.jake", lifetime=HOUR
+        )
+    assert again is not None
 
 
 async def test_confirm_changes_the_password_and_revokes_sessions(

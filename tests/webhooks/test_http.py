@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from datetime import UTC, datetime, timedelta
@@ -342,3 +343,103 @@ async def test_module_level_deliver_shares_one_client_per_policy(receiver: Recei
     finally:
         await aclose_clients()
     assert webhook_http._clients == {}
+
+
+async def test_concurrent_deliveries_reuse_fewer_connections_than_requests(
+    client: WebhookClient, receiver: Receiver
+) -> None:
+    for _ in range(5):
+        results = await asyncio.gather(
+            *(client.deliver(url=receiver.url("/ok"), headers={}, body=BODY) for _ in range(4))
+        )
+        assert all(result.ok for result in results)
+    ports = {hit.client_port for hit in receiver.hits("/ok")}
+    assert len(receiver.hits("/ok")) == 20
+    assert len(ports) <= 4  # kept alive across rounds: at most one connection per parallel one
+
+
+async def test_each_origin_has_its_own_pool_and_idle_ones_are_closed_beyond_the_bound(
+    receiver: Receiver,
+) -> None:
+    async with WebhookClient(policy=LOOPBACK, max_origins=1) as client:
+        assert (await client.deliver(url=receiver.url("/ok"), headers={}, body=BODY)).ok
+        assert (
+            await client.deliver(url=receiver.url("/ok", host="localhost"), headers={}, body=BODY)
+        ).ok
+        # The first origin's pool was idle: closed when the second one came.
+        assert client.origins == 1
+        assert (await client.deliver(url=receiver.url("/ok"), headers={}, body=BODY)).ok
+    assert len({hit.client_port for hit in receiver.hits("/ok")}) == 3
+
+
+class RawReceiver:
+    """A loopback server answering each request with the next of `answers` (raw bytes), then
+    doing what the answer's `after` says: keep the connection, close it, or send stray bytes."""
+
+    def __init__(self, answers: list[tuple[bytes, str]]) -> None:
+        self.answers = answers
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while self.answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                answer, after = self.answers.pop(0)
+                writer.write(answer)
+                await writer.drain()
+                if after == "close":
+                    break
+                if after == "stray":
+                    await asyncio.sleep(0.05)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/hook"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_a_connection_closed_or_talking_while_idle_is_not_reused(
+    client: WebhookClient,
+) -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    receiver = RawReceiver([(OK, "close"), (OK, "stray"), (chunked, "keep"), (OK, "keep")])
+    async with receiver as url:
+        first = await client.deliver(url=url, headers={}, body=BODY)
+        await asyncio.sleep(0.1)  # the receiver hangs up meanwhile
+        second = await client.deliver(url=url, headers={}, body=BODY)
+        await asyncio.sleep(0.1)  # the receiver sends an answer nobody asked for
+        third = await client.deliver(url=url, headers={}, body=BODY)
+        fourth = await client.deliver(url=url, headers={}, body=BODY)
+    assert [r.status_code for r in (first, second, third, fourth)] == [200] * 4
+    assert (third.response_excerpt, third.body_truncated) == ("abcde", False)
+    # A new connection after the hang-up and after the stray answer; then kept alive.
+    assert receiver.connections == 3
+    # One write per request: the head and the body arrive together, framed by Content-Length.
+    assert all(request.endswith(BODY) for request in receiver.requests)
+    assert all(b"content-length: %d" % len(BODY) in r.lower() for r in receiver.requests)
+
+
+async def test_an_interim_answer_is_skipped(client: WebhookClient) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
+    async with RawReceiver([(interim, "keep")]) as url:
+        result = await client.deliver(url=url, headers={}, body=BODY)
+    assert (result.status_code, result.response_excerpt) == (200, "ok")
