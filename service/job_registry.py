@@ -16,7 +16,7 @@ from service.infra.mail import Mailer, MailRejected
 from service.infra.redis import ClientOptions, close_client, open_client
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
-from service.services import password_reset, revocation
+from service.services import idempotency, password_reset, revocation
 from service.webhooks import retention
 from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
 from service.webhooks.handler import DeliveryHandler
@@ -92,11 +92,15 @@ HANDLERS: dict[str, Handler] = {
 
 def worker_config(settings: Settings) -> WorkerConfig:
     """The service's worker configuration: the settings', with WEBHOOK_DELIVERY_CONCURRENCY
-    slots of their own for webhook deliveries and the webhook retention as a periodic task."""
+    slots of their own for webhook deliveries, and the retentions of the webhook delivery log
+    and of the idempotency keys as periodic tasks."""
     return WorkerConfig.from_settings(
         settings,
         kind_concurrency={DELIVER_JOB: WEBHOOK_DELIVERY_CONCURRENCY},
-        periodic={"webhook retention": retention.PERIODIC},
+        periodic={
+            "webhook retention": retention.PERIODIC,
+            "idempotency key retention": idempotency.PERIODIC,
+        },
     )
 
 

@@ -84,6 +84,18 @@ def make_etag(body: bytes) -> bytes:
     return b'W/"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
 
 
+def coded_etag(etag: bytes, coding: str) -> bytes:
+    """The tag of `etag`'s representation compressed with `coding`: a weak tag (a hash of the
+    body) stays as it is, weak; a strong one (a view's: conditional writes compare it) stays
+    strong, with the coding appended, since the bytes differ."""
+    etag = etag.strip()
+    if etag.startswith(b"W/"):
+        return etag
+    if etag.startswith(b'"') and etag.endswith(b'"') and len(etag) >= 2:
+        return etag[:-1] + b"-" + coding.encode() + b'"'
+    return b"W/" + etag
+
+
 def opaque_tag(etag: bytes) -> bytes | None:
     """The quoted part of an entity tag (what weak comparison compares), or None if malformed."""
     match = _ENTITY_TAG.fullmatch(etag.strip())
@@ -325,8 +337,7 @@ class ConditionalMiddleware:
         if len(compressed) >= len(body) and not required:
             return body, headers
         headers = _without(headers, (b"accept-ranges", b"etag"))
-        weak = etag if etag.lstrip().startswith(b"W/") else b"W/" + etag.strip()
-        headers += [(b"etag", weak), (b"content-encoding", coding.encode())]
+        headers += [(b"etag", coded_etag(etag, coding)), (b"content-encoding", coding.encode())]
         return compressed, headers
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api.idempotency import idempotent
 from service.api.spec import operation
 from service.api.v1 import cached
 from service.domain import scopes
@@ -63,6 +64,7 @@ async def get_profile(username: str, viewer: User | None) -> Response:
         403: SELF_FOLLOW_EXAMPLE,
     },
 )
+@idempotent
 async def follow_user(username: str, viewer: User) -> Response:
     """Follow a user.
 
