@@ -36,7 +36,7 @@ logger = logging.getLogger("conduit.idempotency")
 HEADER = "Idempotency-Key"
 IN_PROGRESS = "a request with this Idempotency-Key is still being processed: retry later"
 REUSED = "this Idempotency-Key was used with a different request"
-MALFORMED = f"must be 1-{KEY_MAX} visible ASCII characters"
+MALFORMED = f"must be 1-{KEY_MAX} visible ASCII characters other than '\"', optionally quoted"
 # Purge every 10 minutes, in batches of short transactions.
 INTERVAL_SECONDS = 600.0
 BATCH_SIZE = 1000
@@ -54,11 +54,13 @@ class StoredAnswer:
 
 def parse_key(value: str) -> str:
     """The key of an `Idempotency-Key` field value: the draft's quoted string (`"abc"`) or a
-    bare token; `InvalidInput` unless 1-255 visible ASCII characters."""
+    bare token; `InvalidInput` unless 1-255 visible ASCII characters without a `"`."""
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
-    if not 0 < len(value) <= KEY_MAX or not all("\x21" <= char <= "\x7e" for char in value):
+    if not 0 < len(value) <= KEY_MAX or not all(
+        "\x21" <= char <= "\x7e" and char != '"' for char in value
+    ):
         raise InvalidInput(MALFORMED, field=HEADER)
     return value
 
