@@ -198,7 +198,8 @@ async def test_a_stored_answer_is_sealed_at_rest(
     assert len(rows) == 1
     assert secret not in str(dict(rows[0]))
     assert rows[0]["principal"] == f"user:{owner.id}"
-    assert rows[0]["method"] == "POST" and rows[0]["path"] == "/api/v1/clients"
+    assert rows[0]["method"] == "POST"
+    assert rows[0]["path"] == "/api/v1/clients"
 
 
 # --- concurrency ----------------------------------------------------------------------------
