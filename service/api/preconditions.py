@@ -104,6 +104,7 @@ def conditional(kind: str) -> Callable[[V], V]:
                 tag(response, kind)
             return response
 
+        run.conduit_conditional = "write"  # type: ignore[attr-defined]
         return run  # type: ignore[return-value]
 
     return decorate
@@ -120,6 +121,7 @@ def tagged(kind: str) -> Callable[[V], V]:
                 tag(response, kind)
             return response
 
+        run.conduit_conditional = "read"  # type: ignore[attr-defined]
         return run  # type: ignore[return-value]
 
     return decorate
