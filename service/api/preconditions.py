@@ -87,12 +87,19 @@ def expected_versions(value: str) -> list[str]:
 
 def conditional(kind: str) -> Callable[[V], V]:
     """Tag `kind` answers with an `ETag`; check `If-Match` before a write of one."""
-    lock = LOCKERS[kind]
+    return _decorator(kind, LOCKERS[kind])
 
+
+def tagged(kind: str) -> Callable[[V], V]:
+    """Tag `kind` answers with an `ETag` (reads, and writes that take no `If-Match`)."""
+    return _decorator(kind, None)
+
+
+def _decorator(kind: str, lock: Locker | None) -> Callable[[V], V]:
     def decorate(view: V) -> V:
         @functools.wraps(view)
         async def run(*args: Any, **kwargs: Any) -> Any:
-            if request.method in WRITES:
+            if lock is not None and request.method in WRITES:
                 value = request.headers.get("If-Match")
                 if value is not None:
                     current = await lock(kwargs["viewer"], kwargs)
@@ -104,24 +111,8 @@ def conditional(kind: str) -> Callable[[V], V]:
                 tag(response, kind)
             return response
 
-        run.conduit_conditional = "write"  # type: ignore[attr-defined]
-        return run  # type: ignore[return-value]
-
-    return decorate
-
-
-def tagged(kind: str) -> Callable[[V], V]:
-    """Tag `kind` answers with an `ETag` (reads, and writes that take no `If-Match`)."""
-
-    def decorate(view: V) -> V:
-        @functools.wraps(view)
-        async def run(*args: Any, **kwargs: Any) -> Any:
-            response = current_app.make_response(await view(*args, **kwargs))
-            if response.status_code == 200 or response.status_code == 201:
-                tag(response, kind)
-            return response
-
-        run.conduit_conditional = "read"  # type: ignore[attr-defined]
+        # Read by `operation(...)` to document the headers and statuses.
+        run.conduit_conditional = "read" if lock is None else "write"  # type: ignore[attr-defined]
         return run  # type: ignore[return-value]
 
     return decorate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -10,9 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service.domain.errors import Conflict, InvalidInput
 from service.infra.settings import Settings
-from service.job_registry import worker_config
+from service.job_registry import create_worker
 from service.models import IdempotencyKey
 from service.services import idempotency
+from tests.webhooks.support import eventually
 
 DAY = timedelta(hours=24)
 ANSWER = idempotency.StoredAnswer(
@@ -36,6 +38,16 @@ async def claim_and_record(session: AsyncSession, key: str, fingerprint: str = "
         fingerprint=fingerprint,
         answer=ANSWER,
     )
+
+
+async def make_old(maker: async_sessionmaker[AsyncSession], key: str, *, hours: int) -> None:
+    async with maker() as session:
+        await session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == key)
+            .values(created_at=func.now() - timedelta(hours=hours))
+        )
+        await session.commit()
 
 
 async def rows(maker: async_sessionmaker[AsyncSession]) -> int:
@@ -83,12 +95,8 @@ async def test_an_expired_key_is_free_again_and_purged(
     async with maker() as session:
         await claim_and_record(session, "old")
         await claim_and_record(session, "new")
-        await session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.key == "old")
-            .values(created_at=func.now() - timedelta(hours=25))
-        )
         await session.commit()
+    await make_old(maker, "old", hours=25)
     async with maker() as session:
         # Another request may use an expired key: it is overwritten.
         await claim_and_record(session, "old", fingerprint="reused")
@@ -100,19 +108,33 @@ async def test_an_expired_key_is_free_again_and_purged(
             )
             == "reused"
         )
-    async with maker() as session:
-        await session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.key == "old")
-            .values(created_at=func.now() - timedelta(hours=25))
-        )
-        await session.commit()
+    await make_old(maker, "old", hours=25)
     assert await idempotency.purge(sessionmaker=maker, retention=DAY, batch_size=1) == 1
     async with maker() as session:
         assert (await session.scalars(select(IdempotencyKey.key))).all() == ["new"]
 
 
-def test_the_worker_purges_keys_periodically(settings: Settings) -> None:
-    periodic = worker_config(settings).periodic
-    assert any(task is idempotency.PERIODIC for task in periodic.values())
-    assert idempotency.retention_of(settings) == DAY
+async def test_the_worker_purges_expired_keys_periodically(
+    settings: Settings, maker: async_sessionmaker[AsyncSession]
+) -> None:
+    async with maker() as session:
+        await claim_and_record(session, "old")
+        await claim_and_record(session, "new")
+        await session.commit()
+    await make_old(maker, "old", hours=3)
+    configured = settings.model_copy(update={"idempotency_retention_hours": 2})
+    assert idempotency.retention_of(configured) == timedelta(hours=2)
+    worker = create_worker(configured, poll_interval=30)
+    assert worker.config.periodic["idempotency key retention"] is idempotency.PERIODIC
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def purged() -> bool:
+            return await rows(maker) == 1
+
+        await eventually(purged)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    async with maker() as session:
+        assert (await session.scalars(select(IdempotencyKey.key))).all() == ["new"]
