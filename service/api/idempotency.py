@@ -72,12 +72,12 @@ def idempotent(view: V) -> V:
         principal = principal_of(kwargs.get("viewer"))
         settings = SETTINGS.get()
         box = settings.webhook_secret_box
-        print_ = fingerprint()
+        request_print = fingerprint()
         stored = await idempotency.claim(
             session=db.session,
             principal=principal,
             key=key,
-            fingerprint=print_,
+            fingerprint=request_print,
             retention=idempotency.retention_of(settings),
         )
         if stored is not None:
@@ -97,7 +97,7 @@ def idempotent(view: V) -> V:
                 key=key,
                 method=request.method,
                 path=request.path,
-                fingerprint=print_,
+                fingerprint=request_print,
                 answer=answer,
             )
         return response
