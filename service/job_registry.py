@@ -18,7 +18,7 @@ from service.infra.redis import ClientOptions, close_client, open_client
 from service.infra.settings import Settings
 from service.jobs import Handler, JobContext, PermanentJobError, Worker, WorkerConfig
 from service.jobs.worker import describe_failure
-from service.services import password_reset
+from service.services import idempotency, password_reset
 from service.webhooks import retention
 from service.webhooks.disabling import DISABLED_MAIL_JOB, send_disabled_mail
 from service.webhooks.handler import DeliveryHandler
@@ -104,13 +104,17 @@ HANDLERS: dict[str, Handler] = {
 
 def worker_config(settings: Settings) -> WorkerConfig:
     """The service's worker configuration: the settings', with WEBHOOK_DELIVERY_CONCURRENCY
-    slots of their own for webhook deliveries and the webhook retention as a periodic task."""
+    slots of their own for webhook deliveries, and the retentions of the webhook delivery log
+    and of the idempotency keys as periodic tasks."""
     return WorkerConfig.from_settings(
         settings,
         # Deliveries wait on remote servers (up to WEBHOOK_TIMEOUT_SECONDS each): in slots of
         # their own they neither starve nor are starved by mail.
         kind_concurrency={DELIVER_JOB: settings.webhook_delivery_concurrency},
-        periodic={"webhook retention": retention.PERIODIC},
+        periodic={
+            "webhook retention": retention.PERIODIC,
+            "idempotency key retention": idempotency.PERIODIC,
+        },
     )
 
 

@@ -27,6 +27,8 @@ STATUS_BY_ERROR: dict[type[domain.DomainError], int] = {
     domain.PermissionDenied: 403,
     domain.NotFound: 404,
     domain.Conflict: 409,
+    domain.PreconditionFailed: 412,
+    domain.PreconditionRequired: 428,
     domain.TooManyRequests: 429,
     domain.ServiceUnavailable: 503,
 }

@@ -58,9 +58,11 @@ ERROR_DESCRIPTIONS = {
     ),
     404: "Not found",
     409: "Conflicts with the current state",
+    412: "`If-Match` names a version the resource no longer has: read it again",
     413: "Request body larger than the server accepts",
     415: "Request body is not application/json",
     422: "Validation failed; `errors` names each invalid field",
+    428: "`If-Match` is required (`PRECONDITION_REQUIRED` is on): read the resource first",
     429: "Too many requests; retry after `Retry-After` seconds",
     503: "Database or Redis unavailable; retry later",
 }
@@ -92,6 +94,50 @@ TAG_ORDER = (
     "Health",
     "API index",
 )
+# Request and response headers of the idempotent and conditional writes
+# (service/api/idempotency.py, service/api/preconditions.py).
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Makes this write safe to retry (IETF draft-ietf-httpapi-idempotency-key-header): a "
+        "retry with the same key and the same request within the retention (24 h) gets the "
+        "first answer again, marked `Idempotent-Replayed: true`, with no second effect. Keys "
+        "are per user (per client address when anonymous). The same key with another "
+        "request: 422; while the first is still running: 409. Failed requests store nothing."
+    ),
+    "schema": {
+        "type": "string",
+        "pattern": '^([\\x21\\x23-\\x7e]{1,255}|"[\\x21\\x23-\\x7e]{1,255}")$',
+    },
+}
+IF_MATCH_PARAMETER = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": (
+        "The `ETag` of the version being changed (or `*`): the write happens only if the "
+        "resource has not been written since (412 otherwise). Required (428 without it) when "
+        "the server runs with `PRECONDITION_REQUIRED`."
+    ),
+    "schema": {"type": "string"},
+}
+IDEMPOTENCY_ERRORS = {
+    "409": "or a request with the same `Idempotency-Key` is still being processed (retry later)",
+    "422": "`Idempotency-Key`: malformed, or already used with a different request",
+}
+REPLAYED_HEADER = {
+    "description": "`true` on an answer replayed for a repeated `Idempotency-Key`",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+ETAG_HEADER = {
+    "description": (
+        "Strong entity tag of this version of the resource: send it as `If-Match` to change "
+        "it only if nobody else did"
+    ),
+    "schema": {"type": "string"},
+}
 RETRY_AFTER = {
     "description": "Seconds to wait before retrying",
     "schema": {"type": "integer", "minimum": 0},
@@ -343,6 +389,7 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
         }
     for code, headers in meta["headers"].items():
         responses[str(code)].setdefault("headers", {}).update(headers)
+    _document_write_protocol(operation, meta)
     for code, example in meta["examples"].items():
         content = responses.get(str(code), {}).get("content", {}).get("application/json")
         if content is not None:
@@ -353,6 +400,28 @@ def _document_operation(operation: dict[str, Any], meta: dict[str, Any]) -> None
             operation["requestBody"]["content"]["application/json"]["example"] = meta[
                 "body_example"
             ]
+
+
+def _document_write_protocol(operation: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The `Idempotency-Key` / `If-Match` request headers and the `ETag` /
+    `Idempotent-Replayed` answer headers of the operations that take them."""
+    parameters = operation.setdefault("parameters", [])
+    successes = [
+        answer for code, answer in operation["responses"].items() if code in {"200", "201"}
+    ]
+    if meta["idempotent"]:
+        parameters.append(dict(IDEMPOTENCY_KEY_PARAMETER))
+        for code, note in IDEMPOTENCY_ERRORS.items():
+            answer = operation["responses"][code]
+            answer["description"] = f"{answer['description']}; {note}"
+        for code, answer in operation["responses"].items():
+            if code.startswith("2"):
+                answer.setdefault("headers", {})["Idempotent-Replayed"] = dict(REPLAYED_HEADER)
+    if meta["conditional"] == "write":
+        parameters.append(dict(IF_MATCH_PARAMETER))
+    if meta["conditional"] is not None:
+        for answer in successes:
+            answer.setdefault("headers", {})["ETag"] = dict(ETAG_HEADER)
 
 
 spec = ConduitSpec(
@@ -414,6 +483,15 @@ def operation(
         codes.add(422)
 
     def decorate(view: View) -> Callable[..., Any]:
+        # Set by `@idempotent` and `@conditional` / `@tagged` under this decorator.
+        idempotent = bool(getattr(view, "conduit_idempotent", False))
+        conditional: str | None = getattr(view, "conduit_conditional", None)
+        error_codes = set(codes)
+        if idempotent:
+            error_codes |= {409, 422}
+        if conditional == "write":
+            error_codes |= {412, 428}
+
         @functools.wraps(view)
         async def with_viewer(claims: TokenClaims | None, *args: Any, **kwargs: Any) -> Any:
             if auth == "none":
@@ -449,12 +527,14 @@ def operation(
         validated.conduit_meta = {  # type: ignore[attr-defined]
             "auth": auth,
             "scope": scope,
-            "errors": codes - set(oauth_errors),
+            "errors": error_codes - set(oauth_errors),
             "oauth_errors": set(oauth_errors),
             "form": form,
             "examples": examples or {},
             "body_example": body_example,
             "headers": headers or {},
+            "idempotent": idempotent,
+            "conditional": conditional,
         }
         if auth == "none":
             return validated

@@ -32,6 +32,14 @@ class Conflict(DomainError):
     """The request clashes with the current state, e.g. a taken username (409)."""
 
 
+class PreconditionFailed(DomainError):
+    """An `If-Match` names a version the resource no longer has (412)."""
+
+
+class PreconditionRequired(DomainError):
+    """A conditional write was sent without `If-Match` while the server requires one (428)."""
+
+
 class TooManyRequests(DomainError):
     """Too many attempts; the client may retry after `retry_after` seconds (429)."""
 

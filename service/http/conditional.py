@@ -84,6 +84,31 @@ def make_etag(body: bytes) -> bytes:
     return b'W/"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
 
 
+def coded_etag(etag: bytes, coding: str, content_type: bytes | None) -> bytes:
+    """The tag of `etag`'s representation compressed with `coding`.
+
+    A strong tag on a JSON answer is a view's write validator (`If-Match` compares it,
+    strongly): it stays strong, with the coding appended, since the bytes differ. Any other
+    is weakened: one validator for every coding, compared weakly by revalidations.
+    """
+    etag = etag.strip()
+    if etag.startswith(b"W/"):
+        return etag
+    json = (content_type or b"").partition(b";")[0].strip().lower() == b"application/json"
+    if json and len(etag) >= 2 and etag.startswith(b'"') and etag.endswith(b'"'):
+        return etag[:-1] + b"-" + coding.encode() + b'"'
+    return b"W/" + etag
+
+
+def _uncoded(tag: bytes) -> bytes:
+    # A coded strong tag revalidates the representation of every coding (weak comparison).
+    for coding in ENCODERS:
+        suffix = b"-" + coding.encode()
+        if tag.endswith(suffix):
+            return tag[: -len(suffix)]
+    return tag
+
+
 def opaque_tag(etag: bytes) -> bytes | None:
     """The quoted part of an entity tag (what weak comparison compares), or None if malformed."""
     match = _ENTITY_TAG.fullmatch(etag.strip())
@@ -95,7 +120,11 @@ def none_match(values: Iterable[bytes], etag: bytes) -> bool:
     current = opaque_tag(etag)
     if current is None:
         return False
-    return any(_STAR.fullmatch(value) or current in _ENTITY_TAG.findall(value) for value in values)
+    current = _uncoded(current)
+    return any(
+        _STAR.fullmatch(value) or current in {_uncoded(tag) for tag in _ENTITY_TAG.findall(value)}
+        for value in values
+    )
 
 
 def parse_accept_encoding(values: Iterable[bytes]) -> dict[bytes, float]:
@@ -325,8 +354,8 @@ class ConditionalMiddleware:
         if len(compressed) >= len(body) and not required:
             return body, headers
         headers = _without(headers, (b"accept-ranges", b"etag"))
-        weak = etag if etag.lstrip().startswith(b"W/") else b"W/" + etag.strip()
-        headers += [(b"etag", weak), (b"content-encoding", coding.encode())]
+        tag = coded_etag(etag, coding, _first(headers, b"content-type"))
+        headers += [(b"etag", tag), (b"content-encoding", coding.encode())]
         return compressed, headers
 
 

@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     # generated once into `data_dir`.
     webhook_secret_keys: SecretStr | None = None
 
+    # How long a stored answer of an `Idempotency-Key` is replayed (service/api/idempotency.py).
+    idempotency_retention_hours: int = Field(default=24, ge=1, le=24 * 30)
+    # Refuse PUT/PATCH/DELETE of articles, comments and the user without `If-Match` (428). Off
+    # by default: RealWorld clients send none.
+    precondition_required: bool = False
+
     max_body_bytes: int = Field(default=2_097_152, ge=1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # After SIGTERM, keep accepting connections this long while /readyz answers 503, so that a

@@ -37,8 +37,12 @@ STATIC_HEADERS: Mapping[str, str] = {
 HSTS = "max-age=31536000; includeSubDomains"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID, If-Match, If-None-Match"
-CORS_EXPOSE_HEADERS = "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID, ETag"
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, X-Request-ID, If-Match, If-None-Match, Idempotency-Key"
+)
+CORS_EXPOSE_HEADERS = (
+    "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID, ETag, Idempotent-Replayed"
+)
 CORS_MAX_AGE_SECONDS = 600
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

@@ -9,6 +9,7 @@ from service.models.auth import (
     RefreshToken,
 )
 from service.models.base import Base, TimestampMixin
+from service.models.idempotency import IdempotencyKey
 from service.models.job import Job
 from service.models.user import ROLES, Follow, User
 from service.models.webhook import (
@@ -29,6 +30,7 @@ __all__ = [
     "Comment",
     "Favorite",
     "Follow",
+    "IdempotencyKey",
     "Job",
     "PasswordResetToken",
     "RefreshToken",

@@ -190,7 +190,7 @@ async def test_cors_preflight_from_an_allowed_origin(serve: Serve) -> None:
         assert headers["access-control-allow-credentials"] == "true"
         assert headers["access-control-allow-methods"] == "POST"
         assert headers["access-control-allow-headers"] == (
-            "Authorization, Content-Type, X-Request-ID, If-Match, If-None-Match"
+            "Authorization, Content-Type, X-Request-ID, If-Match, If-None-Match, Idempotency-Key"
         )
         assert headers["access-control-max-age"] == "600"
         assert "Origin" in headers["vary"]
@@ -242,7 +242,7 @@ async def test_cors_on_actual_responses(serve: Serve, make_user: MakeUser) -> No
         assert allowed.headers["access-control-allow-origin"] == ORIGIN
         assert allowed.headers["access-control-allow-credentials"] == "true"
         assert allowed.headers["access-control-expose-headers"] == (
-            "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID, ETag"
+            "RateLimit, RateLimit-Policy, Retry-After, X-Request-ID, ETag, Idempotent-Replayed"
         )
         assert {v.strip() for v in allowed.headers["vary"].split(",")} >= {
             "Origin",

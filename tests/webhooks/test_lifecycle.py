@@ -14,6 +14,7 @@ from service.infra.settings import Settings
 from service.job_registry import create_worker
 from service.jobs import JobContext
 from service.models import Job, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
+from service.services import idempotency
 from service.webhooks import outbox, retention
 from service.webhooks.handler import DeliveryHandler
 from service.webhooks.http import DeliveryResult
@@ -310,7 +311,10 @@ async def test_the_service_worker_purges_periodically_with_the_configured_retent
     kept, _ = await add_logged(sessionmaker, a, age=timedelta(days=6), status="delivered")
     configured = settings.model_copy(update={"webhook_retention_days": 7})
     worker = create_worker(configured, poll_interval=30)
-    assert worker.config.periodic == {"webhook retention": retention.PERIODIC}
+    assert worker.config.periodic == {
+        "webhook retention": retention.PERIODIC,
+        "idempotency key retention": idempotency.PERIODIC,
+    }
     task = asyncio.create_task(worker.run())
     try:
 

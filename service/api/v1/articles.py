@@ -7,11 +7,14 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from service.api.auth import PendingViewer
+from service.api.idempotency import idempotent
+from service.api.preconditions import conditional, tagged
 from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
 from service.domain.articles import ArticleView
 from service.domain.pages import Page
+from service.domain.versions import ARTICLE
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import (
@@ -104,6 +107,7 @@ async def get_feed(viewer: User) -> Response:
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
 )
+@tagged(ARTICLE)
 async def get_article(slug: str, viewer: PendingViewer) -> Response:
     """Get one article."""
     return jsonify(await cached.article(viewer, slug))
@@ -120,6 +124,8 @@ async def get_article(slug: str, viewer: PendingViewer) -> Response:
     examples={201: ARTICLE_RESPONSE_EXAMPLE},
     body_example=ARTICLE_CREATE_EXAMPLE,
 )
+@idempotent
+@tagged(ARTICLE)
 async def create_article(viewer: User) -> tuple[Response, int]:
     """Create an article; its slug is derived from the title and never changes."""
     body = body_of(ArticleCreateRequest)
@@ -152,6 +158,7 @@ _UPDATE_ARTICLE: dict[str, Any] = {
 
 @bp.put("/articles/<slug:slug>")
 @operation(**_UPDATE_ARTICLE)
+@conditional(ARTICLE)
 async def update_article(slug: str, viewer: User) -> Response:
     """Update the caller's article: only the given fields change (the slug never does)."""
     return await _update(slug, viewer)
@@ -159,6 +166,7 @@ async def update_article(slug: str, viewer: User) -> Response:
 
 @bp.patch("/articles/<slug:slug>")
 @operation(**_UPDATE_ARTICLE)
+@conditional(ARTICLE)
 async def patch_article(slug: str, viewer: User) -> Response:
     """Update the caller's article, like PUT: only the given fields change."""
     return await _update(slug, viewer)
@@ -172,6 +180,7 @@ async def patch_article(slug: str, viewer: User) -> Response:
     scope=scopes.ARTICLES_WRITE,
     errors=[403, 404],
 )
+@conditional(ARTICLE)
 async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     """Delete an article with its comments and favorites (its author, or a moderator/admin)."""
     await articles_service.delete_article(session=db.session, viewer=viewer, slug=slug)
@@ -187,6 +196,8 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     errors=[404],
     examples={200: FAVORITED_RESPONSE_EXAMPLE},
 )
+@idempotent
+@tagged(ARTICLE)
 async def favorite_article(slug: str, viewer: User) -> Response:
     """Favorite an article (doing it again changes nothing)."""
     view = await articles_service.favorite(session=db.session, viewer=viewer, slug=slug)
@@ -202,6 +213,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
 )
+@tagged(ARTICLE)
 async def unfavorite_article(slug: str, viewer: User) -> Response:
     """Remove the caller's favorite of an article (doing it again changes nothing)."""
     view = await articles_service.unfavorite(session=db.session, viewer=viewer, slug=slug)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api.idempotency import idempotent
 from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.infra.db import db
@@ -39,6 +40,7 @@ TAGS = ["API clients"]
     },
     body_example=CLIENT_CREATE_EXAMPLE,
 )
+@idempotent
 async def create_client(viewer: User) -> tuple[Response, int]:
     """Create an API client for an integration.
 

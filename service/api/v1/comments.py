@@ -5,9 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.auth import PendingViewer
+from service.api.idempotency import idempotent
+from service.api.preconditions import conditional, tagged
 from service.api.spec import body_of, operation
 from service.api.v1 import cached
 from service.domain import scopes
+from service.domain.versions import COMMENT
 from service.infra.db import db
 from service.models import User
 from service.schemas.comment import (
@@ -50,6 +53,8 @@ async def list_comments(slug: str, viewer: PendingViewer) -> Response:
     examples={200: COMMENT_RESPONSE_EXAMPLE},
     body_example=COMMENT_CREATE_EXAMPLE,
 )
+@idempotent
+@tagged(COMMENT)
 async def create_comment(slug: str, viewer: User) -> Response:
     """Comment on an article (the spec answers 200, not 201)."""
     body = body_of(CommentCreateRequest)
@@ -67,6 +72,7 @@ async def create_comment(slug: str, viewer: User) -> Response:
     scope=scopes.COMMENTS_WRITE,
     errors=[403, 404],
 )
+@conditional(COMMENT)
 async def delete_comment(slug: str, comment_id: int, viewer: User) -> tuple[str, int]:
     """Delete a comment (its author, or a moderator/admin)."""
     await comments_service.delete_comment(

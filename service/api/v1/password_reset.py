@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth
+from service.api.idempotency import idempotent
 from service.api.spec import body_of, operation
 from service.infra.db import db
 from service.schemas.password_reset import (
@@ -33,6 +34,7 @@ TAGS = ["User and Authentication"]
     },
     body_example=RESET_REQUEST_EXAMPLE,
 )
+@idempotent
 async def request_password_reset() -> tuple[Response, int]:
     """Ask for a password reset link by email.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.api.auth import PendingViewer
+from service.api.idempotency import idempotent
 from service.api.spec import operation
 from service.api.v1 import cached
 from service.domain import scopes
@@ -65,6 +66,7 @@ async def get_profile(username: str, viewer: PendingViewer) -> Response:
         403: SELF_FOLLOW_EXAMPLE,
     },
 )
+@idempotent
 async def follow_user(username: str, viewer: User) -> Response:
     """Follow a user.
 

@@ -7,9 +7,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from service.api.auth import auth, bearer_token, current_claims, sign_in
+from service.api.idempotency import idempotent
+from service.api.preconditions import conditional, tagged
 from service.api.spec import body_of, operation
 from service.domain import scopes
 from service.domain.errors import PermissionDenied
+from service.domain.versions import USER
 from service.infra.db import db
 from service.infra.redis import redis
 from service.models import User
@@ -50,6 +53,7 @@ def _user_response(user: User, token: str, status: int = 200) -> tuple[Response,
     examples={201: USER_RESPONSE_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
     body_example=USER_CREATE_EXAMPLE,
 )
+@idempotent
 async def register_user() -> tuple[Response, int]:
     """Register a new user.
 
@@ -98,6 +102,7 @@ async def login() -> tuple[Response, int]:
     scope=scopes.PROFILE_READ,
     examples={200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
 )
+@tagged(USER)
 async def get_current_user(viewer: User) -> tuple[Response, int]:
     """Get the current user.
 
@@ -135,6 +140,7 @@ _UPDATE_USER: dict[str, Any] = {
 
 @bp.put("/user")
 @operation(**_UPDATE_USER)
+@conditional(USER)
 async def update_current_user(viewer: User) -> tuple[Response, int]:
     """Update the current user (a partial update, like PATCH).
 
@@ -149,6 +155,7 @@ async def update_current_user(viewer: User) -> tuple[Response, int]:
 
 @bp.patch("/user")
 @operation(**_UPDATE_USER)
+@conditional(USER)
 async def patch_current_user(viewer: User) -> tuple[Response, int]:
     """Update the current user (a partial update, same as PUT).
 

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
+from service.api.idempotency import idempotent
 from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.address_policy import AddressPolicy
@@ -109,6 +110,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
     },
     body_example=WEBHOOK_CREATE_EXAMPLE,
 )
+@idempotent
 async def create_webhook(viewer: User) -> tuple[Response, int]:
     """Subscribe a URL to event types.
 

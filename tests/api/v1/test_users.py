@@ -918,9 +918,11 @@ async def test_openapi_documents_the_user_operations(client: httpx.AsyncClient) 
             "401",
             "403",
             "409",
+            "412",  # a stale If-Match
             "413",
             "415",
             "422",
+            "428",  # no If-Match while PRECONDITION_REQUIRED is on
             "429",
             "503",
         }
