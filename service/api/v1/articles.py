@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
 from service.domain.articles import ArticleView
 from service.domain.pages import Page
 from service.infra.db import db
+from service.infra.extensions import SETTINGS
 from service.models import User
 from service.schemas.article import (
     ARTICLE_CREATE_EXAMPLE,
@@ -28,22 +31,24 @@ from service.schemas.article import (
     MultipleArticlesResponse,
 )
 from service.schemas.common import PageQuery
+from service.services import article_order
 from service.services import articles as articles_service
 
 bp = Blueprint("articles", __name__)
 
 
-def _page_json(page: Page[ArticleView]) -> Response:
-    return jsonify(
-        MultipleArticlesResponse(
-            articles=[ArticleSummary.of(view) for view in page.items],
-            articles_count=page.total,
-        ).to_json()
+def _article_json(view: ArticleView) -> Response:
+    return pagination.with_self(
+        jsonify(ArticleResponse(article=ArticleOut.of(view)).to_json()), _self(view.article.slug)
     )
 
 
-def _article_json(view: ArticleView) -> Response:
-    return jsonify(ArticleResponse(article=ArticleOut.of(view)).to_json())
+def _self(slug: str) -> str:
+    return f"/api/v1/articles/{quote(slug, safe='')}"
+
+
+_LIST_HEADERS = {200: {"Link": pagination.LINK_HEADER_DOC}}
+_ONE_HEADERS = {200: {"Link": pagination.SELF_LINK_DOC}}
 
 
 @bp.get("/articles")
@@ -54,10 +59,16 @@ def _article_json(view: ArticleView) -> Response:
     scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
+    headers=_LIST_HEADERS,
 )
 async def list_articles(viewer: User | None) -> Response:
-    """List articles, newest first, optionally filtered by tag, author or favoriting user."""
+    """List articles, newest first, optionally filtered, searched (`q`) and sorted (`sort`).
+
+    Pages by `offset` or by `cursor` (from the `Link` header's `next`/`prev`).
+    """
     query = query_of(ArticleListQuery)
+    scope = f"articles:{article_order.sort_name(query.sort, query.q)}"
+    window = pagination.window(query, scope)
 
     async def load() -> Page[ArticleView]:
         return await articles_service.list_articles(
@@ -68,10 +79,26 @@ async def list_articles(viewer: User | None) -> Response:
             tag=query.tag,
             author=query.author,
             favorited=query.favorited,
+            q=query.q,
+            sort=query.sort,
+            position=window.position,
+            language=SETTINGS.get().search_language,
         )
 
-    key = (query.tag, query.author, query.favorited, query.limit, query.offset)
-    return jsonify(await cached.article_page(viewer, key, load))
+    # Everything the page depends on (the cursor, not only its position: its scope too).
+    key = (
+        *(query.tag, query.author, query.favorited, query.limit, query.offset),
+        *(query.q, query.sort, query.cursor),
+    )
+    body, edges = await cached.article_page(viewer, key, load)
+    return pagination.paged(
+        jsonify(body),
+        window=window,
+        edges=edges,
+        total=body["articlesCount"],
+        count=len(body["articles"]),
+        scope=scope,
+    )
 
 
 @bp.get("/articles/feed")
@@ -82,14 +109,30 @@ async def list_articles(viewer: User | None) -> Response:
     scope=scopes.ARTICLES_READ,
     query=PageQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
+    headers=_LIST_HEADERS,
 )
 async def get_feed(viewer: User) -> Response:
     """List articles by the authors the caller follows, newest first."""
     query = query_of(PageQuery)
+    window = pagination.window(query, "feed")
     page = await articles_service.feed(
-        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+        session=db.session,
+        viewer=viewer,
+        limit=query.limit,
+        offset=query.offset,
+        position=window.position,
     )
-    return _page_json(page)
+    out = MultipleArticlesResponse(
+        articles=[ArticleSummary.of(view) for view in page.items], articles_count=page.total
+    )
+    return pagination.paged(
+        jsonify(out.to_json()),
+        window=window,
+        edges=page.edges,
+        total=page.total,
+        count=len(page.items),
+        scope="feed",
+    )
 
 
 @bp.get("/articles/<slug:slug>")
@@ -100,10 +143,12 @@ async def get_feed(viewer: User) -> Response:
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
+    headers=_ONE_HEADERS,
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""
-    return jsonify(await cached.article(viewer, slug))
+    found = await cached.article(viewer, slug)
+    return pagination.with_self(jsonify(found), _self(found["article"]["slug"]))
 
 
 @bp.post("/articles")

@@ -5,12 +5,13 @@ and merged in. Anonymous reads of a cached answer touch no database at all."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
 from service.domain.articles import ArticleView
-from service.domain.pages import Page
+from service.domain.pages import Edges, Page
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import ArticleOut, ArticleSummary
@@ -55,8 +56,9 @@ async def _article_marks(
 
 async def article_page(
     viewer: User | None, key: Sequence[Any], load: Callable[[], Awaitable[Page[ArticleView]]]
-) -> Json:
-    """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`."""
+) -> tuple[Json, Edges]:
+    """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`, and
+    the page's edges (for its `Link` header). `key` names everything the page depends on."""
 
     async def shared() -> Json:
         page = await load()
@@ -65,12 +67,14 @@ async def article_page(
             "articlesCount": page.total,
             "ids": [view.article.id for view in page.items],
             "authors": [view.author.id for view in page.items],
+            "edges": asdict(page.edges),
         }
 
     page = await cache.fetch(ARTICLES, f"list:{digest(*key)}", shared)
     favorited, following = await _article_marks(viewer, page["ids"], page["authors"])
     articles = _with_marks(page["articles"], page["ids"], page["authors"], favorited, following)
-    return {"articles": articles, "articlesCount": page["articlesCount"]}
+    body = {"articles": articles, "articlesCount": page["articlesCount"]}
+    return body, Edges(**page["edges"])
 
 
 async def article(viewer: User | None, slug: str) -> Json:
