@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 
 from service.domain.errors import InvalidInput
-from service.domain.pages import Edges, Position, Window
+from service.domain.pages import Edges, Page, Position, Window
 from service.infra.extensions import Extension
 from service.schemas.common import PageQuery
 
@@ -142,6 +142,18 @@ def paged(
     return response
 
 
+def page_json(body: dict[str, Any], page: Page[Any], window: Window, scope: str) -> Response:
+    """`body` as JSON, with the `Link` header of `page`, read for `window`."""
+    return paged(
+        jsonify(body),
+        window=window,
+        edges=page.edges,
+        total=page.total,
+        count=len(page.items),
+        scope=scope,
+    )
+
+
 def with_self(response: Response, path: str) -> Response:
     """`response` with `Link: <path>; rel="self"` (a path under /api/v1, already quoted)."""
     response.headers["Link"] = f'<{request.script_root}{path}>; rel="self"'
@@ -166,3 +178,6 @@ SELF_LINK_DOC: dict[str, Any] = {
     "schema": {"type": "string"},
     "example": '</api/v1/articles/how-to-train-your-dragon>; rel="self"',
 }
+# `operation(headers=...)` of list and single-resource views.
+LIST_HEADERS = {200: {"Link": LINK_HEADER_DOC}}
+SELF_HEADERS = {200: {"Link": SELF_LINK_DOC}}

@@ -17,6 +17,9 @@ from sqlalchemy.orm import QueryableAttribute
 
 from service.domain.pages import Edges, Window, json_key, typed_key
 
+# A SELECT of any columns.
+AnySelect = Select[*tuple[Any, ...]]
+
 
 @dataclass(frozen=True)
 class Ordering:
@@ -31,7 +34,7 @@ class Ordering:
         return tuple(key.type.python_type for key in self.keys)
 
 
-def windowed(statement: Select[Any], ordering: Ordering, window: Window) -> Select[Any]:
+def windowed(statement: AnySelect, ordering: Ordering, window: Window) -> AnySelect:
     """`statement` ordered and cut to `window`, one row more than asked (is there more?).
 
     The key's values are added as the rows' last columns: `cut` reads them from there.
@@ -54,9 +57,7 @@ def windowed(statement: Select[Any], ordering: Ordering, window: Window) -> Sele
     return statement.order_by(*order).limit(window.limit + 1)
 
 
-def cut(
-    rows: Sequence[Row[Any]], ordering: Ordering, window: Window
-) -> tuple[list[Row[Any]], Edges]:
+def cut(rows: Sequence[Row[Any]], ordering: Ordering, window: Window) -> tuple[list[Any], Edges]:
     """The page's rows in the list's order and its edges, from what `windowed` read."""
     more = len(rows) > window.limit
     page = list(rows[: window.limit])

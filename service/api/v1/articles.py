@@ -47,10 +47,6 @@ def _self(slug: str) -> str:
     return f"/api/v1/articles/{quote(slug, safe='')}"
 
 
-_LIST_HEADERS = {200: {"Link": pagination.LINK_HEADER_DOC}}
-_ONE_HEADERS = {200: {"Link": pagination.SELF_LINK_DOC}}
-
-
 @bp.get("/articles")
 @operation(
     responses={200: MultipleArticlesResponse},
@@ -59,7 +55,7 @@ _ONE_HEADERS = {200: {"Link": pagination.SELF_LINK_DOC}}
     scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
-    headers=_LIST_HEADERS,
+    headers=pagination.LIST_HEADERS,
 )
 async def list_articles(viewer: User | None) -> Response:
     """List articles, newest first, optionally filtered, searched (`q`) and sorted (`sort`).
@@ -109,7 +105,7 @@ async def list_articles(viewer: User | None) -> Response:
     scope=scopes.ARTICLES_READ,
     query=PageQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
-    headers=_LIST_HEADERS,
+    headers=pagination.LIST_HEADERS,
 )
 async def get_feed(viewer: User) -> Response:
     """List articles by the authors the caller follows, newest first."""
@@ -125,14 +121,7 @@ async def get_feed(viewer: User) -> Response:
     out = MultipleArticlesResponse(
         articles=[ArticleSummary.of(view) for view in page.items], articles_count=page.total
     )
-    return pagination.paged(
-        jsonify(out.to_json()),
-        window=window,
-        edges=page.edges,
-        total=page.total,
-        count=len(page.items),
-        scope="feed",
-    )
+    return pagination.page_json(out.to_json(), page, window, "feed")
 
 
 @bp.get("/articles/<slug:slug>")
@@ -143,7 +132,7 @@ async def get_feed(viewer: User) -> Response:
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
-    headers=_ONE_HEADERS,
+    headers=pagination.SELF_HEADERS,
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""

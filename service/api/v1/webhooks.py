@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
+from service.api import pagination
 from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
 from service.infra.address_policy import AddressPolicy
@@ -134,17 +135,23 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     **_MANAGED,
     query=PageQuery,
     examples={200: WEBHOOKS_RESPONSE_EXAMPLE},
+    headers=pagination.LIST_HEADERS,
 )
 async def list_webhooks(viewer: User) -> Response:
     """List your webhooks, newest first (admins: everyone's); never their secrets."""
     query = query_of(PageQuery)
+    window = pagination.window(query, "webhooks")
     page = await webhooks_service.list_endpoints(
-        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+        session=db.session,
+        viewer=viewer,
+        limit=query.limit,
+        offset=query.offset,
+        position=window.position,
     )
     out = WebhookListResponse(
         webhooks=[WebhookOut.of(view) for view in page.items], webhooks_count=page.total
     )
-    return jsonify(out.to_json())
+    return pagination.page_json(out.to_json(), page, window, "webhooks")
 
 
 @bp.get("/webhooks/event-types")
@@ -264,11 +271,15 @@ async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, i
     **_MANAGED,
     query=WebhookMessageQuery,
     errors=[404],
+    headers=pagination.LIST_HEADERS,
     examples={200: MESSAGES_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
 )
 async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response:
     """The delivery log: the webhook's messages, newest first, optionally by status."""
     query = query_of(WebhookMessageQuery)
+    # Per endpoint: a cursor of one endpoint's log is refused on another's.
+    scope = f"webhook-messages:{webhook_id}"
+    window = pagination.window(query, scope)
     page = await webhooks_service.list_messages(
         session=db.session,
         viewer=viewer,
@@ -276,12 +287,13 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         status=query.status,
         limit=query.limit,
         offset=query.offset,
+        position=window.position,
     )
     out = WebhookMessageListResponse(
         messages=[WebhookMessageOut.of(view) for view in page.items],
         messages_count=page.total,
     )
-    return jsonify(out.to_json())
+    return pagination.page_json(out.to_json(), page, window, scope)
 
 
 @bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>")
