@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +14,8 @@ import pytest
 from requests.utils import parse_header_links
 
 from service.app import ConduitASGI
+from service.services import audit
+from tests.api.v1 import test_webhooks as webhook_support
 from tests.factories import TestUser, follow, insert_articles, make_article
 
 MakeUser = Callable[..., Awaitable[TestUser]]
@@ -393,3 +396,79 @@ async def test_an_article_links_itself(client: httpx.AsyncClient, make_user: Mak
         assert links(read) == {"self": "/api/v1/articles/hello"}
     signed_in = await client.get("/api/v1/articles/hello", headers=jake.headers)
     assert links(signed_in) == {"self": "/api/v1/articles/hello"}
+
+
+# --- the other lists ------------------------------------------------------------------------
+
+
+async def check_walks(
+    client: httpx.AsyncClient, url: str, field: str, headers: dict[str, str], *, at_least: int
+) -> None:
+    """Walking `url` by cursor (2 a page), forward then back, gives the one-page list in order."""
+    whole = await client.get(url, params={"limit": 100}, headers=headers)
+    assert whole.status_code == 200, whole.text
+    expected = [json_key(item) for item in whole.json()[field]]
+    assert len(expected) >= at_least
+    pages: list[list[str]] = []
+    response = await client.get(url, params={"limit": 2}, headers=headers)
+    while True:
+        assert response.status_code == 200, response.text
+        pages.append([json_key(item) for item in response.json()[field]])
+        found = links(response)
+        if "next" not in found:
+            break
+        response = await client.get(found["next"], headers=headers)
+    assert [item for page in pages for item in page] == expected
+    back: list[list[str]] = []
+    while "prev" in links(response):
+        response = await client.get(links(response)["prev"], headers=headers)
+        back.append([json_key(item) for item in response.json()[field]])
+    assert back == pages[-2::-1]
+
+
+def json_key(item: dict[str, Any]) -> str:
+    return str(item.get("id") or item.get("username"))
+
+
+async def test_admin_lists_page_by_cursor(
+    client: httpx.AsyncClient, make_user: MakeUser, maker: Any
+) -> None:
+    boss = await make_user(role="admin")
+    for _ in range(4):
+        await make_user()
+    async with maker() as session:
+        for n in range(5):
+            await audit.record(
+                session=session,
+                actor=None,
+                action="user.role",
+                target_type="user",
+                target_id=n,
+                details=None,
+            )
+        await session.commit()  # one transaction: the entries tie on created_at
+    await check_walks(client, "/api/v1/admin/users", "users", boss.headers, at_least=5)
+    await check_walks(client, "/api/v1/admin/audit", "entries", boss.headers, at_least=5)
+
+
+async def test_webhook_lists_page_by_cursor(
+    client: httpx.AsyncClient, app: ConduitASGI, make_user: MakeUser
+) -> None:
+    jake = await make_user()
+    made = [await webhook_support.created(client, jake) for _ in range(3)]
+    moment = datetime.now(UTC)
+    for _ in range(5):  # the same moment: only their ids order them
+        await webhook_support.add_message(app, made[0]["id"], created_at=moment)
+    await webhook_support.add_message(app, made[0]["id"])
+    await check_walks(client, "/api/v1/webhooks", "webhooks", jake.headers, at_least=3)
+    messages = f"/api/v1/webhooks/{made[0]['id']}/messages"
+    await check_walks(client, messages, "messages", jake.headers, at_least=6)
+    # A cursor of one endpoint's log is not valid on another's.
+    first = await client.get(messages, params={"limit": 2}, headers=jake.headers)
+    cursor = query_of(links(first)["next"])["cursor"][0]
+    other = await client.get(
+        f"/api/v1/webhooks/{made[1]['id']}/messages",
+        params={"cursor": cursor},
+        headers=jake.headers,
+    )
+    assert other.status_code == 422
