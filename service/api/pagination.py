@@ -51,7 +51,11 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # One spelling per cursor: the decoder ignores a last character's unused bits.
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _mac(payload: bytes) -> bytes:
@@ -180,4 +184,8 @@ SELF_LINK_DOC: dict[str, Any] = {
 }
 # `operation(headers=...)` of list and single-resource views.
 LIST_HEADERS = {200: {"Link": LINK_HEADER_DOC}}
-SELF_HEADERS = {200: {"Link": SELF_LINK_DOC}}
+
+
+def self_headers(status: int = 200) -> dict[int, dict[str, Any]]:
+    """`operation(headers=...)` of a view answering one resource with `status`."""
+    return {status: {"Link": SELF_LINK_DOC}}

@@ -132,7 +132,7 @@ async def get_feed(viewer: User) -> Response:
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
-    headers=pagination.SELF_HEADERS,
+    headers=pagination.self_headers(),
 )
 async def get_article(slug: str, viewer: User | None) -> Response:
     """Get one article."""
@@ -150,6 +150,7 @@ async def get_article(slug: str, viewer: User | None) -> Response:
     errors=[409],
     examples={201: ARTICLE_RESPONSE_EXAMPLE},
     body_example=ARTICLE_CREATE_EXAMPLE,
+    headers=pagination.self_headers(201),
 )
 async def create_article(viewer: User) -> tuple[Response, int]:
     """Create an article; its slug is derived from the title and never changes."""
@@ -178,6 +179,7 @@ _UPDATE_ARTICLE: dict[str, Any] = {
     "errors": [403, 404],
     "examples": {200: ARTICLE_RESPONSE_EXAMPLE},
     "body_example": ARTICLE_UPDATE_EXAMPLE,
+    "headers": pagination.self_headers(),
 }
 
 
@@ -217,6 +219,7 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: FAVORITED_RESPONSE_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 async def favorite_article(slug: str, viewer: User) -> Response:
     """Favorite an article (doing it again changes nothing)."""
@@ -232,6 +235,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 async def unfavorite_article(slug: str, viewer: User) -> Response:
     """Remove the caller's favorite of an article (doing it again changes nothing)."""

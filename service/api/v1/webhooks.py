@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
@@ -109,6 +110,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
         },
     },
     body_example=WEBHOOK_CREATE_EXAMPLE,
+    headers=pagination.self_headers(201),
 )
 async def create_webhook(viewer: User) -> tuple[Response, int]:
     """Subscribe a URL to event types.
@@ -126,7 +128,11 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
         box=_secret_box(),
     )
     out = WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view))
-    return jsonify(out.to_json()), 201
+    return _with_self(jsonify(out.to_json()), view.endpoint.id), 201
+
+
+def _with_self(response: Response, webhook_id: uuid.UUID) -> Response:
+    return pagination.with_self(response, f"/api/v1/webhooks/{webhook_id}")
 
 
 @bp.get("/webhooks")
@@ -173,13 +179,14 @@ async def list_webhook_event_types() -> Response:
     **_MANAGED,
     errors=[404],
     examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
+    headers=pagination.self_headers(),
 )
 async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Get one of your webhooks (admins: anyone's)."""
     view = await webhooks_service.get_endpoint(
         session=db.session, viewer=viewer, endpoint_id=webhook_id
     )
-    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+    return _with_self(jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json()), webhook_id)
 
 
 @bp.patch(f"/webhooks/<{CONVERTER}:webhook_id>")
@@ -190,6 +197,7 @@ async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     errors=[404],
     examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
     body_example=WEBHOOK_UPDATE_EXAMPLE,
+    headers=pagination.self_headers(),
 )
 async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Change a webhook's URL, event types, description, rate limit, or enable/disable it.
@@ -204,7 +212,7 @@ async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
         data=body.webhook,
         policy=_policy(),
     )
-    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+    return _with_self(jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json()), webhook_id)
 
 
 @bp.delete(f"/webhooks/<{CONVERTER}:webhook_id>")
@@ -305,6 +313,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         200: MESSAGE_DETAIL_RESPONSE_EXAMPLE,
         404: {"errors": {"message": ["message not found"]}},
     },
+    headers=pagination.self_headers(),
 )
 async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: User) -> Response:
     """One message of the delivery log with its payload and every attempt, oldest first."""
@@ -312,7 +321,8 @@ async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: Us
         session=db.session, viewer=viewer, endpoint_id=webhook_id, message_id=message_id
     )
     out = WebhookMessageDetailResponse(message=WebhookMessageDetailOut.of_detail(detail))
-    return jsonify(out.to_json())
+    path = f"/api/v1/webhooks/{webhook_id}/messages/{quote(message_id, safe='')}"
+    return pagination.with_self(jsonify(out.to_json()), path)
 
 
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>/redeliver")

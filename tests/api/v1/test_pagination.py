@@ -472,3 +472,21 @@ async def test_webhook_lists_page_by_cursor(
         headers=jake.headers,
     )
     assert other.status_code == 422
+
+
+async def test_profiles_users_and_webhooks_link_themselves(
+    client: httpx.AsyncClient, app: ConduitASGI, make_user: MakeUser
+) -> None:
+    jake, anna = await make_user(username="Jake"), await make_user()
+    for _ in range(2):  # the second from the response cache
+        profile = await client.get("/api/v1/profiles/jake")
+        assert links(profile) == {"self": "/api/v1/profiles/Jake"}
+    followed = await client.post("/api/v1/profiles/jake/follow", headers=anna.headers)
+    assert links(followed) == {"self": "/api/v1/profiles/Jake"}
+    assert links(await client.get("/api/v1/user", headers=jake.headers)) == {"self": "/api/v1/user"}
+    webhook = await webhook_support.created(client, jake)
+    path = f"/api/v1/webhooks/{webhook['id']}"
+    assert links(await client.get(path, headers=jake.headers)) == {"self": path}
+    message_id = await webhook_support.add_message(app, webhook["id"])
+    message = await client.get(f"{path}/messages/{message_id}", headers=jake.headers)
+    assert links(message) == {"self": f"{path}/messages/{message_id}"}
