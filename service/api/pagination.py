@@ -118,8 +118,8 @@ def _url(changes: dict[str, str]) -> str:
     return f"{path}?{query}" if query else path
 
 
-def link_header(*, window: Window, edges: Edges, total: int, count: int, scope: str) -> str:
-    """The `Link` value of a page of `count` items from `window` (RFC 8288)."""
+def link_header(*, window: Window, edges: Edges, scope: str) -> str:
+    """The `Link` value of the page read for `window`, with `edges` (RFC 8288)."""
     links: list[tuple[str, str]] = []
     if window.position is not None or window.offset == 0:
         if edges.more_after and edges.last is not None:
@@ -128,7 +128,7 @@ def link_header(*, window: Window, edges: Edges, total: int, count: int, scope: 
             before = Position(edges.first, backward=True)
             links.append(("prev", _url({"cursor": encode(before, scope)})))
     else:
-        if window.offset + count < total:
+        if edges.more_after:
             links.append(("next", _url({"offset": str(window.offset + window.limit)})))
         previous = max(window.offset - window.limit, 0)
         links.append(("prev", _url({"offset": str(previous)} if previous else {})))
@@ -136,26 +136,21 @@ def link_header(*, window: Window, edges: Edges, total: int, count: int, scope: 
     return ", ".join(f'<{target}>; rel="{relation}"' for relation, target in links)
 
 
-def paged(
-    response: Response, *, window: Window, edges: Edges, total: int, count: int, scope: str
-) -> Response:
+def paged(response: Response, *, window: Window, edges: Edges, scope: str) -> Response:
     """`response` with the `Link` header of its page."""
-    response.headers["Link"] = link_header(
-        window=window, edges=edges, total=total, count=count, scope=scope
-    )
+    response.headers["Link"] = link_header(window=window, edges=edges, scope=scope)
+    return response
+
+
+def single_page(response: Response) -> Response:
+    """`response`, a whole list in one answer, with the `Link` header of that one page."""
+    response.headers["Link"] = f'<{_url({})}>; rel="first"'
     return response
 
 
 def page_json(body: dict[str, Any], page: Page[Any], window: Window, scope: str) -> Response:
     """`body` as JSON, with the `Link` header of `page`, read for `window`."""
-    return paged(
-        jsonify(body),
-        window=window,
-        edges=page.edges,
-        total=page.total,
-        count=len(page.items),
-        scope=scope,
-    )
+    return paged(jsonify(body), window=window, edges=page.edges, scope=scope)
 
 
 def with_self(response: Response, path: str) -> Response:

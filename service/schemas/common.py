@@ -157,16 +157,17 @@ def optional(**kwargs: Any) -> Any:
 
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
 CURSOR_MAX = 1024
+DEFAULT_LIMIT = 20
 
 
-class PageQuery(BaseModel):
-    """`limit` (1-100, default 20), and `offset` (0-10000000, default 0) or a `cursor`."""
+def offset_field() -> Any:
+    """The `offset` of a list query."""
+    return Field(default=0, ge=0, le=10_000_000, description="How many items to skip")
 
-    model_config = ConfigDict(extra="ignore")
 
-    limit: QueryInt = Field(default=20, ge=1, le=100, description="How many items to return")
-    offset: QueryInt = Field(default=0, ge=0, le=10_000_000, description="How many items to skip")
-    cursor: str | None = optional(
+def cursor_field() -> Any:
+    """The `cursor` of a list query (service.api.pagination)."""
+    return optional(
         min_length=3,
         max_length=CURSOR_MAX,
         pattern=CURSOR_PATTERN,
@@ -177,3 +178,15 @@ class PageQuery(BaseModel):
             "order, or a changed one, is a 422."
         ),
     )
+
+
+class PageQuery(BaseModel):
+    """`limit` (1-100, default 20), and `offset` (0-10000000, default 0) or a `cursor`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: QueryInt = Field(
+        default=DEFAULT_LIMIT, ge=1, le=100, description="How many items to return"
+    )
+    offset: QueryInt = offset_field()
+    cursor: str | None = cursor_field()

@@ -87,14 +87,7 @@ async def list_articles(viewer: User | None) -> Response:
         *(query.q, query.sort, query.cursor),
     )
     body, edges = await cached.article_page(viewer, key, load)
-    return pagination.paged(
-        jsonify(body),
-        window=window,
-        edges=edges,
-        total=body["articlesCount"],
-        count=len(body["articles"]),
-        scope=scope,
-    )
+    return pagination.paged(jsonify(body), window=window, edges=edges, scope=scope)
 
 
 @bp.get("/articles/feed")

@@ -11,7 +11,7 @@ from typing import Any
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
 from service.domain.articles import ArticleView
-from service.domain.pages import Edges, Page
+from service.domain.pages import Edges, Page, Window
 from service.infra.db import db
 from service.models import User
 from service.schemas.article import ArticleOut, ArticleSummary
@@ -128,15 +128,26 @@ async def profile(viewer: User | None, username: str) -> Json:
 
 async def comments(viewer: User | None, slug: str) -> Json:
     """`{"comments"}` on the article with `slug`, oldest first (`NotFound` for no article)."""
+    found, _ = await comment_page(viewer, slug, None, ())
+    return found
+
+
+async def comment_page(
+    viewer: User | None, slug: str, window: Window | None, key: Sequence[Any]
+) -> tuple[Json, Edges]:
+    """`{"comments"}` of the page `window` (all without one; `key` names it) and its edges."""
 
     async def shared() -> Json:
-        views = await comments_service.list_comments(session=db.session, viewer=None, slug=slug)
+        page = await comments_service.comment_page(
+            session=db.session, viewer=None, slug=slug, window=window
+        )
         return {
-            "comments": [CommentOut.of(view).to_json() for view in views],
-            "authors": [view.author.id for view in views],
+            "comments": [CommentOut.of(view).to_json() for view in page.items],
+            "authors": [view.author.id for view in page.items],
+            "edges": asdict(page.edges),
         }
 
-    found = await cache.fetch(COMMENTS, f"article:{digest(slug)}", shared)
+    found = await cache.fetch(COMMENTS, f"article:{digest(slug, *key)}", shared)
     following = await _following(viewer, found["authors"])
     items = [
         {**item, "author": {**item["author"], "following": True}}
@@ -144,4 +155,4 @@ async def comments(viewer: User | None, slug: str) -> Json:
         else item
         for item, author_id in zip(found["comments"], found["authors"], strict=True)
     ]
-    return {"comments": items}
+    return {"comments": items}, Edges(**found.get("edges", {}))

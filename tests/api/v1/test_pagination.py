@@ -16,7 +16,7 @@ from requests.utils import parse_header_links
 from service.app import ConduitASGI
 from service.services import audit
 from tests.api.v1 import test_webhooks as webhook_support
-from tests.factories import TestUser, follow, insert_articles, make_article
+from tests.factories import TestUser, follow, insert_articles, make_article, make_comment
 
 MakeUser = Callable[..., Awaitable[TestUser]]
 
@@ -490,3 +490,37 @@ async def test_profiles_users_and_webhooks_link_themselves(
     message_id = await webhook_support.add_message(app, webhook["id"])
     message = await client.get(f"{path}/messages/{message_id}", headers=jake.headers)
     assert links(message) == {"self": f"{path}/messages/{message_id}"}
+
+
+async def test_comments_are_all_listed_unless_paged_and_page_by_cursor(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    jake = await make_user()
+    article = await make_article(client, jake)
+    other = await make_article(client, jake)
+    path = f"/api/v1/articles/{article['slug']}/comments"
+    made = [(await make_comment(client, jake, article["slug"]))["id"] for _ in range(5)]
+    everything = await client.get(path)
+    assert [comment["id"] for comment in everything.json()["comments"]] == made
+    assert links(everything) == {"first": path}
+    pages = []
+    response = await client.get(path, params={"limit": 2})
+    while True:
+        pages.append([comment["id"] for comment in response.json()["comments"]])
+        if "next" not in links(response):
+            break
+        response = await client.get(links(response)["next"])
+    assert pages == [made[:2], made[2:4], made[4:]]
+    back = await client.get(links(response)["prev"])
+    assert [comment["id"] for comment in back.json()["comments"]] == made[2:4]
+    by_offset = await client.get(path, params={"offset": 3})
+    assert [comment["id"] for comment in by_offset.json()["comments"]] == made[3:]
+    cursor = query_of(links(back)["next"])["cursor"][0]
+    foreign = await client.get(
+        f"/api/v1/articles/{other['slug']}/comments", params={"cursor": cursor}
+    )
+    assert foreign.status_code == 422
+    for _ in range(2):  # the second from the response cache
+        again = await client.get(path, params={"limit": 2})
+        assert [comment["id"] for comment in again.json()["comments"]] == made[:2]
+        assert "next" in links(again)
