@@ -24,11 +24,17 @@ class ArticleView:
     following: bool
 
 
-# `sort=` of `GET /articles`: a field, `-` first for descending. Without `sort`, a search
-# (`q=`) is ranked by relevance (RELEVANCE) and any other list is newest first (NEWEST).
+# `sort=` of `GET /articles`: a field, `-` first for descending; newest first by default.
+# RELEVANCE (most relevant first) ranks the matches of a search (`q=`).
 ArticleSort = Literal[
-    "createdAt", "-createdAt", "updatedAt", "-updatedAt", "favoritesCount", "-favoritesCount"
+    "createdAt",
+    "-createdAt",
+    "updatedAt",
+    "-updatedAt",
+    "favoritesCount",
+    "-favoritesCount",
+    "-relevance",
 ]
 ARTICLE_SORTS: tuple[ArticleSort, ...] = get_args(ArticleSort)
 NEWEST: ArticleSort = "-createdAt"
-RELEVANCE = "-relevance"
+RELEVANCE: ArticleSort = "-relevance"

@@ -135,14 +135,15 @@ class ArticleListQuery(PageQuery):
         max_length=SEARCH_MAX,
         description=(
             "Full-text search in title, description and body (PostgreSQL `websearch_to_tsquery`"
-            ' syntax: words, "quoted phrases", `or`, `-word`); ranked by relevance unless '
-            "`sort` is given"
+            ' syntax: words, "quoted phrases", `or`, `-word`); `sort=-relevance` ranks the '
+            "matches"
         ),
     )
     sort: ArticleSort | None = optional(
         description=(
-            "Order: `createdAt`, `updatedAt` or `favoritesCount`, with `-` for descending. "
-            "Default: `-createdAt` (newest first), or by relevance with `q`"
+            "Order: `createdAt`, `updatedAt` or `favoritesCount`, with `-` for descending, or "
+            "`-relevance` (most relevant first: only with `q`, over at most 2000 matches). "
+            "Default: `-createdAt` (newest first)"
         )
     )
 

@@ -118,6 +118,7 @@ async def _page(
     ordering: Ordering = article_order.ORDERINGS[NEWEST],
 ) -> Page[ArticleView]:
     total = await session.scalar(select(func.count()).select_from(Article).where(*conditions))
+    ordering.check_length(total or 0)
     statement = keyset.windowed(
         _views_statement(viewer, with_body=False).where(*conditions), ordering, window
     )
@@ -145,7 +146,8 @@ async def list_articles(
     language: str = "english",
 ) -> Page[ArticleView]:
     """Filtered by tag, author, favoriting user and/or the search `q` (filters combine), in
-    the `sort` order: newest first by default, by relevance for a search.
+    the `sort` order, newest first by default (`InvalidInput` for relevance without `q`, or
+    over more matches than `article_order.RANK_MAX`).
 
     A `position` (from a previous page's edges, in the same order) starts the page there
     instead of at `offset`; `InvalidInput` when it does not fit the order.
@@ -169,7 +171,7 @@ async def list_articles(
                 select(Favorite.article_id).where(Favorite.user_id.in_(_user_named(favorited)))
             )
         )
-    ordering = article_order.ordering(article_order.sort_name(sort, q), q=q, language=language)
+    ordering = article_order.ordering(article_order.sort_name(sort), q=q, language=language)
     window = Window(limit=limit, offset=offset, position=position)
     return await _page(session, viewer, conditions, window=window, ordering=ordering)
 

@@ -63,7 +63,7 @@ async def list_articles(viewer: User | None) -> Response:
     Pages by `offset` or by `cursor` (from the `Link` header's `next`/`prev`).
     """
     query = query_of(ArticleListQuery)
-    scope = f"articles:{article_order.sort_name(query.sort, query.q)}"
+    scope = f"articles:{article_order.sort_name(query.sort)}"
     window = pagination.window(query, scope)
 
     async def load() -> Page[ArticleView]:

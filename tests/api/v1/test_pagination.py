@@ -14,7 +14,7 @@ import pytest
 from requests.utils import parse_header_links
 
 from service.app import ConduitASGI
-from service.services import audit
+from service.services import article_order, audit
 from tests.api.v1 import test_webhooks as webhook_support
 from tests.factories import TestUser, follow, insert_articles, make_article, make_comment
 
@@ -350,19 +350,37 @@ async def test_search_matches_title_description_and_body_with_the_filters(
     assert found(excluded) == everything - {in_body["slug"]}
 
 
-async def test_search_ranks_by_relevance_unless_sorted_and_pages_by_cursor(
+async def test_search_is_newest_first_or_ranked_by_relevance_and_pages_by_cursor(
     client: httpx.AsyncClient, make_user: MakeUser
 ) -> None:
     jake = await make_user()
     once = await make_article(client, jake, title="A story", body="one dragon " + "word " * 200)
     thrice = await make_article(client, jake, title="Dragon", body="dragon dragon dragon")
     twice = await make_article(client, jake, title="Dragon tales", body="just words here")
-    ranked = await client.get("/api/v1/articles", params={"q": "dragon"})
-    assert slugs_of(ranked) == [thrice["slug"], twice["slug"], once["slug"]]
-    newest = await client.get("/api/v1/articles", params={"q": "dragon", "sort": "-createdAt"})
+    newest = await client.get("/api/v1/articles", params={"q": "dragon"})
     assert slugs_of(newest) == [twice["slug"], thrice["slug"], once["slug"]]
-    pages = await walk(client, "/api/v1/articles?q=dragon&limit=1")
+    ranked = await client.get("/api/v1/articles", params={"q": "dragon", "sort": "-relevance"})
+    assert slugs_of(ranked) == [thrice["slug"], twice["slug"], once["slug"]]
+    pages = await walk(client, "/api/v1/articles?q=dragon&sort=-relevance&limit=1")
     assert [page[0] for page in pages] == slugs_of(ranked)
+
+
+async def test_relevance_needs_a_search_of_few_enough_matches(
+    client: httpx.AsyncClient, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jake = await make_user()
+    for _ in range(3):
+        await make_article(client, jake, body="dragon")
+    alone = await client.get("/api/v1/articles", params={"sort": "-relevance"})
+    assert alone.status_code == 422
+    assert alone.json() == {"errors": {"sort": ["sorting by relevance needs a search (q)"]}}
+    monkeypatch.setattr(article_order, "RANK_MAX", 2)
+    many = await client.get("/api/v1/articles", params={"q": "dragon", "sort": "-relevance"})
+    assert many.status_code == 422
+    assert "too many to rank" in many.json()["errors"]["sort"][0]
+    # Other orders of the same search are fine.
+    fine = await client.get("/api/v1/articles", params={"q": "dragon", "sort": "createdAt"})
+    assert fine.status_code == 200
 
 
 @pytest.mark.parametrize("q", ["!!!", "&|", "a & | b", "'", ":*", "-", "or"])
