@@ -76,8 +76,7 @@ async def list_users(
         )
     total = await session.scalar(select(func.count()).select_from(User).where(*conditions))
     window = Window(limit=limit, offset=offset, position=position)
-    statement = keyset.windowed(select(User).where(*conditions), NEWEST_USERS, window)
-    rows, edges = keyset.cut((await session.execute(statement)).all(), NEWEST_USERS, window)
+    rows, edges = await keyset.read(session, select(User).where(*conditions), NEWEST_USERS, window)
     return Page(items=[row[0] for row in rows], total=total or 0, edges=edges)
 
 

@@ -119,10 +119,8 @@ async def _page(
 ) -> Page[ArticleView]:
     total = await session.scalar(select(func.count()).select_from(Article).where(*conditions))
     ordering.check_length(total or 0)
-    statement = keyset.windowed(
-        _views_statement(viewer, with_body=False).where(*conditions), ordering, window
-    )
-    rows, edges = keyset.cut((await session.execute(statement)).all(), ordering, window)
+    statement = _views_statement(viewer, with_body=False).where(*conditions)
+    rows, edges = await keyset.read(session, statement, ordering, window)
     return Page(items=await _views(session, viewer, rows), total=total or 0, edges=edges)
 
 

@@ -96,14 +96,12 @@ async def list_entries(
         )
     total = await session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions))
     window = Window(limit=limit, offset=offset, position=position)
-    statement = keyset.windowed(
+    statement = (
         select(AuditEntry, User.username)
         .outerjoin(User, User.id == AuditEntry.actor_id)
-        .where(*conditions),
-        NEWEST,
-        window,
+        .where(*conditions)
     )
-    rows, edges = keyset.cut((await session.execute(statement)).all(), NEWEST, window)
+    rows, edges = await keyset.read(session, statement, NEWEST, window)
     return Page(
         items=[
             AuditRecord(

@@ -47,8 +47,7 @@ async def comment_page(
     if window is None:
         rows = list((await session.execute(statement.order_by(*OLDEST.keys))).all())
     else:
-        windowed = keyset.windowed(statement, OLDEST, window)
-        rows, edges = keyset.cut((await session.execute(windowed)).all(), OLDEST, window)
+        rows, edges = await keyset.read(session, statement, OLDEST, window)
     followed = await profiles.following_ids(
         session=session, viewer=viewer, user_ids={row[1].id for row in rows}
     )

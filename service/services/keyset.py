@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Row, Select, literal, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from service.domain.errors import InvalidInput
@@ -89,3 +90,11 @@ def cut(rows: Sequence[Row[Any]], ordering: Ordering, window: Window) -> tuple[l
         more_before=more_before,
         more_after=more_after,
     )
+
+
+async def read(
+    session: AsyncSession, statement: AnySelect, ordering: Ordering, window: Window
+) -> tuple[list[Any], Edges]:
+    """The rows of the page `window` of `statement` in `ordering`, and the page's edges."""
+    rows = (await session.execute(windowed(statement, ordering, window))).all()
+    return cut(rows, ordering, window)

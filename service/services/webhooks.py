@@ -166,14 +166,12 @@ async def list_endpoints(
         select(func.count()).select_from(WebhookEndpoint).where(*conditions)
     )
     window = Window(limit=limit, offset=offset, position=position)
-    statement = keyset.windowed(
+    statement = (
         select(WebhookEndpoint, User.username)
         .join(User, User.id == WebhookEndpoint.owner_id)
-        .where(*conditions),
-        NEWEST_ENDPOINTS,
-        window,
+        .where(*conditions)
     )
-    rows, edges = keyset.cut((await session.execute(statement)).all(), NEWEST_ENDPOINTS, window)
+    rows, edges = await keyset.read(session, statement, NEWEST_ENDPOINTS, window)
     return Page(
         items=[EndpointView(endpoint=row[0], owner=row[1]) for row in rows],
         total=total or 0,
@@ -349,14 +347,12 @@ async def list_messages(
         select(func.count()).select_from(WebhookMessage).where(*conditions)
     )
     window = Window(limit=limit, offset=offset, position=position)
-    statement = keyset.windowed(
+    statement = (
         select(WebhookMessage, WebhookEvent.type, _attempt_count())
         .join(WebhookEvent, WebhookEvent.id == WebhookMessage.event_id)
-        .where(*conditions),
-        NEWEST_MESSAGES,
-        window,
+        .where(*conditions)
     )
-    rows, edges = keyset.cut((await session.execute(statement)).all(), NEWEST_MESSAGES, window)
+    rows, edges = await keyset.read(session, statement, NEWEST_MESSAGES, window)
     return Page(
         items=[
             MessageView(message=row[0], event_type=row[1], attempt_count=row[2]) for row in rows
