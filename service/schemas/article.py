@@ -147,7 +147,8 @@ class ArticleListQuery(PageQuery):
         )
     )
 
-    @field_validator("tag", "author", "favorited", "q", "sort", mode="before")
+    # Not `sort`: its documented values are an enum, and an empty one is not among them.
+    @field_validator("tag", "author", "favorited", "q", mode="before")
     @classmethod
     def _empty_is_absent(cls, value: Any) -> Any:
         return value or None

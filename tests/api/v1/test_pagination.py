@@ -310,7 +310,9 @@ async def test_unfavoriting_and_deleting_keep_the_favorites_count_sort_right(
     assert [item["favoritesCount"] for item in listed] == [0, 1]
 
 
-@pytest.mark.parametrize("sort", ["title", "created_at", "+createdAt", "--createdAt", "-"])
+@pytest.mark.parametrize(
+    "sort", ["title", "created_at", "+createdAt", "--createdAt", "-", "", "relevance"]
+)
 async def test_an_unknown_sort_is_a_422(client: httpx.AsyncClient, sort: str) -> None:
     response = await client.get("/api/v1/articles", params={"sort": sort})
     assert response.status_code == 422
