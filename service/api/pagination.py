@@ -19,7 +19,7 @@ import binascii
 import hashlib
 import hmac
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 from flask import Response, current_app, jsonify, request
@@ -36,6 +36,8 @@ _KEY_VALUES_MAX = 4
 _INVALID = "is not a valid cursor"
 _FOREIGN = "belongs to another list or sort order"
 PAGE_PARAMETERS = frozenset({"offset", "cursor"})
+# RFC 3986 `pchar` and `/`, kept as they are in a path.
+_PATH_SAFE = "/:@!$&'()*+,;="
 
 
 def _key() -> bytes:
@@ -114,7 +116,8 @@ def _url(changes: dict[str, str]) -> str:
         if name not in PAGE_PARAMETERS
     ]
     query = urlencode([*kept, *changes.items()])
-    path = request.script_root + request.path
+    # The path as routed is decoded (a slug may be any text): header values must be ASCII.
+    path = quote(request.script_root + request.path, safe=_PATH_SAFE)
     return f"{path}?{query}" if query else path
 
 

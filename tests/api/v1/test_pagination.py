@@ -7,7 +7,7 @@ import base64
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -544,3 +544,23 @@ async def test_comments_are_all_listed_unless_paged_and_page_by_cursor(
         again = await client.get(path, params={"limit": 2})
         assert [comment["id"] for comment in again.json()["comments"]] == made[:2]
         assert "next" in links(again)
+
+
+async def test_links_of_paths_with_any_text_are_ascii(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    jake = await make_user()
+    article = await make_article(client, jake, title="Ça va ü 漢字")
+    assert not article["slug"].isascii()
+    for _ in range(2):
+        await make_comment(client, jake, article["slug"])
+    path = f"/api/v1/articles/{quote(article['slug'])}/comments"
+    for query in ("", "?limit=1", "?offset=127"):
+        response = await client.get(path + query)
+        assert response.status_code == 200, response.text
+        assert response.headers["link"].isascii()
+        assert links(response)["first"].startswith(path)
+    read = await client.get(f"/api/v1/articles/{quote(article['slug'])}")
+    assert links(read) == {"self": f"/api/v1/articles/{quote(article['slug'], safe='')}"}
+    following = await client.get(links(await client.get(path + "?limit=1"))["next"])
+    assert following.status_code == 200
