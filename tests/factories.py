@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 from argon2 import PasswordHasher
+from sqlalchemy import insert
 
 from service.app import ConduitASGI
 from service.domain import scopes
 from service.infra.db import DatabaseState
-from service.models import Follow, User
+from service.models import Article, Follow, User
 from service.services import sessions
 from service.services.security import Tokens
 
@@ -134,3 +135,31 @@ async def make_comment(
     assert response.status_code == 200, response.text
     comment: dict[str, Any] = response.json()["comment"]
     return comment
+
+
+async def insert_articles(
+    app: ConduitASGI, author: TestUser, count: int, *, prefix: str = "bulk"
+) -> list[str]:
+    """Insert `count` articles of `author` straight into the database in one statement (one
+    transaction: they share one `created_at`, so only the id orders them); their slugs.
+
+    For lists long enough to page through; write before the first read (no cache bump)."""
+    slugs = [f"{prefix}-{n}" for n in range(count)]
+    state: DatabaseState = app.flask_app.extensions["conduit.db"]
+    assert state.sessionmaker is not None
+    async with state.sessionmaker() as session:
+        await session.execute(
+            insert(Article),
+            [
+                {
+                    "slug": slug,
+                    "title": slug,
+                    "description": "d",
+                    "body": "b",
+                    "author_id": author.id,
+                }
+                for slug in slugs
+            ],
+        )
+        await session.commit()
+    return slugs

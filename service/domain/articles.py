@@ -7,6 +7,7 @@ either importing the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from service.models import Article, User
 
@@ -21,3 +22,19 @@ class ArticleView:
     favorited: bool
     favorites_count: int
     following: bool
+
+
+# `sort=` of `GET /articles`: a field, `-` first for descending; newest first by default.
+# RELEVANCE (most relevant first) ranks the matches of a search (`q=`).
+ArticleSort = Literal[
+    "createdAt",
+    "-createdAt",
+    "updatedAt",
+    "-updatedAt",
+    "favoritesCount",
+    "-favoritesCount",
+    "-relevance",
+]
+ARTICLE_SORTS: tuple[ArticleSort, ...] = get_args(ArticleSort)
+NEWEST: ArticleSort = "-createdAt"
+RELEVANCE: ArticleSort = "-relevance"

@@ -71,8 +71,9 @@ ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"/api/v1/profiles/[^/]+"), PROFILES),
 )
 # The headers kept with the body; the others are made per request.
+# `link` is made from the path and query alone (relative references), both in the key.
 STORED_HEADERS = frozenset(
-    {b"content-type", b"content-encoding", b"etag", b"cache-control", b"vary"}
+    {b"content-type", b"content-encoding", b"etag", b"cache-control", b"vary", b"link"}
 )
 # Answers larger than this are not stored (a page of 100 long articles stays far below).
 MAX_ENTRY_BYTES = 512 * 1024

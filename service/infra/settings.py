@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     # Whole answers to anonymous reads, served before Flask (service/http/response_cache.py); only
     # with the cache on.
     response_cache_enabled: bool = True
+    # PostgreSQL text search configuration of article search (`GET /articles?q=`). The GIN
+    # index is built for it by migration 0007: changing it means rebuilding that index.
+    search_language: str = Field(default="english", pattern=r"^[a-z_]{1,63}$")
 
     # Webhooks. Plain http targets: unset means allowed outside production only.
     webhook_allow_http: bool | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Identity, Index, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Identity, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.models.base import Base, TimestampMixin
@@ -26,11 +26,26 @@ class Article(TimestampMixin, Base):
     author_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), nullable=False
     )
+    # Kept by triggers on `favorites` (migration 0007), for `sort=favoritesCount`.
+    favorites_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     __table_args__ = (
         # Newest-first listing, globally and per author (feed and ?author=).
         Index("ix_articles_created_at_id", "created_at", "id"),
         Index("ix_articles_author_id_created_at", "author_id", "created_at"),
+        # The other sort orders of `GET /articles` (service.services.ordering).
+        Index("ix_articles_updated_at_id", "updated_at", "id"),
+        Index("ix_articles_favorites_count_id", "favorites_count", "id"),
+        # Full-text search; the expression is the one service.services.search queries.
+        Index(
+            "ix_articles_search",
+            # Written as alembic reads it back from PostgreSQL, so that it sees no change.
+            text(
+                "to_tsvector('english'::regconfig, "
+                "(((title::text || ' '::text) || description::text) || ' '::text) || body)"
+            ),
+            postgresql_using="gin",
+        ),
     )
 
 

@@ -39,6 +39,8 @@ class User(TimestampMixin, Base):
 
     __table_args__ = (
         Index("uq_users_username_lower", func.lower(username), unique=True),
+        # The admins' user list, newest first, in keyset pages.
+        Index("ix_users_created_at_id", "created_at", "id"),
         CheckConstraint("email = lower(email)", name="email_lower"),
         CheckConstraint("role IN ('user', 'moderator', 'admin')", name="role_known"),
     )

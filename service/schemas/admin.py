@@ -8,8 +8,8 @@ from pydantic import AfterValidator, ConfigDict, Field, StrictBool, field_valida
 
 from service.domain.audit import AuditRecord
 from service.models import User
-from service.schemas.article import optional, reject_null
-from service.schemas.common import InModel, OutModel, PageQuery, Timestamp, no_nul
+from service.schemas.article import reject_null
+from service.schemas.common import InModel, OutModel, PageQuery, Timestamp, no_nul, optional
 
 Role = Literal["user", "moderator", "admin"]
 QueryText = Annotated[str, AfterValidator(no_nul)]

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator
-from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
-from service.domain.articles import ArticleView
+from service.domain.articles import ArticleSort, ArticleView
 from service.models.article import DESCRIPTION_MAX, TAG_MAX, TITLE_MAX
 from service.schemas.common import (
     NOT_BLANK_PATTERN,
@@ -19,11 +18,13 @@ from service.schemas.common import (
     Timestamp,
     no_nul,
     not_blank,
+    optional,
     trimmed,
 )
 from service.schemas.profile import PROFILE_EXAMPLE, ProfileOut
 
 BODY_MAX = 100_000
+SEARCH_MAX = 200
 TAGS_MAX = 20
 
 
@@ -36,23 +37,6 @@ def reject_null(value: Any) -> Any:
 
 def _unique(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
-
-
-def _absent_not_null(schema: JsonDict) -> None:
-    # Document an optional field by its type alone: it may be left out, but `null` is rejected.
-    schema.pop("default", None)
-    variants = schema.pop("anyOf", None)
-    if isinstance(variants, list):
-        kept = [variant for variant in variants if variant != {"type": "null"}]
-        if len(kept) == 1 and isinstance(kept[0], dict):
-            schema.update(kept[0])
-        else:
-            schema["anyOf"] = kept
-
-
-def optional(**kwargs: Any) -> Any:
-    """A field that may be absent (then None), documented without `null`."""
-    return Field(default=None, json_schema_extra=_absent_not_null, **kwargs)
 
 
 # Each text field is checked as sent: its length (what JSON Schema's maxLength counts) and that
@@ -147,8 +131,24 @@ class ArticleListQuery(PageQuery):
     favorited: QueryText | None = optional(
         description="Only articles favorited by this username (any case)"
     )
+    q: QueryText | None = optional(
+        max_length=SEARCH_MAX,
+        description=(
+            "Full-text search in title, description and body (PostgreSQL `websearch_to_tsquery`"
+            ' syntax: words, "quoted phrases", `or`, `-word`); `sort=-relevance` ranks the '
+            "matches"
+        ),
+    )
+    sort: ArticleSort | None = optional(
+        description=(
+            "Order: `createdAt`, `updatedAt` or `favoritesCount`, with `-` for descending, or "
+            "`-relevance` (most relevant first: only with `q`, over at most 2000 matches). "
+            "Default: `-createdAt` (newest first)"
+        )
+    )
 
-    @field_validator("tag", "author", "favorited", mode="before")
+    # Not `sort`: its documented values are an enum, and an empty one is not among them.
+    @field_validator("tag", "author", "favorited", "q", mode="before")
     @classmethod
     def _empty_is_absent(cls, value: Any) -> Any:
         return value or None

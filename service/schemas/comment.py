@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.domain.comments import CommentView
 from service.schemas.common import (
+    DEFAULT_LIMIT,
     NOT_BLANK_PATTERN,
     InModel,
     OutModel,
+    PageQuery,
+    QueryInt,
     SchemaExtra,
     Timestamp,
+    cursor_field,
     no_nul,
     not_blank,
+    offset_field,
+    optional,
 )
 from service.schemas.profile import PROFILE_EXAMPLE, ProfileOut
 
@@ -28,6 +34,30 @@ CommentBody = Annotated[
     AfterValidator(no_nul),
     SchemaExtra(pattern=NOT_BLANK_PATTERN, description="Not only whitespace; stored as sent"),
 ]
+
+
+class CommentListQuery(BaseModel):
+    """Every comment by default, as RealWorld has it; pages with `limit`, `offset` or `cursor`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: QueryInt | None = optional(
+        ge=1,
+        le=100,
+        description=(
+            "How many comments to return; absent: every comment (or 20 with `offset` or `cursor`)"
+        ),
+    )
+    offset: QueryInt = offset_field()
+    cursor: str | None = cursor_field()
+
+    def page_query(self) -> PageQuery | None:
+        """The page asked for, or None for every comment."""
+        if self.limit is None and self.cursor is None and not self.offset:
+            return None
+        return PageQuery.model_construct(
+            limit=self.limit or DEFAULT_LIMIT, offset=self.offset, cursor=self.cursor
+        )
 
 
 class CommentCreate(InModel):

@@ -15,6 +15,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
 )
+from pydantic.config import JsonDict
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError
 
@@ -137,10 +138,55 @@ def integer_text(value: Any) -> Any:
 QueryInt = Annotated[int, BeforeValidator(integer_text)]
 
 
+def absent_not_null(schema: JsonDict) -> None:
+    # Document an optional field by its type alone: it may be left out, but `null` is rejected.
+    schema.pop("default", None)
+    variants = schema.pop("anyOf", None)
+    if isinstance(variants, list):
+        kept = [variant for variant in variants if variant != {"type": "null"}]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+
+
+def optional(**kwargs: Any) -> Any:
+    """A field that may be absent (then None), documented without `null`."""
+    return Field(default=None, json_schema_extra=absent_not_null, **kwargs)
+
+
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
+CURSOR_MAX = 1024
+DEFAULT_LIMIT = 20
+
+
+def offset_field() -> Any:
+    """The `offset` of a list query."""
+    return Field(default=0, ge=0, le=10_000_000, description="How many items to skip")
+
+
+def cursor_field() -> Any:
+    """The `cursor` of a list query (service.api.pagination)."""
+    return optional(
+        min_length=3,
+        max_length=CURSOR_MAX,
+        pattern=CURSOR_PATTERN,
+        description=(
+            "Opaque position from a `next` or `prev` link of a previous page (RFC 8288 "
+            "`Link` header): the page after (or before) it, stable under inserts and as fast "
+            "at any depth. Not combinable with `offset`; a cursor of another list or sort "
+            "order, or a changed one, is a 422."
+        ),
+    )
+
+
 class PageQuery(BaseModel):
-    """`limit` (1-100, default 20) and `offset` (0-10000000, default 0) of a list."""
+    """`limit` (1-100, default 20), and `offset` (0-10000000, default 0) or a `cursor`."""
 
     model_config = ConfigDict(extra="ignore")
 
-    limit: QueryInt = Field(default=20, ge=1, le=100, description="How many items to return")
-    offset: QueryInt = Field(default=0, ge=0, le=10_000_000, description="How many items to skip")
+    limit: QueryInt = Field(
+        default=DEFAULT_LIMIT, ge=1, le=100, description="How many items to return"
+    )
+    offset: QueryInt = offset_field()
+    cursor: str | None = cursor_field()

@@ -28,8 +28,16 @@ from service.domain.webhooks import (
     MessageDetail,
     MessageView,
 )
-from service.schemas.article import optional, reject_null
-from service.schemas.common import InModel, OutModel, PageQuery, SchemaExtra, Timestamp, no_nul
+from service.schemas.article import reject_null
+from service.schemas.common import (
+    InModel,
+    OutModel,
+    PageQuery,
+    SchemaExtra,
+    Timestamp,
+    no_nul,
+    optional,
+)
 
 DESCRIPTION_MAX = 500
 RATE_LIMIT_MAX = 1000

@@ -15,11 +15,11 @@ from sqlalchemy import ColumnElement, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from service.domain.pages import Page
+from service.domain.pages import Page, Position, Window
 from service.models import User
 from service.schemas.admin import AdminUserUpdate
 from service.schemas.user import is_valid_username
-from service.services import audit, sessions
+from service.services import audit, keyset, sessions
 
 ADMIN = "admin"
 # Roles whose holders may delete anyone's article or comment.
@@ -44,6 +44,9 @@ class UserChange:
     old_suspended: bool
 
 
+NEWEST_USERS = keyset.Ordering(keys=(User.created_at, User.id))
+
+
 def escape_like(text: str) -> str:
     """`text` as a literal inside a LIKE pattern whose escape character is a backslash."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -57,8 +60,10 @@ async def list_users(
     role: str | None = None,
     suspended: bool | None = None,
     q: str | None = None,
+    position: Position | None = None,
 ) -> Page[User]:
-    """Users newest first; `q` matches part of the username or email, in any case."""
+    """Users newest first (from `position` if given); `q` matches part of the username or
+    email, in any case."""
     conditions: list[ColumnElement[bool]] = []
     if role is not None:
         conditions.append(User.role == role)
@@ -70,14 +75,9 @@ async def list_users(
             or_(User.username.ilike(pattern, escape="\\"), User.email.ilike(pattern, escape="\\"))
         )
     total = await session.scalar(select(func.count()).select_from(User).where(*conditions))
-    users = await session.scalars(
-        select(User)
-        .where(*conditions)
-        .order_by(User.created_at.desc(), User.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return Page(items=list(users), total=total or 0)
+    window = Window(limit=limit, offset=offset, position=position)
+    rows, edges = await keyset.read(session, select(User).where(*conditions), NEWEST_USERS, window)
+    return Page(items=[row[0] for row in rows], total=total or 0, edges=edges)
 
 
 async def _lock_active_admins(session: AsyncSession) -> set[int]:

@@ -35,12 +35,13 @@ from sqlalchemy.orm import defer
 
 from service.caching import generations
 from service.domain import events
-from service.domain.articles import ArticleView
+from service.domain.articles import NEWEST, ArticleSort, ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
-from service.domain.pages import Page
+from service.domain.pages import Page, Position, Window
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
 from service.schemas.article import ArticleCreate, ArticleUpdate, sort_tags
-from service.services import admin, audit, sessions, slugs
+from service.services import admin, article_order, audit, keyset, sessions, slugs
+from service.services.keyset import Ordering
 from service.services.sql import any_ids
 from service.webhooks import catalogue, outbox
 
@@ -60,9 +61,8 @@ def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
         .where(ArticleTag.article_id == Article.id)
         .scalar_subquery()
     )
-    favorites_count = (
-        select(func.count()).where(Favorite.article_id == Article.id).scalar_subquery()
-    )
+    # Kept exact by triggers on `favorites` (migration 0007): no count per row.
+    favorites_count = Article.favorites_count
     favorited: ColumnElement[bool] = false()
     following: ColumnElement[bool] = false()
     if viewer is not None:
@@ -83,9 +83,8 @@ def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
 
 
 async def _views(
-    session: AsyncSession, viewer: User | None, statement: Select[Any]
+    session: AsyncSession, viewer: User | None, rows: Sequence[Any]
 ) -> list[ArticleView]:
-    rows = (await session.execute(statement)).all()
     return [
         ArticleView(
             article=article,
@@ -95,14 +94,15 @@ async def _views(
             favorites_count=int(count),
             following=bool(following),
         )
-        for article, author, tags, count, favorited, following in rows
+        # Columns after these are the page's sort key (service.services.keyset).
+        for article, author, tags, count, favorited, following, *_ in rows
     ]
 
 
 async def _one(session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:
     if storable(slug):
         statement = _views_statement(viewer, with_body=True).where(Article.slug == slug)
-        found = await _views(session, viewer, statement)
+        found = await _views(session, viewer, (await session.execute(statement)).all())
         if found:
             return found[0]
     raise NotFound("article not found", field="article")
@@ -113,18 +113,14 @@ async def _page(
     viewer: User | None,
     conditions: Sequence[ColumnElement[bool]],
     *,
-    limit: int,
-    offset: int,
+    window: Window,
+    ordering: Ordering = article_order.ORDERINGS[NEWEST],
 ) -> Page[ArticleView]:
     total = await session.scalar(select(func.count()).select_from(Article).where(*conditions))
-    statement = (
-        _views_statement(viewer, with_body=False)
-        .where(*conditions)
-        .order_by(Article.created_at.desc(), Article.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    return Page(items=await _views(session, viewer, statement), total=total or 0)
+    ordering.check_length(total or 0)
+    statement = _views_statement(viewer, with_body=False).where(*conditions)
+    rows, edges = await keyset.read(session, statement, ordering, window)
+    return Page(items=await _views(session, viewer, rows), total=total or 0, edges=edges)
 
 
 def _user_named(username: str) -> Select[Any]:
@@ -141,9 +137,21 @@ async def list_articles(
     tag: str | None = None,
     author: str | None = None,
     favorited: str | None = None,
+    q: str | None = None,
+    sort: ArticleSort | None = None,
+    position: Position | None = None,
+    language: str = "english",
 ) -> Page[ArticleView]:
-    """Newest first, filtered by tag, author and/or favoriting user (filters combine)."""
+    """Filtered by tag, author, favoriting user and/or the search `q` (filters combine), in
+    the `sort` order, newest first by default (`InvalidInput` for relevance without `q`, or
+    over more matches than `article_order.RANK_MAX`).
+
+    A `position` (from a previous page's edges, in the same order) starts the page there
+    instead of at `offset`; `InvalidInput` when it does not fit the order.
+    """
     conditions: list[ColumnElement[bool]] = []
+    if q:
+        conditions.append(article_order.matches(q, language))
     if tag is not None:
         conditions.append(
             Article.id.in_(
@@ -160,17 +168,23 @@ async def list_articles(
                 select(Favorite.article_id).where(Favorite.user_id.in_(_user_named(favorited)))
             )
         )
-    return await _page(session, viewer, conditions, limit=limit, offset=offset)
+    ordering = article_order.ordering(article_order.sort_name(sort), q=q, language=language)
+    window = Window(limit=limit, offset=offset, position=position)
+    return await _page(session, viewer, conditions, window=window, ordering=ordering)
 
 
 async def feed(
-    *, session: AsyncSession, viewer: User, limit: int, offset: int
+    *,
+    session: AsyncSession,
+    viewer: User,
+    limit: int,
+    offset: int,
+    position: Position | None = None,
 ) -> Page[ArticleView]:
-    """Articles by the authors `viewer` follows, newest first."""
+    """Articles by the authors `viewer` follows, newest first (from `position` if given)."""
     followed = select(Follow.followee_id).where(Follow.follower_id == viewer.id)
-    return await _page(
-        session, viewer, [Article.author_id.in_(followed)], limit=limit, offset=offset
-    )
+    window = Window(limit=limit, offset=offset, position=position)
+    return await _page(session, viewer, [Article.author_id.in_(followed)], window=window)
 
 
 async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:

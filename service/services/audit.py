@@ -13,9 +13,10 @@ from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain.audit import AuditRecord
-from service.domain.pages import Page
+from service.domain.pages import Page, Position, Window
 from service.models import AuditEntry, User
 from service.schemas.user import is_valid_username
+from service.services import keyset
 
 # Details are shown to every admin and kept indefinitely: no key that may name a credential.
 _SECRET_WORDS = ("password", "secret", "token", "hash", "key")
@@ -68,6 +69,9 @@ def _details(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+NEWEST = keyset.Ordering(keys=(AuditEntry.created_at, AuditEntry.id))
+
+
 async def list_entries(
     *,
     session: AsyncSession,
@@ -75,8 +79,10 @@ async def list_entries(
     offset: int,
     action: str | None = None,
     actor: str | None = None,
+    position: Position | None = None,
 ) -> Page[AuditRecord]:
-    """Entries newest first, filtered by exact action and/or actor username (any case)."""
+    """Entries newest first (from `position` if given), filtered by exact action and/or actor
+    username (any case)."""
     conditions: list[ColumnElement[bool]] = []
     if action is not None:
         conditions.append(AuditEntry.action == action)
@@ -89,16 +95,13 @@ async def list_entries(
             )
         )
     total = await session.scalar(select(func.count()).select_from(AuditEntry).where(*conditions))
-    rows = (
-        await session.execute(
-            select(AuditEntry, User.username)
-            .outerjoin(User, User.id == AuditEntry.actor_id)
-            .where(*conditions)
-            .order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-    ).all()
+    window = Window(limit=limit, offset=offset, position=position)
+    statement = (
+        select(AuditEntry, User.username)
+        .outerjoin(User, User.id == AuditEntry.actor_id)
+        .where(*conditions)
+    )
+    rows, edges = await keyset.read(session, statement, NEWEST, window)
     return Page(
         items=[
             AuditRecord(
@@ -110,7 +113,8 @@ async def list_entries(
                 details=_details(entry.details),
                 created_at=entry.created_at,
             )
-            for entry, username in rows
+            for entry, username, *_ in rows
         ],
         total=total or 0,
+        edges=edges,
     )

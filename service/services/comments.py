@@ -10,9 +10,10 @@ from service.caching import generations
 from service.domain import events
 from service.domain.comments import CommentView
 from service.domain.errors import NotFound, PermissionDenied
+from service.domain.pages import Edges, Page, Window
 from service.models import Article, Comment, User
 from service.schemas.comment import CommentCreate
-from service.services import admin, audit, profiles
+from service.services import admin, audit, keyset, profiles
 from service.services.articles import find_article_id, storable
 from service.webhooks import catalogue, outbox
 
@@ -20,26 +21,41 @@ from service.webhooks import catalogue, outbox
 BIGINT_MAX = 2**63 - 1
 
 
+OLDEST = keyset.Ordering(keys=(Comment.created_at, Comment.id), descending=False)
+
+
 async def list_comments(
     *, session: AsyncSession, viewer: User | None, slug: str
 ) -> list[CommentView]:
     """The comments on the article with `slug`, oldest first; `NotFound` for no such article."""
+    page = await comment_page(session=session, viewer=viewer, slug=slug, window=None)
+    return page.items
+
+
+async def comment_page(
+    *, session: AsyncSession, viewer: User | None, slug: str, window: Window | None
+) -> Page[CommentView]:
+    """A page of the comments on the article with `slug`, oldest first (all of them without
+    a `window`); `NotFound` for no such article. Its `total` counts the page only: comment
+    lists have no count."""
     article_id = await find_article_id(session=session, slug=slug)
-    rows = (
-        await session.execute(
-            select(Comment, User)
-            .join(User, User.id == Comment.author_id)
-            .where(Comment.article_id == article_id)
-            .order_by(Comment.created_at, Comment.id)
-        )
-    ).all()
-    followed = await profiles.following_ids(
-        session=session, viewer=viewer, user_ids={author.id for _, author in rows}
+    statement = (
+        select(Comment, User)
+        .join(User, User.id == Comment.author_id)
+        .where(Comment.article_id == article_id)
     )
-    return [
-        CommentView(comment=comment, author=author, following=author.id in followed)
-        for comment, author in rows
+    edges = Edges()
+    if window is None:
+        rows = list((await session.execute(statement.order_by(*OLDEST.keys))).all())
+    else:
+        rows, edges = await keyset.read(session, statement, OLDEST, window)
+    followed = await profiles.following_ids(
+        session=session, viewer=viewer, user_ids={row[1].id for row in rows}
+    )
+    items = [
+        CommentView(comment=row[0], author=row[1], following=row[1].id in followed) for row in rows
     ]
+    return Page(items=items, total=len(items), edges=edges)
 
 
 async def add_comment(

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.domain import events
 from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.events import EventType
-from service.domain.pages import Page
+from service.domain.pages import Page, Position, Window
 from service.domain.webhooks import (
     EndpointSecretView,
     EndpointView,
@@ -30,7 +30,7 @@ from service.infra.secret_box import SecretBox
 from service.jobs import queue
 from service.models import User, WebhookAttempt, WebhookEndpoint, WebhookEvent, WebhookMessage
 from service.schemas.webhook import URL_PATTERN, WebhookCreate, WebhookUpdate
-from service.services import audit
+from service.services import audit, keyset
 from service.services.admin import ADMIN
 from service.webhooks import catalogue, outbox, redelivery, signing
 from service.webhooks.ssrf import WebhookUrlRefused, check_url
@@ -146,27 +146,36 @@ async def create_endpoint(
     return EndpointSecretView(endpoint=endpoint, owner=owner.username, secret=secret)
 
 
+NEWEST_ENDPOINTS = keyset.Ordering(keys=(WebhookEndpoint.created_at, WebhookEndpoint.id))
+NEWEST_MESSAGES = keyset.Ordering(keys=(WebhookMessage.created_at, WebhookMessage.id))
+
+
 async def list_endpoints(
-    *, session: AsyncSession, viewer: User, limit: int, offset: int
+    *,
+    session: AsyncSession,
+    viewer: User,
+    limit: int,
+    offset: int,
+    position: Position | None = None,
 ) -> Page[EndpointView]:
-    """The viewer's endpoints (every endpoint for admins), newest first."""
+    """The viewer's endpoints (every endpoint for admins), newest first (from `position`)."""
     conditions: list[ColumnElement[bool]] = []
     if not _is_admin(viewer):
         conditions.append(WebhookEndpoint.owner_id == viewer.id)
     total = await session.scalar(
         select(func.count()).select_from(WebhookEndpoint).where(*conditions)
     )
-    rows = await session.execute(
+    window = Window(limit=limit, offset=offset, position=position)
+    statement = (
         select(WebhookEndpoint, User.username)
         .join(User, User.id == WebhookEndpoint.owner_id)
         .where(*conditions)
-        .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())
-        .limit(limit)
-        .offset(offset)
     )
+    rows, edges = await keyset.read(session, statement, NEWEST_ENDPOINTS, window)
     return Page(
         items=[EndpointView(endpoint=row[0], owner=row[1]) for row in rows],
         total=total or 0,
+        edges=edges,
     )
 
 
@@ -326,8 +335,10 @@ async def list_messages(
     status: str | None,
     limit: int,
     offset: int,
+    position: Position | None = None,
 ) -> Page[MessageView]:
-    """The endpoint's delivery log, newest first, optionally only messages in `status`."""
+    """The endpoint's delivery log, newest first (from `position` if given), optionally only
+    messages in `status`."""
     await _endpoint(session, viewer, endpoint_id)
     conditions: list[ColumnElement[bool]] = [WebhookMessage.endpoint_id == endpoint_id]
     if status is not None:
@@ -335,19 +346,19 @@ async def list_messages(
     total = await session.scalar(
         select(func.count()).select_from(WebhookMessage).where(*conditions)
     )
-    rows = await session.execute(
+    window = Window(limit=limit, offset=offset, position=position)
+    statement = (
         select(WebhookMessage, WebhookEvent.type, _attempt_count())
         .join(WebhookEvent, WebhookEvent.id == WebhookMessage.event_id)
         .where(*conditions)
-        .order_by(WebhookMessage.created_at.desc(), WebhookMessage.id.desc())
-        .limit(limit)
-        .offset(offset)
     )
+    rows, edges = await keyset.read(session, statement, NEWEST_MESSAGES, window)
     return Page(
         items=[
             MessageView(message=row[0], event_type=row[1], attempt_count=row[2]) for row in rows
         ],
         total=total or 0,
+        edges=edges,
     )
 
 

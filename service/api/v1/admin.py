@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.roles import require_role
 from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
@@ -42,12 +43,14 @@ _FORBIDDEN = {"errors": {"role": [f"requires one of: {ADMIN}"]}}
     scope=scopes.ADMIN,
     query=AdminUserListQuery,
     errors=[403],
+    headers=pagination.LIST_HEADERS,
     examples={200: ADMIN_USERS_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_users(viewer: User) -> Response:
     """List users newest first, filtered by role, status and username/email text (admins)."""
     require_role(viewer, ADMIN)
     query = query_of(AdminUserListQuery)
+    window = pagination.window(query, "admin-users")
     page = await admin_service.list_users(
         session=db.session,
         limit=query.limit,
@@ -55,12 +58,12 @@ async def admin_list_users(viewer: User) -> Response:
         role=query.role,
         suspended=None if query.status is None else query.status == "suspended",
         q=query.q,
+        position=window.position,
     )
-    return jsonify(
-        AdminUsersResponse(
-            users=[AdminUserOut.of(user) for user in page.items], users_count=page.total
-        ).to_json()
+    out = AdminUsersResponse(
+        users=[AdminUserOut.of(user) for user in page.items], users_count=page.total
     )
+    return pagination.page_json(out.to_json(), page, window, "admin-users")
 
 
 @bp.patch("/admin/users/<username>")
@@ -101,22 +104,23 @@ async def admin_update_user(username: str, viewer: User) -> Response:
     scope=scopes.ADMIN,
     query=AuditQuery,
     errors=[403],
+    headers=pagination.LIST_HEADERS,
     examples={200: AUDIT_RESPONSE_EXAMPLE, 403: _FORBIDDEN},
 )
 async def admin_list_audit(viewer: User) -> Response:
     """List audit log entries newest first, filtered by action and actor (admins)."""
     require_role(viewer, ADMIN)
     query = query_of(AuditQuery)
+    window = pagination.window(query, "audit")
     page = await audit_service.list_entries(
         session=db.session,
         limit=query.limit,
         offset=query.offset,
         action=query.action,
         actor=query.actor,
+        position=window.position,
     )
-    return jsonify(
-        AuditResponse(
-            entries=[AuditEntryOut.of(entry) for entry in page.items],
-            entries_count=page.total,
-        ).to_json()
+    out = AuditResponse(
+        entries=[AuditEntryOut.of(entry) for entry in page.items], entries_count=page.total
     )
+    return pagination.page_json(out.to_json(), page, window, "audit")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.auth import PendingViewer
 from service.api.idempotency import idempotent
 from service.api.preconditions import conditional, tagged
@@ -16,6 +18,7 @@ from service.domain.articles import ArticleView
 from service.domain.pages import Page
 from service.domain.versions import ARTICLE
 from service.infra.db import db
+from service.infra.extensions import SETTINGS
 from service.models import User
 from service.schemas.article import (
     ARTICLE_CREATE_EXAMPLE,
@@ -32,22 +35,20 @@ from service.schemas.article import (
     MultipleArticlesResponse,
 )
 from service.schemas.common import PageQuery
+from service.services import article_order
 from service.services import articles as articles_service
 
 bp = Blueprint("articles", __name__)
 
 
-def _page_json(page: Page[ArticleView]) -> Response:
-    return jsonify(
-        MultipleArticlesResponse(
-            articles=[ArticleSummary.of(view) for view in page.items],
-            articles_count=page.total,
-        ).to_json()
+def _article_json(view: ArticleView) -> Response:
+    return pagination.with_self(
+        jsonify(ArticleResponse(article=ArticleOut.of(view)).to_json()), _self(view.article.slug)
     )
 
 
-def _article_json(view: ArticleView) -> Response:
-    return jsonify(ArticleResponse(article=ArticleOut.of(view)).to_json())
+def _self(slug: str) -> str:
+    return f"/api/v1/articles/{quote(slug, safe='')}"
 
 
 @bp.get("/articles")
@@ -59,10 +60,16 @@ def _article_json(view: ArticleView) -> Response:
     scope=scopes.ARTICLES_READ,
     query=ArticleListQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
+    headers=pagination.LIST_HEADERS,
 )
 async def list_articles(viewer: PendingViewer) -> Response:
-    """List articles, newest first, optionally filtered by tag, author or favoriting user."""
+    """List articles, newest first, optionally filtered, searched (`q`) and sorted (`sort`).
+
+    Pages by `offset` or by `cursor` (from the `Link` header's `next`/`prev`).
+    """
     query = query_of(ArticleListQuery)
+    scope = f"articles:{article_order.sort_name(query.sort)}"
+    window = pagination.window(query, scope)
 
     async def load() -> Page[ArticleView]:
         return await articles_service.list_articles(
@@ -73,10 +80,19 @@ async def list_articles(viewer: PendingViewer) -> Response:
             tag=query.tag,
             author=query.author,
             favorited=query.favorited,
+            q=query.q,
+            sort=query.sort,
+            position=window.position,
+            language=SETTINGS.get().search_language,
         )
 
-    key = (query.tag, query.author, query.favorited, query.limit, query.offset)
-    return jsonify(await cached.article_page(viewer, key, load))
+    # Everything the page depends on (the cursor, not only its position: its scope too).
+    key = (
+        *(query.tag, query.author, query.favorited, query.limit, query.offset),
+        *(query.q, query.sort, query.cursor),
+    )
+    body, edges = await cached.article_page(viewer, key, load)
+    return pagination.paged(jsonify(body), window=window, edges=edges, scope=scope)
 
 
 @bp.get("/articles/feed")
@@ -87,14 +103,23 @@ async def list_articles(viewer: PendingViewer) -> Response:
     scope=scopes.ARTICLES_READ,
     query=PageQuery,
     examples={200: ARTICLES_RESPONSE_EXAMPLE},
+    headers=pagination.LIST_HEADERS,
 )
 async def get_feed(viewer: User) -> Response:
     """List articles by the authors the caller follows, newest first."""
     query = query_of(PageQuery)
+    window = pagination.window(query, "feed")
     page = await articles_service.feed(
-        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+        session=db.session,
+        viewer=viewer,
+        limit=query.limit,
+        offset=query.offset,
+        position=window.position,
     )
-    return _page_json(page)
+    out = MultipleArticlesResponse(
+        articles=[ArticleSummary.of(view) for view in page.items], articles_count=page.total
+    )
+    return pagination.page_json(out.to_json(), page, window, "feed")
 
 
 @bp.get("/articles/<slug:slug>")
@@ -106,11 +131,13 @@ async def get_feed(viewer: User) -> Response:
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 @tagged(ARTICLE)
 async def get_article(slug: str, viewer: PendingViewer) -> Response:
     """Get one article."""
-    return jsonify(await cached.article(viewer, slug))
+    found = await cached.article(viewer, slug)
+    return pagination.with_self(jsonify(found), _self(found["article"]["slug"]))
 
 
 @bp.post("/articles")
@@ -123,6 +150,7 @@ async def get_article(slug: str, viewer: PendingViewer) -> Response:
     errors=[409],
     examples={201: ARTICLE_RESPONSE_EXAMPLE},
     body_example=ARTICLE_CREATE_EXAMPLE,
+    headers=pagination.self_headers(201),
 )
 @idempotent
 @tagged(ARTICLE)
@@ -153,6 +181,7 @@ _UPDATE_ARTICLE: dict[str, Any] = {
     "errors": [403, 404],
     "examples": {200: ARTICLE_RESPONSE_EXAMPLE},
     "body_example": ARTICLE_UPDATE_EXAMPLE,
+    "headers": pagination.self_headers(),
 }
 
 
@@ -195,6 +224,7 @@ async def delete_article(slug: str, viewer: User) -> tuple[str, int]:
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: FAVORITED_RESPONSE_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 @idempotent
 @tagged(ARTICLE)
@@ -212,6 +242,7 @@ async def favorite_article(slug: str, viewer: User) -> Response:
     scope=scopes.ARTICLES_WRITE,
     errors=[404],
     examples={200: ARTICLE_RESPONSE_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 @tagged(ARTICLE)
 async def unfavorite_article(slug: str, viewer: User) -> Response:

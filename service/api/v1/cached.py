@@ -6,13 +6,14 @@ cached answer touch no database at all; signed-in ones run one statement."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from service.api.auth import PendingViewer
 from service.caching.generations import ARTICLES, COMMENTS, PROFILES, TAGS
 from service.caching.store import cache, digest
 from service.domain.articles import ArticleView
-from service.domain.pages import Page
+from service.domain.pages import Edges, Page, Window
 from service.infra.db import db
 from service.schemas.article import ArticleOut, ArticleSummary
 from service.schemas.comment import CommentOut
@@ -64,8 +65,9 @@ async def _article_marks(
 
 async def article_page(
     viewer: PendingViewer, key: Sequence[Any], load: Callable[[], Awaitable[Page[ArticleView]]]
-) -> Json:
-    """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`."""
+) -> tuple[Json, Edges]:
+    """`{"articles", "articlesCount"}` of the page `load` reads (anonymously) for `key`, and
+    the page's edges (for its `Link` header). `key` names everything the page depends on."""
 
     async def shared() -> Json:
         page = await load()
@@ -74,12 +76,14 @@ async def article_page(
             "articlesCount": page.total,
             "ids": [view.article.id for view in page.items],
             "authors": [view.author.id for view in page.items],
+            "edges": asdict(page.edges),
         }
 
     page = await cache.fetch(ARTICLES, f"list:{digest(*key)}", shared)
     favorited, following = await _article_marks(viewer, page["ids"], page["authors"])
     articles = _with_marks(page["articles"], page["ids"], page["authors"], favorited, following)
-    return {"articles": articles, "articlesCount": page["articlesCount"]}
+    body = {"articles": articles, "articlesCount": page["articlesCount"]}
+    return body, Edges(**page["edges"])
 
 
 async def article(viewer: PendingViewer, slug: str) -> Json:
@@ -133,15 +137,26 @@ async def profile(viewer: PendingViewer, username: str) -> Json:
 
 async def comments(viewer: PendingViewer, slug: str) -> Json:
     """`{"comments"}` on the article with `slug`, oldest first (`NotFound` for no article)."""
+    found, _ = await comment_page(viewer, slug, None, ())
+    return found
+
+
+async def comment_page(
+    viewer: PendingViewer, slug: str, window: Window | None, key: Sequence[Any]
+) -> tuple[Json, Edges]:
+    """`{"comments"}` of the page `window` (all without one; `key` names it) and its edges."""
 
     async def shared() -> Json:
-        views = await comments_service.list_comments(session=db.session, viewer=None, slug=slug)
+        page = await comments_service.comment_page(
+            session=db.session, viewer=None, slug=slug, window=window
+        )
         return {
-            "comments": [CommentOut.of(view).to_json() for view in views],
-            "authors": [view.author.id for view in views],
+            "comments": [CommentOut.of(view).to_json() for view in page.items],
+            "authors": [view.author.id for view in page.items],
+            "edges": asdict(page.edges),
         }
 
-    found = await cache.fetch(COMMENTS, f"article:{digest(slug)}", shared)
+    found = await cache.fetch(COMMENTS, f"article:{digest(slug, *key)}", shared)
     following = await _following(viewer, found["authors"])
     items = [
         {**item, "author": {**item["author"], "following": True}}
@@ -149,4 +164,4 @@ async def comments(viewer: PendingViewer, slug: str) -> Json:
         else item
         for item, author_id in zip(found["comments"], found["authors"], strict=True)
     ]
-    return {"comments": items}
+    return {"comments": items}, Edges(**found.get("edges", {}))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.auth import PendingViewer
 from service.api.idempotency import idempotent
 from service.api.preconditions import conditional, tagged
-from service.api.spec import body_of, operation
+from service.api.spec import body_of, operation, query_of
 from service.api.v1 import cached
 from service.domain import scopes
 from service.domain.versions import COMMENT
@@ -18,6 +19,7 @@ from service.schemas.comment import (
     COMMENT_RESPONSE_EXAMPLE,
     COMMENTS_RESPONSE_EXAMPLE,
     CommentCreateRequest,
+    CommentListQuery,
     CommentOut,
     CommentResponse,
     MultipleCommentsResponse,
@@ -35,11 +37,22 @@ bp = Blueprint("comments", __name__)
     defer_viewer=True,
     scope=scopes.ARTICLES_READ,
     errors=[404],
+    query=CommentListQuery,
     examples={200: COMMENTS_RESPONSE_EXAMPLE},
+    headers=pagination.LIST_HEADERS,
 )
 async def list_comments(slug: str, viewer: PendingViewer) -> Response:
-    """List the comments on an article, oldest first."""
-    return jsonify(await cached.comments(viewer, slug))
+    """List the comments on an article, oldest first: all of them, or pages of `limit`."""
+    page_query = query_of(CommentListQuery).page_query()
+    if page_query is None:
+        body, _ = await cached.comment_page(viewer, slug, None, ())
+        return pagination.single_page(jsonify(body))
+    # Per article: a cursor of one article's comments is refused on another's.
+    scope = f"comments:{slug}"
+    window = pagination.window(page_query, scope)
+    key = (page_query.limit, page_query.offset, page_query.cursor)
+    body, edges = await cached.comment_page(viewer, slug, window, key)
+    return pagination.paged(jsonify(body), window=window, edges=edges, scope=scope)
 
 
 @bp.post("/articles/<slug:slug>/comments")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.auth import PendingViewer
 from service.api.idempotency import idempotent
 from service.api.spec import operation
@@ -30,7 +33,11 @@ UNAUTHORIZED_EXAMPLE = {"errors": {"token": ["authentication required"]}}
 
 
 def _profile_response(profile: ProfileOut) -> Response:
-    return jsonify(ProfileResponse(profile=profile).to_json())
+    return _with_self(jsonify(ProfileResponse(profile=profile).to_json()), profile.username)
+
+
+def _with_self(response: Response, username: str) -> Response:
+    return pagination.with_self(response, f"/api/v1/profiles/{quote(username, safe='')}")
 
 
 @bp.get("/profiles/<username>")
@@ -42,6 +49,7 @@ def _profile_response(profile: ProfileOut) -> Response:
     scope=scopes.ARTICLES_READ,
     errors=[404],
     examples={200: PROFILE_RESPONSE_EXAMPLE, 404: NOT_FOUND_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 async def get_profile(username: str, viewer: PendingViewer) -> Response:
     """Get a profile.
@@ -49,7 +57,8 @@ async def get_profile(username: str, viewer: PendingViewer) -> Response:
     Usernames match regardless of case. Authentication is optional; `following` is false for
     anonymous callers.
     """
-    return jsonify(await cached.profile(viewer, username))
+    found = await cached.profile(viewer, username)
+    return _with_self(jsonify(found), found["profile"]["username"])
 
 
 @bp.post("/profiles/<username>/follow")
@@ -65,6 +74,7 @@ async def get_profile(username: str, viewer: PendingViewer) -> Response:
         404: NOT_FOUND_EXAMPLE,
         403: SELF_FOLLOW_EXAMPLE,
     },
+    headers=pagination.self_headers(),
 )
 @idempotent
 async def follow_user(username: str, viewer: User) -> Response:
@@ -90,6 +100,7 @@ async def follow_user(username: str, viewer: User) -> Response:
         404: NOT_FOUND_EXAMPLE,
         403: SELF_FOLLOW_EXAMPLE,
     },
+    headers=pagination.self_headers(),
 )
 async def unfollow_user(username: str, viewer: User) -> Response:
     """Unfollow a user.

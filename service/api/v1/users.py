@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from service.api import pagination
 from service.api.auth import auth, bearer_token, current_claims, sign_in
 from service.api.idempotency import idempotent
 from service.api.preconditions import conditional, tagged
@@ -41,7 +42,8 @@ CLIENT_CREDENTIALS_CHANGE = "API client tokens cannot change the email or passwo
 
 
 def _user_response(user: User, token: str, status: int = 200) -> tuple[Response, int]:
-    return jsonify(UserResponse(user=UserOut.of(user, token=token)).to_json()), status
+    response = jsonify(UserResponse(user=UserOut.of(user, token=token)).to_json())
+    return pagination.with_self(response, "/api/v1/user"), status
 
 
 @bp.post("/users")
@@ -52,6 +54,7 @@ def _user_response(user: User, token: str, status: int = 200) -> tuple[Response,
     errors=[409],
     examples={201: USER_RESPONSE_EXAMPLE, 409: {"errors": {"username": [users_service.TAKEN]}}},
     body_example=USER_CREATE_EXAMPLE,
+    headers=pagination.self_headers(201),
 )
 @idempotent
 async def register_user() -> tuple[Response, int]:
@@ -77,6 +80,7 @@ async def register_user() -> tuple[Response, int]:
     errors=[401, 403],
     examples={200: USER_RESPONSE_EXAMPLE, 401: LOGIN_FAILED_EXAMPLE},
     body_example=USER_LOGIN_EXAMPLE,
+    headers=pagination.self_headers(),
 )
 async def login() -> tuple[Response, int]:
     """Log in with email and password.
@@ -101,6 +105,7 @@ async def login() -> tuple[Response, int]:
     auth="required",
     scope=scopes.PROFILE_READ,
     examples={200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE},
+    headers=pagination.self_headers(),
 )
 @tagged(USER)
 async def get_current_user(viewer: User) -> tuple[Response, int]:
@@ -135,6 +140,7 @@ _UPDATE_USER: dict[str, Any] = {
     "errors": [409],
     "examples": {200: USER_RESPONSE_EXAMPLE, 401: UNAUTHORIZED_EXAMPLE, 409: TAKEN_EXAMPLE},
     "body_example": USER_UPDATE_EXAMPLE,
+    "headers": pagination.self_headers(),
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import UUIDConverter
 
+from service.api import pagination
 from service.api.idempotency import idempotent
 from service.api.spec import body_of, operation, query_of
 from service.domain import scopes
@@ -109,6 +111,7 @@ _DISABLED = {"errors": {"webhook": [webhooks_service.DISABLED]}}
         },
     },
     body_example=WEBHOOK_CREATE_EXAMPLE,
+    headers=pagination.self_headers(201),
 )
 @idempotent
 async def create_webhook(viewer: User) -> tuple[Response, int]:
@@ -127,7 +130,11 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
         box=_secret_box(),
     )
     out = WebhookSecretResponse(webhook=WebhookSecretOut.with_secret(view))
-    return jsonify(out.to_json()), 201
+    return _with_self(jsonify(out.to_json()), view.endpoint.id), 201
+
+
+def _with_self(response: Response, webhook_id: uuid.UUID) -> Response:
+    return pagination.with_self(response, f"/api/v1/webhooks/{webhook_id}")
 
 
 @bp.get("/webhooks")
@@ -136,17 +143,23 @@ async def create_webhook(viewer: User) -> tuple[Response, int]:
     **_MANAGED,
     query=PageQuery,
     examples={200: WEBHOOKS_RESPONSE_EXAMPLE},
+    headers=pagination.LIST_HEADERS,
 )
 async def list_webhooks(viewer: User) -> Response:
     """List your webhooks, newest first (admins: everyone's); never their secrets."""
     query = query_of(PageQuery)
+    window = pagination.window(query, "webhooks")
     page = await webhooks_service.list_endpoints(
-        session=db.session, viewer=viewer, limit=query.limit, offset=query.offset
+        session=db.session,
+        viewer=viewer,
+        limit=query.limit,
+        offset=query.offset,
+        position=window.position,
     )
     out = WebhookListResponse(
         webhooks=[WebhookOut.of(view) for view in page.items], webhooks_count=page.total
     )
-    return jsonify(out.to_json())
+    return pagination.page_json(out.to_json(), page, window, "webhooks")
 
 
 @bp.get("/webhooks/event-types")
@@ -168,13 +181,14 @@ async def list_webhook_event_types() -> Response:
     **_MANAGED,
     errors=[404],
     examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
+    headers=pagination.self_headers(),
 )
 async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Get one of your webhooks (admins: anyone's)."""
     view = await webhooks_service.get_endpoint(
         session=db.session, viewer=viewer, endpoint_id=webhook_id
     )
-    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+    return _with_self(jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json()), webhook_id)
 
 
 @bp.patch(f"/webhooks/<{CONVERTER}:webhook_id>")
@@ -185,6 +199,7 @@ async def get_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     errors=[404],
     examples={200: WEBHOOK_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
     body_example=WEBHOOK_UPDATE_EXAMPLE,
+    headers=pagination.self_headers(),
 )
 async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
     """Change a webhook's URL, event types, description, rate limit, or enable/disable it.
@@ -199,7 +214,7 @@ async def update_webhook(webhook_id: uuid.UUID, viewer: User) -> Response:
         data=body.webhook,
         policy=_policy(),
     )
-    return jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json())
+    return _with_self(jsonify(WebhookResponse(webhook=WebhookOut.of(view)).to_json()), webhook_id)
 
 
 @bp.delete(f"/webhooks/<{CONVERTER}:webhook_id>")
@@ -266,11 +281,15 @@ async def ping_webhook(webhook_id: uuid.UUID, viewer: User) -> tuple[Response, i
     **_MANAGED,
     query=WebhookMessageQuery,
     errors=[404],
+    headers=pagination.LIST_HEADERS,
     examples={200: MESSAGES_RESPONSE_EXAMPLE, 404: _NOT_FOUND},
 )
 async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response:
     """The delivery log: the webhook's messages, newest first, optionally by status."""
     query = query_of(WebhookMessageQuery)
+    # Per endpoint: a cursor of one endpoint's log is refused on another's.
+    scope = f"webhook-messages:{webhook_id}"
+    window = pagination.window(query, scope)
     page = await webhooks_service.list_messages(
         session=db.session,
         viewer=viewer,
@@ -278,12 +297,13 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         status=query.status,
         limit=query.limit,
         offset=query.offset,
+        position=window.position,
     )
     out = WebhookMessageListResponse(
         messages=[WebhookMessageOut.of(view) for view in page.items],
         messages_count=page.total,
     )
-    return jsonify(out.to_json())
+    return pagination.page_json(out.to_json(), page, window, scope)
 
 
 @bp.get(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>")
@@ -295,6 +315,7 @@ async def list_webhook_messages(webhook_id: uuid.UUID, viewer: User) -> Response
         200: MESSAGE_DETAIL_RESPONSE_EXAMPLE,
         404: {"errors": {"message": ["message not found"]}},
     },
+    headers=pagination.self_headers(),
 )
 async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: User) -> Response:
     """One message of the delivery log with its payload and every attempt, oldest first."""
@@ -302,7 +323,8 @@ async def get_webhook_message(webhook_id: uuid.UUID, message_id: str, viewer: Us
         session=db.session, viewer=viewer, endpoint_id=webhook_id, message_id=message_id
     )
     out = WebhookMessageDetailResponse(message=WebhookMessageDetailOut.of_detail(detail))
-    return jsonify(out.to_json())
+    path = f"/api/v1/webhooks/{webhook_id}/messages/{quote(message_id, safe='')}"
+    return pagination.with_self(jsonify(out.to_json()), path)
 
 
 @bp.post(f"/webhooks/<{CONVERTER}:webhook_id>/messages/<message_id>/redeliver")

@@ -1,0 +1,100 @@
+"""Offset and keyset pages of any list statement (service.domain.pages).
+
+A keyset page compares the sort key as one row value, `(created_at, id) < ($1, $2)`, which
+PostgreSQL answers from a btree index on the same columns by starting the scan at the
+position: the cost of a page is the page, at any depth. Every key ends in a unique column,
+so that the order is total and no row is skipped or repeated between pages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, Select, literal, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
+
+from service.domain.errors import InvalidInput
+from service.domain.pages import Edges, Window, json_key, typed_key
+
+# A SELECT of any columns.
+AnySelect = Select[*tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """A list's order: sort key expressions, the last one unique, all in one direction."""
+
+    keys: tuple[ColumnElement[Any] | QueryableAttribute[Any], ...]
+    descending: bool = True
+    # For keys computed per row rather than read from an index: lists longer than this are
+    # refused (`check_length`), as every row's key must be computed to find any page.
+    max_rows: int | None = None
+
+    def check_length(self, total: int) -> None:
+        """`InvalidInput` when a list of `total` rows is too long for this order."""
+        if self.max_rows is not None and total > self.max_rows:
+            raise InvalidInput(
+                f"{total} matches are too many to rank (at most {self.max_rows}): "
+                "narrow the search, or sort by a field",
+                field="sort",
+            )
+
+    @property
+    def types(self) -> tuple[type, ...]:
+        """The Python types of the key's values."""
+        return tuple(key.type.python_type for key in self.keys)
+
+
+def windowed(statement: AnySelect, ordering: Ordering, window: Window) -> AnySelect:
+    """`statement` ordered and cut to `window`, one row more than asked (is there more?).
+
+    The key's values are added as the rows' last columns: `cut` reads them from there.
+    """
+    position = window.position
+    descending = ordering.descending != (position is not None and position.backward)
+    statement = statement.add_columns(
+        *(key.label(f"page_key_{index}") for index, key in enumerate(ordering.keys))
+    )
+    if position is None:
+        statement = statement.offset(window.offset)
+    else:
+        values = typed_key(position.key, ordering.types)
+        row = tuple_(*ordering.keys)
+        bound = tuple_(
+            *(literal(value, key.type) for value, key in zip(values, ordering.keys, strict=True))
+        )
+        statement = statement.where(row < bound if descending else row > bound)
+    order = [key.desc() if descending else key.asc() for key in ordering.keys]
+    return statement.order_by(*order).limit(window.limit + 1)
+
+
+def cut(rows: Sequence[Row[Any]], ordering: Ordering, window: Window) -> tuple[list[Any], Edges]:
+    """The page's rows in the list's order and its edges, from what `windowed` read."""
+    more = len(rows) > window.limit
+    page = list(rows[: window.limit])
+    position = window.position
+    width = len(ordering.keys)
+    if position is not None and position.backward:
+        page.reverse()
+        more_before, more_after = more, True
+    elif position is not None:
+        more_before, more_after = True, more
+    else:
+        more_before, more_after = window.offset > 0, more
+    return page, Edges(
+        first=json_key(page[0][-width:]) if page else None,
+        last=json_key(page[-1][-width:]) if page else None,
+        more_before=more_before,
+        more_after=more_after,
+    )
+
+
+async def read(
+    session: AsyncSession, statement: AnySelect, ordering: Ordering, window: Window
+) -> tuple[list[Any], Edges]:
+    """The rows of the page `window` of `statement` in `ordering`, and the page's edges."""
+    rows = (await session.execute(windowed(statement, ordering, window))).all()
+    return cut(rows, ordering, window)
