@@ -7,7 +7,7 @@ as deploy/Dockerfile does, then checks in it that:
   servers' module is development only);
 - `conduit serve` without DATABASE_URL/REDIS_URL stops with one line instead of a traceback;
 - with APP_ENV=production on this machine's PostgreSQL and Redis: `conduit migrate` migrates a
-  scratch database, Hypercorn (hypercorn.toml, as the image's command) answers /healthz, /readyz
+  scratch database, the image's command (`conduit serve`, one process) answers /healthz, /readyz
   and an API read with 200, the image's HEALTHCHECK command passes, and `conduit worker` starts
   and stops on SIGTERM.
 
@@ -185,15 +185,19 @@ def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
     say("conduit migrate on a scratch database")
     port = free_port()
     command = image_command(bin_dir)
-    # The image's command, on a free port (a --bind given replaces hypercorn.toml's).
-    args = [*command[:-1], "--bind", f"127.0.0.1:{port}", command[-1]]
+    # The image's command, on a free port: its --bind value replaced (or one added).
+    if "--bind" in command:
+        at = command.index("--bind") + 1
+        args = [*command[:at], f"127.0.0.1:{port}", *command[at + 1 :]]
+    else:
+        args = [*command, "--bind", f"127.0.0.1:{port}"]
     base = f"http://127.0.0.1:{port}"
     log = work / "hypercorn.log"
     with started(args, env, log) as proc:
         deadline = time.monotonic() + START_TIMEOUT
         while get(f"{base}/healthz") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise CheckFailed(f"hypercorn did not answer /healthz:\n{log.read_text()}")
+                raise CheckFailed(f"the image's command did not answer /healthz:\n{log.read_text()}")
             time.sleep(0.1)
         for path in ("/readyz", "/api/v1/articles", "/api/v1/tags"):
             if (status := get(base + path)) != 200:
@@ -207,10 +211,10 @@ def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
         try:
             code = proc.wait(START_TIMEOUT)
         except subprocess.TimeoutExpired:
-            raise CheckFailed(f"hypercorn ignored SIGTERM:\n{log.read_text()}") from None
+            raise CheckFailed(f"the image's command ignored SIGTERM:\n{log.read_text()}") from None
     if code != 0:
-        raise CheckFailed(f"hypercorn exited {code} on SIGTERM:\n{log.read_text()}")
-    say("hypercorn stopped on SIGTERM, exit 0")
+        raise CheckFailed(f"the image's command exited {code} on SIGTERM:\n{log.read_text()}")
+    say("the image's command stopped on SIGTERM, exit 0")
 
 
 def check_worker(venv: Path, env: dict[str, str], work: Path) -> None:
