@@ -183,6 +183,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     from service.infra.lifecycle import StartupError
+    from service.infra.metrics import start_server as start_metrics_server
     from service.infra.serving import run_worker, supervise
 
     if not settings.is_production:
@@ -204,12 +205,23 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     # SHUTDOWN_GRACE_SECONDS, not hypercorn.toml's graceful_timeout: one setting for the drain.
     config.graceful_timeout = settings.shutdown_grace_seconds
     delay = settings.shutdown_delay_seconds
+    metrics_address = (
+        (settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
+    )
     try:
         if config.workers:
             # The listener's delay, then the connections' grace, then the adapter's own wait
             # for requests still running (a second grace at most), then a margin.
             stop_timeout = delay + 2 * settings.shutdown_grace_seconds + 5
-            return supervise(config, workers=config.workers, delay=delay, stop_timeout=stop_timeout)
+            return supervise(
+                config,
+                workers=config.workers,
+                delay=delay,
+                stop_timeout=stop_timeout,
+                metrics_address=metrics_address,
+            )
+        if metrics_address is not None:
+            start_metrics_server(*metrics_address)
         run_worker(config, delay=delay)
         return 0
     finally:

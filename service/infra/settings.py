@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".conduit")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Prometheus metrics on a listener of their own, never the API port (0: off, and then no
+    # metrics middleware at all). With `--workers N` the supervisor serves the sum over them.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     # Requests in Flask at once per process (historically threads: each now runs in a greenlet
     # on the event loop's thread). Requests beyond it wait in the adapter's queue, first come
