@@ -39,7 +39,7 @@ KEY_PREFIX = "rl:"
 WINDOW_SECONDS = 60
 DEFAULT_POLICY = "default"
 AUTH_POLICY = "auth"
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 AUTH_PATHS = frozenset(
     {
         "/api/v1/users",

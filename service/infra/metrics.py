@@ -69,6 +69,11 @@ DB_POOL_CONNECTIONS = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+DB_POOL_LIMIT = Gauge(
+    "conduit_db_pool_limit_connections",
+    "Most database connections the pools may open (pool size plus overflow).",
+    multiprocess_mode="livesum",
+)
 REDIS_POOL_CONNECTIONS = Gauge(
     "conduit_redis_pool_connections",
     "Redis pool connections by state (in_use, idle).",

@@ -113,4 +113,6 @@ async def test_the_sampler_copies_pool_usage_and_counter_growth(metered: Conduit
     assert idle is not None
     assert idle >= 1  # startup checked the database with one
     assert checked_out == 0
+    # The fixture's DB_POOL_SIZE=4 and the default overflow of 4.
+    assert REGISTRY.get_sample_value("conduit_db_pool_limit_connections") == 8
     assert REGISTRY.get_sample_value("conduit_adapter_waiting_requests") == 0

@@ -5,6 +5,7 @@ has no /metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -15,11 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+import service.infra.metrics  # noqa: F401  (defines the series)
 from service.infra.settings import Settings
-from tests.cli import child_environment, start, wait_for_line
+from tests.cli import ROOT, child_environment, start, wait_for_line
 from tests.conftest import TEST_SECRET
 from tests.net import free_port
 
@@ -158,3 +161,27 @@ async def test_a_dead_workers_live_gauges_leave_the_sums(
         scrape = await http.get(metrics_url)
     assert scrape.status_code == 200
     assert _scraped(scrape.text, "conduit_http_requests_total", route=ROUTE) >= 20
+
+
+def test_the_dashboard_and_the_docs_name_only_exported_series() -> None:
+    exported = {
+        sample_name
+        for family in REGISTRY.collect()
+        if family.name.startswith("conduit_")
+        for sample_name in (
+            family.name,
+            f"{family.name}_total",
+            f"{family.name}_bucket",
+            f"{family.name}_count",
+            f"{family.name}_sum",
+        )
+    }
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queries = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel["targets"]
+    )
+    named = set(re.findall(r"\bconduit_\w+", queries))
+    assert named
+    assert named <= exported, named - exported
+    documented = set(re.findall(r"\bconduit_\w+", (ROOT / "docs" / "operations.md").read_text()))
+    assert documented <= exported, documented - exported
