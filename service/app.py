@@ -105,6 +105,7 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
                 redis=REDIS.get(flask_app),
                 cache=CACHE.get(flask_app),
                 waiting=self.waiting,
+                hashing=AUTH.get(flask_app).passwords.usage,
             )
             register_lifespan(flask_app, sampler)
 

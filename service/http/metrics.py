@@ -27,12 +27,15 @@ from service.http.types import ASGIApp, Message, Receive, Scope, Send
 from service.infra import metrics
 from service.infra.db import DatabaseState
 from service.infra.redis import RedisState
+from service.jobs.queue import backlog
 
 logger = logging.getLogger("conduit.metrics")
 
 # Any other method is counted as OTHER: a client must not be able to mint label values.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SAMPLE_SECONDS = 5.0
+# The job backlog is one query per sample: bounded, so a slow database cannot pile them up.
+BACKLOG_TIMEOUT_SECONDS = 2.0
 
 
 class MetricsMiddleware:
@@ -40,6 +43,9 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, looked up once: `labels()` takes a lock and builds its key
+        # on every call. Bounded: routes are templates, methods a fixed set.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the request, then count it."""
@@ -68,8 +74,14 @@ class MetricsMiddleware:
             if method not in METHODS:
                 method = "OTHER"
             route = slot[0] or route_label(status)
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, route).observe(elapsed)
+            series = self._series.get((method, route, status))
+            if series is None:
+                series = self._series[method, route, status] = (
+                    metrics.HTTP_REQUESTS.labels(method, route, str(status)),
+                    metrics.HTTP_LATENCY.labels(method, route),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
 
 
 def route_label(status: int) -> str:
@@ -87,16 +99,19 @@ class PoolSampler:
         redis: RedisState,
         cache: CacheState,
         waiting: Callable[[], int],
+        hashing: Callable[[], tuple[int, int]],
         interval: float = SAMPLE_SECONDS,
     ) -> None:
         self.database = database
         self.redis = redis
         self.cache = cache
         self.waiting = waiting
+        self.hashing = hashing
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
         # The counters as last copied: the series grow by the difference.
         self._copied: dict[tuple[str, str], int] = {}
+        self._job_kinds: set[str] = set()
 
     async def startup(self) -> None:
         """Start sampling on the serving loop."""
@@ -115,14 +130,18 @@ class PoolSampler:
         while True:
             try:
                 self.sample()
-            except Exception:
+                await asyncio.wait_for(self.sample_jobs(), BACKLOG_TIMEOUT_SECONDS)
+            except Exception as exc:
                 # A figure missing from a scrape beats a sampler that stopped for good.
-                logger.exception("sampling the pools failed")
+                logger.warning("sampling the metrics failed: %r", exc)
             await asyncio.sleep(self.interval)
 
     def sample(self) -> None:
         """Copy the current figures into the series."""
         metrics.ADAPTER_WAITING.set(self.waiting())
+        running, queued = self.hashing()
+        metrics.PASSWORD_HASHES.labels("running").set(running)
+        metrics.PASSWORD_HASHES.labels("waiting").set(queued)
         engine = self.database.engine
         if engine is not None:
             pool: Any = engine.sync_engine.pool
@@ -139,6 +158,22 @@ class PoolSampler:
         self._copy("cache", self.cache.stats, metrics.CACHE_OPERATIONS)
         if self.cache.response_stats is not None:
             self._copy("response", self.cache.response_stats, metrics.RESPONSE_CACHE)
+
+    async def sample_jobs(self) -> None:
+        """Read the job backlog by kind into the series (one query)."""
+        engine = self.database.autocommit_engine
+        if engine is None:
+            return
+        async with engine.connect() as connection:
+            pending = await backlog(connection)
+        # A kind whose backlog emptied reads 0, not its last value.
+        for kind in self._job_kinds - pending.keys():
+            metrics.JOBS_PENDING.labels(kind).set(0)
+            metrics.JOBS_OLDEST_AGE.labels(kind).set(0)
+        for kind, (count, age) in pending.items():
+            metrics.JOBS_PENDING.labels(kind).set(count)
+            metrics.JOBS_OLDEST_AGE.labels(kind).set(age)
+        self._job_kinds |= pending.keys()
 
     def _copy(self, prefix: str, counters: Counters, series: Any) -> None:
         for outcome, value in counters.as_dict().items():

@@ -25,6 +25,7 @@ from service.caching.generations import START_GENERATION_LUA, generation_key
 from service.domain.errors import DomainError
 from service.http.generations import RequestGenerations
 from service.http.types import ASGIApp, Message, Receive, Scope, Send
+from service.infra import metrics
 from service.infra.batching import TurnBatch
 from service.infra.observability import request_id_from
 from service.infra.redis import ClientOptions, RedisBreaker, close_client, open_client
@@ -446,6 +447,9 @@ class RateLimitMiddleware:
             (b"x-request-id", request_id.encode()),
             *verdict.headers(),
         ]
+        for decision in verdict.decisions:
+            if decision.retry_ms > 0:
+                metrics.RATE_LIMIT_REFUSALS.labels(decision.policy.name).inc()
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if self.settings.access_log:

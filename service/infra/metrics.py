@@ -80,6 +80,29 @@ REDIS_POOL_CONNECTIONS = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+PASSWORD_HASHES = Gauge(
+    "conduit_password_hashes",
+    "Password hashes and verifications by state (running: in a slot; waiting: for one).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+JOBS_PENDING = Gauge(
+    "conduit_jobs_pending",
+    "Jobs due and not yet taken, by kind (every worker process reads the same table).",
+    ["kind"],
+    multiprocess_mode="max",
+)
+JOBS_OLDEST_AGE = Gauge(
+    "conduit_jobs_oldest_pending_age_seconds",
+    "How long the oldest due job of each kind has been waiting.",
+    ["kind"],
+    multiprocess_mode="max",
+)
+RATE_LIMIT_REFUSALS = Counter(
+    "conduit_rate_limit_refusals",
+    "Requests refused with 429, by the limit (policy) that refused them.",
+    ["policy"],
+)
 CACHE_OPERATIONS = Counter(
     "conduit_cache_operations",
     "Read-cache operations by outcome (hits, misses, loads, errors, bypassed).",

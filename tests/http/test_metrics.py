@@ -5,17 +5,21 @@ are counted by route template and status, and the pools are sampled."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest_asyncio
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 
+from service.api.auth import AUTH
 from service.app import ConduitASGI, create_asgi
 from service.caching.store import CACHE
 from service.http.metrics import MetricsMiddleware, PoolSampler, route_label
 from service.infra.db import DATABASE
 from service.infra.redis import REDIS
 from service.infra.settings import Settings
+from service.jobs.queue import enqueue
 from tests.apps import running
 
 API = "/api/v1"
@@ -99,6 +103,7 @@ async def test_the_sampler_copies_pool_usage_and_counter_growth(metered: Conduit
         redis=REDIS.get(flask_app),
         cache=CACHE.get(flask_app),
         waiting=metered.waiting,
+        hashing=AUTH.get(flask_app).passwords.usage,
     )
     stats = CACHE.get(flask_app).stats
     before = REGISTRY.get_sample_value("conduit_cache_operations_total", {"outcome": "hits"})
@@ -108,11 +113,75 @@ async def test_the_sampler_copies_pool_usage_and_counter_growth(metered: Conduit
     after = REGISTRY.get_sample_value("conduit_cache_operations_total", {"outcome": "hits"})
     assert after is not None
     assert after - (before or 0.0) == 5
+    engine = DATABASE.get(flask_app).engine
+    assert engine is not None
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+        sampler.sample()
+        held = REGISTRY.get_sample_value("conduit_db_pool_connections", {"state": "checked_out"})
+    assert held == 1
+    sampler.sample()
+    assert REGISTRY.get_sample_value("conduit_db_pool_connections", {"state": "checked_out"}) == 0
     idle = REGISTRY.get_sample_value("conduit_db_pool_connections", {"state": "idle"})
-    checked_out = REGISTRY.get_sample_value("conduit_db_pool_connections", {"state": "checked_out"})
     assert idle is not None
-    assert idle >= 1  # startup checked the database with one
-    assert checked_out == 0
+    assert idle >= 1  # the connection just returned
     # The fixture's DB_POOL_SIZE=4 and the default overflow of 4.
     assert REGISTRY.get_sample_value("conduit_db_pool_limit_connections") == 8
     assert REGISTRY.get_sample_value("conduit_adapter_waiting_requests") == 0
+
+
+async def test_the_sampler_reads_the_job_backlog_by_kind(metered: ConduitASGI) -> None:
+    flask_app = metered.flask_app
+    sampler = PoolSampler(
+        database=DATABASE.get(flask_app),
+        redis=REDIS.get(flask_app),
+        cache=CACHE.get(flask_app),
+        waiting=metered.waiting,
+        hashing=AUTH.get(flask_app).passwords.usage,
+    )
+    state = DATABASE.get(flask_app)
+    assert state.sessionmaker is not None
+    async with state.sessionmaker() as session:
+        for _ in range(3):
+            await enqueue(session=session, kind="metrics.test", payload={})
+        # Not due yet: not in the backlog.
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await enqueue(session=session, kind="metrics.later", payload={}, run_at=later)
+        await session.commit()
+    await sampler.sample_jobs()
+    assert REGISTRY.get_sample_value("conduit_jobs_pending", {"kind": "metrics.test"}) == 3
+    age = REGISTRY.get_sample_value(
+        "conduit_jobs_oldest_pending_age_seconds", {"kind": "metrics.test"}
+    )
+    assert age is not None
+    assert 0 <= age < 60
+    assert REGISTRY.get_sample_value("conduit_jobs_pending", {"kind": "metrics.later"}) is None
+    async with state.sessionmaker() as session:
+        await session.execute(text("UPDATE jobs SET status = 'done' WHERE kind = 'metrics.test'"))
+        await session.commit()
+    await sampler.sample_jobs()
+    # An emptied backlog reads 0, not its last value.
+    assert REGISTRY.get_sample_value("conduit_jobs_pending", {"kind": "metrics.test"}) == 0
+
+
+async def test_a_refusal_is_counted_by_the_limit_that_refused_it(settings: Settings) -> None:
+    overrides = {
+        "metrics_port": 9464,
+        "rate_limit_enabled": True,
+        "rate_limit_auth_per_minute": 1,
+        "threads": 4,
+        "db_pool_size": 4,
+    }
+    before = REGISTRY.get_sample_value("conduit_rate_limit_refusals_total", {"policy": "auth"})
+    login = {"user": {"email": "nobody@example.com", "password": "wrong password"}}
+    async with running(create_asgi(settings.model_copy(update=overrides))) as asgi:
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            statuses = [
+                (await http.post(f"{API}/users/login", json=login)).status_code for _ in range(2)
+            ]
+    assert statuses[1] == 429
+    after = REGISTRY.get_sample_value("conduit_rate_limit_refusals_total", {"policy": "auth"})
+    assert after is not None
+    assert after - (before or 0.0) == 1
+    assert requests_counted("POST", "none", 429) >= 1  # refused before Flask: no route

@@ -23,6 +23,7 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from service.api.auth import AUTH
 from service.app import ConduitASGI, create_asgi
 from service.caching.generations import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.caching.store import CACHE
@@ -461,6 +462,7 @@ async def test_metrics_show_the_response_cache_counters(
         redis=REDIS.get(app.flask_app),
         cache=CACHE.get(app.flask_app),
         waiting=app.waiting,
+        hashing=AUTH.get(app.flask_app).passwords.usage,
     ).sample()
     counts = {outcome: exported()[outcome] - before[outcome] for outcome in outcomes}
     stats = CACHE.get(app.flask_app).response_stats
