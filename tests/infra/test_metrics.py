@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-import service.infra.metrics  # noqa: F401  (defines the series)
+from service.infra.metrics import MULTIPROC_ENV
 from service.infra.settings import Settings
 from tests.cli import ROOT, child_environment, start, wait_for_line
 from tests.conftest import TEST_SECRET
@@ -30,22 +31,18 @@ WORKERS = 2
 ROUTE = "/healthz"
 
 
-@pytest.fixture
-def served(
-    tmp_path: Path, settings: Settings, server_urls: tuple[str, str]
-) -> Iterator[tuple[str, str, Path]]:
-    """API base URL, metrics URL and the metrics directory of a 2-worker `conduit serve`."""
+@contextmanager
+def _serving(
+    tmp_path: Path, settings: Settings, redis_url: str, workers: int, **extra: str
+) -> Iterator[tuple[str, str]]:
+    """`conduit serve --workers N` with METRICS_PORT: its API base URL and metrics URL."""
     assert settings.database_url is not None
-    metrics_dir = tmp_path / "prometheus"
-    metrics_dir.mkdir()
-    # A previous run's file: the supervisor must not sum it with this run's.
-    (metrics_dir / "counter_1.db").write_bytes(b"stale")
     port, metrics_port = free_port(), free_port()
     env = child_environment(
         tmp_path / "data",
         APP_ENV="test",
         DATABASE_URL=settings.database_url,
-        REDIS_URL=server_urls[1],
+        REDIS_URL=redis_url,
         SECRET_KEY=TEST_SECRET,
         LOG_FORMAT="json",
         RATE_LIMIT_ENABLED="false",
@@ -53,18 +50,20 @@ def served(
         THREADS="4",
         DB_POOL_SIZE="4",
         METRICS_PORT=str(metrics_port),
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
+    # Only the test's own multiprocess directory, if any.
+    env.pop(MULTIPROC_ENV, None)
+    env.update(extra)
     log = tmp_path / "serve.log"
-    proc = start(log, env, "serve", "--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}")
+    proc = start(log, env, "serve", "--workers", str(workers), "--bind", f"127.0.0.1:{port}")
     try:
         wait_for_line(log, "Running on", proc, timeout=60)
         deadline = time.monotonic() + 60
-        while log.read_text().count("Running on") < WORKERS:
+        while log.read_text().count("Running on") < max(workers, 1):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", metrics_dir
+        yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -73,6 +72,20 @@ def served(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, settings: Settings, server_urls: tuple[str, str]
+) -> Iterator[tuple[str, str, Path]]:
+    """API base URL, metrics URL and the metrics directory of a 2-worker `conduit serve`."""
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    # A previous run's file: the supervisor must not sum it with this run's.
+    (metrics_dir / "counter_1.db").write_bytes(b"stale")
+    extra = {MULTIPROC_ENV: str(metrics_dir)}
+    with _serving(tmp_path, settings, server_urls[1], WORKERS, **extra) as (base, metrics_url):
+        yield base, metrics_url, metrics_dir
 
 
 def _scraped(text: str, name: str, **labels: str) -> float:
@@ -185,3 +198,21 @@ def test_the_dashboard_and_the_docs_name_only_exported_series() -> None:
     assert named <= exported, named - exported
     documented = set(re.findall(r"\bconduit_\w+", (ROOT / "docs" / "operations.md").read_text()))
     assert documented <= exported, documented - exported
+
+
+async def test_one_process_serves_its_own_metrics(
+    tmp_path: Path, settings: Settings, server_urls: tuple[str, str]
+) -> None:
+    with _serving(tmp_path, settings, server_urls[1], 0) as (base, metrics_url):
+        await asyncio.gather(*(_get_healthz(base) for _ in range(5)))
+        async with httpx.AsyncClient(timeout=10) as http:
+            deadline = time.monotonic() + 10
+            while True:
+                scrape = await http.get(metrics_url)
+                assert scrape.status_code == 200
+                total = _scraped(scrape.text, "conduit_http_requests_total", route=ROUTE)
+                if total == 5 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert total == 5
+            assert (await http.get(f"{base}/metrics")).status_code == 404
