@@ -100,14 +100,17 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
         for resource in self.pipeline.resources:
             register_lifespan(flask_app, resource)
         if settings.metrics_port:
-            sampler = PoolSampler(
-                database=DATABASE.get(flask_app),
-                redis=REDIS.get(flask_app),
-                cache=CACHE.get(flask_app),
-                waiting=self.waiting,
-                hashing=AUTH.get(flask_app).passwords.usage,
-            )
-            register_lifespan(flask_app, sampler)
+            register_lifespan(flask_app, self.metrics_sampler())
+
+    def metrics_sampler(self) -> PoolSampler:
+        """A sampler of this app's pools and counters (`service.http.metrics`)."""
+        return PoolSampler(
+            database=DATABASE.get(self.flask_app),
+            redis=REDIS.get(self.flask_app),
+            cache=CACHE.get(self.flask_app),
+            waiting=self.waiting,
+            hashing=AUTH.get(self.flask_app).passwords.usage,
+        )
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request through the pipeline, the adapter last."""

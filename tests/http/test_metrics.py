@@ -12,12 +12,10 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from service.api.auth import AUTH
 from service.app import ConduitASGI, create_asgi
 from service.caching.store import CACHE
-from service.http.metrics import MetricsMiddleware, PoolSampler, route_label
+from service.http.metrics import MetricsMiddleware, route_label
 from service.infra.db import DATABASE
-from service.infra.redis import REDIS
 from service.infra.settings import Settings
 from service.jobs.queue import enqueue
 from tests.apps import running
@@ -98,13 +96,7 @@ def test_an_answer_flask_did_not_route_is_unmatched_when_404_else_none() -> None
 
 async def test_the_sampler_copies_pool_usage_and_counter_growth(metered: ConduitASGI) -> None:
     flask_app = metered.flask_app
-    sampler = PoolSampler(
-        database=DATABASE.get(flask_app),
-        redis=REDIS.get(flask_app),
-        cache=CACHE.get(flask_app),
-        waiting=metered.waiting,
-        hashing=AUTH.get(flask_app).passwords.usage,
-    )
+    sampler = metered.metrics_sampler()
     stats = CACHE.get(flask_app).stats
     before = REGISTRY.get_sample_value("conduit_cache_operations_total", {"outcome": "hits"})
     stats.hits += 5
@@ -132,13 +124,7 @@ async def test_the_sampler_copies_pool_usage_and_counter_growth(metered: Conduit
 
 async def test_the_sampler_reads_the_job_backlog_by_kind(metered: ConduitASGI) -> None:
     flask_app = metered.flask_app
-    sampler = PoolSampler(
-        database=DATABASE.get(flask_app),
-        redis=REDIS.get(flask_app),
-        cache=CACHE.get(flask_app),
-        waiting=metered.waiting,
-        hashing=AUTH.get(flask_app).passwords.usage,
-    )
+    sampler = metered.metrics_sampler()
     state = DATABASE.get(flask_app)
     assert state.sessionmaker is not None
     async with state.sessionmaker() as session:

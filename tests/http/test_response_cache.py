@@ -23,11 +23,9 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from service.api.auth import AUTH
 from service.app import ConduitASGI, create_asgi
 from service.caching.generations import ARTICLES, COMMENTS, KINDS, PROFILES, TAGS, bump
 from service.caching.store import CACHE
-from service.http.metrics import PoolSampler
 from service.http.response_cache import (
     Entry,
     GenerationFence,
@@ -36,8 +34,6 @@ from service.http.response_cache import (
     route_kind,
     storable,
 )
-from service.infra.db import DATABASE
-from service.infra.redis import REDIS
 from service.infra.settings import Settings
 from tests.apps import count_statements, running, serving
 from tests.factories import TestUser
@@ -457,13 +453,7 @@ async def test_metrics_show_the_response_cache_counters(
         }
 
     before = exported()
-    PoolSampler(
-        database=DATABASE.get(app.flask_app),
-        redis=REDIS.get(app.flask_app),
-        cache=CACHE.get(app.flask_app),
-        waiting=app.waiting,
-        hashing=AUTH.get(app.flask_app).passwords.usage,
-    ).sample()
+    app.metrics_sampler().sample()
     counts = {outcome: exported()[outcome] - before[outcome] for outcome in outcomes}
     stats = CACHE.get(app.flask_app).response_stats
     assert stats is not None
