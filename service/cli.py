@@ -131,7 +131,7 @@ def _export(settings: Settings) -> None:
     )
 
 
-def _check_port(bind: str) -> None:
+def _check_port(bind: str, setting: str = "--bind or PORT") -> None:
     """Fail in one line if the HOST:PORT `bind` is taken (unix: and fd:// binds pass)."""
     if bind.startswith(("unix:", "fd://")):
         return
@@ -145,7 +145,7 @@ def _check_port(bind: str) -> None:
         except (OSError, ValueError, OverflowError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "bad HOST:PORT"
             raise CommandError(
-                f"cannot listen on {bind}: {reason} (choose another with --bind or PORT)"
+                f"cannot listen on {bind}: {reason} (choose another with {setting})"
             ) from None
 
 
@@ -171,6 +171,8 @@ def serve(args: argparse.Namespace) -> int:
     # Before the embedded servers start: a taken port should fail at once, not after them.
     for bind in config.bind:
         _check_port(bind)
+    if settings.metrics_port:
+        _check_port(f"{settings.metrics_host}:{settings.metrics_port}", "METRICS_PORT")
     if settings.database_url and settings.redis_url:
         return _serve(args, config, settings)
     servers = _embedded_servers(settings)

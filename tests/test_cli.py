@@ -259,6 +259,24 @@ def test_serve_on_a_busy_port_says_so_before_starting_anything(tmp_path: Path) -
     assert elapsed < 10
 
 
+def test_serve_with_a_busy_metrics_port_says_so_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = child_environment(data_dir, METRICS_PORT=str(port))
+        done = conduit(env, "serve", "--bind", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"conduit: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with METRICS_PORT)\n"
+    )
+    assert not (data_dir / "postgres").exists()
+
+
 @pytest.mark.parametrize(
     ("bind", "reason"),
     [("127.0.0.1:99999", "bad HOST:PORT"), ("127.0.0.1:http", "bad HOST:PORT")],

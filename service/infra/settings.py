@@ -267,6 +267,14 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _metrics_port_of_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(
+                "METRICS_PORT must differ from PORT: metrics have a listener of their own"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
         if self.app_env is Environment.PRODUCTION:
             key = self.secret_key.get_secret_value() if self.secret_key else ""
