@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> ConduitFlask:
     cache.init_app(app, settings)
     observability.init_app(app, access_log=settings.access_log)
     if settings.metrics_port:
-        # First of the hooks: one that answers early (hardening's) stops those after it.
+        # Before hardening's hooks: one of them answering early stops the hooks after it.
         app.before_request(health.note_route)
     errors.init_app(app)
     hardening.init_app(app, settings)
