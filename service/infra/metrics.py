@@ -103,6 +103,18 @@ RATE_LIMIT_REFUSALS = Counter(
     "Requests refused with 429, by the limit (policy) that refused them.",
     ["policy"],
 )
+# Recorded by the job worker: served by `conduit worker` on WORKER_METRICS_PORT, or by
+# `conduit serve` in one process when the worker runs inside it.
+WEBHOOK_DELIVERIES = Counter(
+    "conduit_webhook_deliveries",
+    "Webhook delivery attempts by outcome (delivered, gone, http_error, no_answer, postponed).",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "conduit_webhook_delivery_duration_seconds",
+    "Time of a webhook delivery attempt's HTTP request.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 CACHE_OPERATIONS = Counter(
     "conduit_cache_operations",
     "Read-cache operations by outcome (hits, misses, loads, errors, bypassed).",
