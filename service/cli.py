@@ -283,7 +283,13 @@ def worker(args: argparse.Namespace) -> int:
     Any number may run; they share the work through PostgreSQL. Without DATABASE_URL (not
     in production) it uses the embedded PostgreSQL in DATA_DIR."""
     settings = _with_embedded_database(_settings())
+    from service.infra.metrics import start_server as start_metrics_server
     from service.job_registry import create_worker
+
+    if settings.worker_metrics_port:
+        bind = f"{settings.metrics_host}:{settings.worker_metrics_port}"
+        _check_port(bind, "WORKER_METRICS_PORT")
+        start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
 
     job_worker = create_worker(settings, mailer=_mailer(settings))
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # metrics middleware at all). With `--workers N` the supervisor serves the sum over them.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    # The same for `conduit worker` (webhook deliveries; 0: off): a port of its own, as a
+    # worker often runs on the same host as `conduit serve`.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Requests in Flask at once per process (historically threads: each now runs in a greenlet
     # on the event loop's thread). Requests beyond it wait in the adapter's queue, first come
