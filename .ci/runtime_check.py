@@ -197,7 +197,9 @@ def check_serving(venv: Path, env: dict[str, str], work: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while get(f"{base}/healthz") != 200:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise CheckFailed(f"the image's command did not answer /healthz:\n{log.read_text()}")
+                raise CheckFailed(
+                    f"the image's command did not answer /healthz:\n{log.read_text()}"
+                )
             time.sleep(0.1)
         for path in ("/readyz", "/api/v1/articles", "/api/v1/tags"):
             if (status := get(base + path)) != 200:

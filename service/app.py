@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, has_request_context, request
 
-from service.api import errors, hardening
+from service.api import errors, hardening, health
 from service.api.auth import AUTH, auth
 from service.api.docs import bp as docs_bp
 from service.api.health import bp as health_bp
@@ -18,10 +18,11 @@ from service.api.v1 import bp as v1_bp
 from service.api.v1.converters import CONVERTERS
 from service.caching.store import CACHE, cache
 from service.http.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
+from service.http.metrics import PoolSampler
 from service.http.pipeline import build_pipeline
 from service.http.types import Receive, Scope, Send
 from service.infra import observability
-from service.infra.db import db
+from service.infra.db import DATABASE, db
 from service.infra.extensions import SETTINGS
 from service.infra.lifecycle import AppLifespan, register_lifespan
 from service.infra.redis import REDIS, redis
@@ -62,6 +63,9 @@ def create_app(settings: Settings) -> ConduitFlask:
     auth.init_app(app, settings, secret_key)
     cache.init_app(app, settings)
     observability.init_app(app, access_log=settings.access_log)
+    if settings.metrics_port:
+        # Before hardening's hooks: one of them answering early stops the hooks after it.
+        app.before_request(health.note_route)
     errors.init_app(app)
     hardening.init_app(app, settings)
     # Before the blueprints: their rules look converters up when they are registered.
@@ -95,6 +99,18 @@ class ConduitASGI(ConcurrentWsgiToAsgi):
         )
         for resource in self.pipeline.resources:
             register_lifespan(flask_app, resource)
+        if settings.metrics_port:
+            register_lifespan(flask_app, self.metrics_sampler())
+
+    def metrics_sampler(self) -> PoolSampler:
+        """A sampler of this app's pools and counters (`service.http.metrics`)."""
+        return PoolSampler(
+            database=DATABASE.get(self.flask_app),
+            redis=REDIS.get(self.flask_app),
+            cache=CACHE.get(self.flask_app),
+            waiting=self.waiting,
+            hashing=AUTH.get(self.flask_app).passwords.usage,
+        )
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one HTTP request through the pipeline, the adapter last."""

@@ -131,7 +131,7 @@ def _export(settings: Settings) -> None:
     )
 
 
-def _check_port(bind: str) -> None:
+def _check_port(bind: str, setting: str = "--bind or PORT") -> None:
     """Fail in one line if the HOST:PORT `bind` is taken (unix: and fd:// binds pass)."""
     if bind.startswith(("unix:", "fd://")):
         return
@@ -145,7 +145,7 @@ def _check_port(bind: str) -> None:
         except (OSError, ValueError, OverflowError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "bad HOST:PORT"
             raise CommandError(
-                f"cannot listen on {bind}: {reason} (choose another with --bind or PORT)"
+                f"cannot listen on {bind}: {reason} (choose another with {setting})"
             ) from None
 
 
@@ -171,6 +171,8 @@ def serve(args: argparse.Namespace) -> int:
     # Before the embedded servers start: a taken port should fail at once, not after them.
     for bind in config.bind:
         _check_port(bind)
+    if settings.metrics_port:
+        _check_port(f"{settings.metrics_host}:{settings.metrics_port}", "METRICS_PORT")
     if settings.database_url and settings.redis_url:
         return _serve(args, config, settings)
     servers = _embedded_servers(settings)
@@ -183,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     from service.infra.lifecycle import StartupError
+    from service.infra.metrics import start_server as start_metrics_server
     from service.infra.serving import run_worker, supervise
 
     if not settings.is_production:
@@ -204,12 +207,23 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
     # SHUTDOWN_GRACE_SECONDS, not hypercorn.toml's graceful_timeout: one setting for the drain.
     config.graceful_timeout = settings.shutdown_grace_seconds
     delay = settings.shutdown_delay_seconds
+    metrics_address = (
+        (settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
+    )
     try:
         if config.workers:
             # The listener's delay, then the connections' grace, then the adapter's own wait
             # for requests still running (a second grace at most), then a margin.
             stop_timeout = delay + 2 * settings.shutdown_grace_seconds + 5
-            return supervise(config, workers=config.workers, delay=delay, stop_timeout=stop_timeout)
+            return supervise(
+                config,
+                workers=config.workers,
+                delay=delay,
+                stop_timeout=stop_timeout,
+                metrics_address=metrics_address,
+            )
+        if metrics_address is not None:
+            start_metrics_server(*metrics_address)
         run_worker(config, delay=delay)
         return 0
     finally:
@@ -269,7 +283,13 @@ def worker(args: argparse.Namespace) -> int:
     Any number may run; they share the work through PostgreSQL. Without DATABASE_URL (not
     in production) it uses the embedded PostgreSQL in DATA_DIR."""
     settings = _with_embedded_database(_settings())
+    from service.infra.metrics import start_server as start_metrics_server
     from service.job_registry import create_worker
+
+    if settings.worker_metrics_port:
+        bind = f"{settings.metrics_host}:{settings.worker_metrics_port}"
+        _check_port(bind, "WORKER_METRICS_PORT")
+        start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
 
     job_worker = create_worker(settings, mailer=_mailer(settings))
 

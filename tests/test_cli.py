@@ -167,6 +167,26 @@ def test_worker_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "worker stopped" in log.read_text()
 
 
+def test_worker_serves_its_metrics_on_worker_metrics_port(
+    tmp_path: Path, settings: Settings
+) -> None:
+    assert settings.database_url is not None
+    port = free_port()
+    env = child_environment(
+        tmp_path / "data", DATABASE_URL=settings.database_url, WORKER_METRICS_PORT=str(port)
+    )
+    log = tmp_path / "worker.log"
+    proc = start(log, env, "worker")
+    try:
+        wait_for_line(log, "worker started", proc, 30)
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()
+    assert scrape.status_code == 200
+    assert "conduit_webhook_delivery_duration_seconds_count 0.0" in scrape.text
+
+
 def test_serve_end_to_end(tmp_path: Path, settings: Settings) -> None:
     assert settings.database_url is not None
     assert settings.redis_url is not None
@@ -257,6 +277,24 @@ def test_serve_on_a_busy_port_says_so_before_starting_anything(tmp_path: Path) -
     assert not (data_dir / "postgres").exists()
     assert embedded_server_processes(data_dir) == []
     assert elapsed < 10
+
+
+def test_serve_with_a_busy_metrics_port_says_so_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = child_environment(data_dir, METRICS_PORT=str(port))
+        done = conduit(env, "serve", "--bind", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"conduit: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(choose another with METRICS_PORT)\n"
+    )
+    assert not (data_dir / "postgres").exists()
 
 
 @pytest.mark.parametrize(

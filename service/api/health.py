@@ -1,16 +1,16 @@
-"""Liveness and readiness probes, and process metrics."""
+"""Liveness and readiness probes, and the route label of the metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 
 from service.api.errors import error_response
-from service.caching.store import cache
 from service.infra.db import db, describe_error
+from service.infra.metrics import note_route as note_route_template
 from service.infra.redis import redis
 
 logger = logging.getLogger("conduit.health")
@@ -57,25 +57,8 @@ async def readyz() -> Response:
     return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
 
 
-def _counter_lines(name: str, description: str, counts: dict[str, int]) -> list[str]:
-    lines = [f"# HELP {name} {description}", f"# TYPE {name} counter"]
-    lines += [f'{name}{{outcome="{outcome}"}} {value}' for outcome, value in counts.items()]
-    return lines
-
-
-@bp.get("/metrics")
-def metrics() -> Response:
-    """Process counters in the Prometheus text format (no I/O): the caches' hits and misses."""
-    lines = _counter_lines(
-        "conduit_cache_operations_total",
-        "Cache reads by outcome, since the process started.",
-        cache.stats(),
-    )
-    response_stats = cache.state.response_stats
-    if response_stats is not None:
-        lines += _counter_lines(
-            "conduit_response_cache_total",
-            "Anonymous reads by outcome at the response cache.",
-            response_stats.as_dict(),
-        )
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+def note_route() -> None:
+    """Hand the matched route template to the metrics middleware (`before_request` hook)."""
+    rule = request.url_rule
+    if rule is not None:
+        note_route_template(rule.rule)

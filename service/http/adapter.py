@@ -184,6 +184,12 @@ class ConcurrentWsgiToAsgi:
         else:  # websocket: not served
             await send({"type": "websocket.close", "code": 1000})
 
+    def waiting(self) -> int:
+        """How many requests wait for a concurrency slot now (read by the metrics sampler)."""
+        # asyncio keeps no public count of a semaphore's waiters.
+        waiters = getattr(self._slots, "_waiters", None)
+        return len(waiters) if waiters else 0
+
     async def startup(self) -> None:
         """Run the lifespan startup (also called directly by tests, which get no lifespan)."""
         self._closing = False

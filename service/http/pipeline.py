@@ -2,13 +2,14 @@
 
 Outer to inner:
 
+0. metrics (`metrics`), only when METRICS_PORT is set: counts and times every answer;
 1. security headers (`security`) for the responses Flask does not make;
 2. rate limits (`ratelimit`): may answer 429 before the body is read or a thread taken;
 3. the response cache (`response_cache`): may answer a repeated anonymous read;
 4. conditional requests and compression (`conditional`);
 5. the adapter (`adapter`): Flask in a worker thread.
 
-Layers 1-4 run on the event loop. Each is handed what it needs here, explicitly; the limiter
+Layers 0-4 run on the event loop. Each is handed what it needs here, explicitly; the limiter
 and the response cache share one `RequestGenerations`, so the limiter's Redis call also
 reads the cache generations the response cache needs (one round trip for both).
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from service.caching.store import CacheState
 from service.http.conditional import ConditionalMiddleware
 from service.http.generations import RequestGenerations
+from service.http.metrics import MetricsMiddleware
 from service.http.ratelimit import RateLimitMiddleware
 from service.http.response_cache import ResponseCache
 from service.http.security import SecurityHeadersMiddleware
@@ -66,6 +68,8 @@ def build_pipeline(
     generations = RequestGenerations() if limits_on and response_cache_on else None
     policy = SecurityPolicy.from_settings(settings)
     layers: list[Layer | None] = [
+        # Off by default, and then not in the stack at all: no cost per request.
+        MetricsMiddleware if settings.metrics_port else None,
         functools.partial(SecurityHeadersMiddleware, policy=policy),
         functools.partial(
             RateLimitMiddleware,

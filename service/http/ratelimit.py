@@ -25,6 +25,7 @@ from service.caching.generations import START_GENERATION_LUA, generation_key
 from service.domain.errors import DomainError
 from service.http.generations import RequestGenerations
 from service.http.types import ASGIApp, Message, Receive, Scope, Send
+from service.infra import metrics
 from service.infra.batching import TurnBatch
 from service.infra.observability import request_id_from
 from service.infra.redis import ClientOptions, RedisBreaker, close_client, open_client
@@ -39,7 +40,7 @@ KEY_PREFIX = "rl:"
 WINDOW_SECONDS = 60
 DEFAULT_POLICY = "default"
 AUTH_POLICY = "auth"
-EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 AUTH_PATHS = frozenset(
     {
         "/api/v1/users",
@@ -446,6 +447,9 @@ class RateLimitMiddleware:
             (b"x-request-id", request_id.encode()),
             *verdict.headers(),
         ]
+        for decision in verdict.decisions:
+            if decision.retry_ms > 0:
+                metrics.RATE_LIMIT_REFUSALS.labels(decision.policy.name).inc()
         await send({"type": "http.response.start", "status": 429, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if self.settings.access_log:

@@ -9,7 +9,9 @@ exits. Here:
   `lifecycle.DRAIN`), keeps its listener open `delay` seconds, stops accepting, lets the
   requests in flight finish within Hypercorn's `graceful_timeout`, closes its pools and exits 0;
 - with `workers` > 0, a supervisor (`supervise`) starts them, forwards SIGTERM/SIGINT, waits
-  for them, and replaces one that exits while serving.
+  for them, and replaces one that exits while serving. With a metrics address it also serves
+  /metrics there, summed over the workers (`service.infra.metrics`): it gives them an empty
+  PROMETHEUS_MULTIPROC_DIR before starting them and drops an exited worker's live gauges.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from collections import deque
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config, Sockets
 from hypercorn.utils import load_application
 
+from service.infra import metrics
 from service.infra.lifecycle import DRAIN
 
 logger = logging.getLogger("conduit.serving")
@@ -88,6 +92,7 @@ async def _serve(app: object, config: Config, sockets: Sockets | None, delay: fl
 class _Supervisor:
     def __init__(self, config: Config, workers: int, delay: float, stop_timeout: float) -> None:
         self.config = config
+        self.metrics_dir: Path | None = None
         self.workers = workers
         self.delay = delay
         self.stop_timeout = stop_timeout
@@ -135,12 +140,22 @@ class _Supervisor:
                     break
                 self.processes.remove(process)
                 process.join()
+                self._gone(process)
                 if not self._replace(process):
                     self.stopping = True
                     self._close_sockets()
                     self._stop_workers()
                     return 1
         return self._stop_workers()
+
+    def _gone(self, process: BaseProcess) -> None:
+        if self.metrics_dir is not None and process.pid is not None:
+            metrics.mark_process_dead(process.pid)
+
+    def serve_metrics(self, host: str, port: int) -> None:
+        """Serve the workers' summed metrics on `host`:`port` (call before `run`)."""
+        self.metrics_dir = metrics.prepare_multiprocess_dir()
+        metrics.start_server(host, port)
 
     def _replace(self, process: BaseProcess) -> bool:
         now = time.monotonic()
@@ -185,12 +200,29 @@ class _Supervisor:
                 process.join()
             if process.exitcode != 0:
                 code = 1
+            self._gone(process)
         logger.info("all workers stopped" if code == 0 else "workers stopped with errors")
         return code
 
 
-def supervise(config: Config, *, workers: int, delay: float, stop_timeout: float) -> int:
+def supervise(
+    config: Config,
+    *,
+    workers: int,
+    delay: float,
+    stop_timeout: float,
+    metrics_address: tuple[str, int] | None = None,
+) -> int:
     """Run `workers` worker processes until SIGTERM/SIGINT, replacing any that exits; drain
     them on the signal (each gets `stop_timeout` seconds before SIGKILL). The exit code is 0
-    when every worker stopped cleanly."""
-    return _Supervisor(config, workers, delay, stop_timeout).run()
+    when every worker stopped cleanly. With `metrics_address` (host, port), serve their
+    summed metrics there."""
+    supervisor = _Supervisor(config, workers, delay, stop_timeout)
+    if metrics_address is None:
+        return supervisor.run()
+    supervisor.serve_metrics(*metrics_address)
+    try:
+        return supervisor.run()
+    finally:
+        assert supervisor.metrics_dir is not None
+        metrics.remove_multiprocess_dir(supervisor.metrics_dir)

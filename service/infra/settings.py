@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".conduit")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Prometheus metrics on a listener of their own, never the API port (0: off, and then no
+    # metrics middleware at all). With `--workers N` the supervisor serves the sum over them.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # The same for `conduit worker` (webhook deliveries; 0: off): a port of its own, as a
+    # worker often runs on the same host as `conduit serve`.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Requests in Flask at once per process (historically threads: each now runs in a greenlet
     # on the event loop's thread). Requests beyond it wait in the adapter's queue, first come
@@ -259,6 +266,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DB_POOL_SIZE + DB_MAX_OVERFLOW ({self.db_pool_size} + {self.db_max_overflow}) "
                 f"must be at least THREADS ({self.threads}): requests would wait for connections"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_of_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError(
+                "METRICS_PORT must differ from PORT: metrics have a listener of their own"
             )
         return self
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.models import Job
 
@@ -49,3 +49,17 @@ async def enqueue(
         text("SELECT pg_notify(:channel, :kind)"), {"channel": CHANNEL, "kind": kind}
     )
     return job
+
+
+async def backlog(connection: AsyncConnection) -> dict[str, tuple[int, float]]:
+    """Due jobs not yet taken, by kind: how many, and the oldest one's wait in seconds.
+
+    Served by the partial index on pending and running jobs (for the metrics).
+    """
+    rows = await connection.execute(
+        text(
+            "SELECT kind, count(*), extract(epoch FROM now() - min(run_at)) FROM jobs "
+            "WHERE status = 'pending' AND run_at <= now() GROUP BY kind"
+        )
+    )
+    return {kind: (int(count), float(age)) for kind, count, age in rows}

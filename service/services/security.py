@@ -67,6 +67,14 @@ class Passwords:
                 return False
             return await asyncio.to_thread(self._check, stored_hash, password)
 
+    def usage(self) -> tuple[int, int]:
+        """Hashes running now and hashes waiting for a slot (for the metrics)."""
+        if self._slots is None:
+            return 0, 0
+        # asyncio keeps no public count of a semaphore's holders or waiters.
+        waiting = len(getattr(self._slots, "_waiters", None) or ())
+        return self._policy.max_concurrent - self._slots._value, waiting
+
     def needs_rehash(self, stored_hash: str) -> bool:
         """True when `stored_hash` was made with other parameters than the current ones."""
         return self._hasher.check_needs_rehash(stored_hash)

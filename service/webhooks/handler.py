@@ -31,6 +31,7 @@ from sqlalchemy import Row, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from service.infra import metrics
 from service.infra.address_policy import AddressPolicy
 from service.infra.secret_box import CANNOT_DECRYPT, SecretBox, UnreadableSecret
 from service.infra.settings import Settings
@@ -105,6 +106,20 @@ async def _load(sessions: Sessions, message_ids: Sequence[str]) -> list[Row[Any]
     return [found.get(message_id) for message_id in message_ids]
 
 
+def _count(result: webhook_http.DeliveryResult) -> None:
+    """Record an attempt's outcome and duration in the metrics."""
+    if result.ok:
+        outcome = "delivered"
+    elif result.status_code == 410:
+        outcome = "gone"
+    elif result.status_code is not None:
+        outcome = "http_error"
+    else:
+        outcome = "no_answer"
+    metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+    metrics.WEBHOOK_LATENCY.observe(result.duration_ms / 1000)
+
+
 class DeliveryHandler:
     """The `webhook.deliver` job handler (see the module docstring); its gates and rate
     limiter hold this process's per-endpoint state."""
@@ -175,6 +190,7 @@ class DeliveryHandler:
         except BaseException:
             ticket.release(failed=None)
             raise
+        _count(result)
         retry_after = (
             float(result.retry_after)
             if result.retry_after is not None and result.status_code in (429, 503)
@@ -224,6 +240,7 @@ class DeliveryHandler:
     async def _postpone(
         self, context: JobContext, job: DeliveryJob, delay: float, reason: str
     ) -> None:
+        metrics.WEBHOOK_DELIVERIES.labels("postponed").inc()
         await outcomes.postpone(
             sessions=context.sessionmaker, config=self.config, job=job, delay=delay, reason=reason
         )

@@ -10,7 +10,6 @@ key hygiene, and data written behind the cache's back (`conduit seed`).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -117,16 +116,17 @@ async def send(
 
 
 async def cache_stats(client: httpx.AsyncClient) -> dict[str, int]:
-    """The counters of GET /metrics: the read cache's by outcome, the response cache's (in
-    front of it, for anonymous reads) as `response_<outcome>`, and `served`: the reads either
-    answered from a cached entry."""
-    response = await client.get("/metrics")
-    assert response.status_code == 200
-    pattern = r'conduit_cache_operations_total\{outcome="(\w+)"\} (\d+)'
-    stats = {name: int(value) for name, value in re.findall(pattern, response.text)}
-    pattern = r'conduit_response_cache_total\{outcome="(\w+)"\} (\d+)'
-    for name, value in re.findall(pattern, response.text):
-        stats[f"response_{name}"] = int(value)
+    """The cache counters of the app behind `client` (what the metrics export): the read
+    cache's by outcome, the response cache's (in front of it, for anonymous reads) as
+    `response_<outcome>`, and `served`: the reads either answered from a cached entry."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    assert isinstance(transport.app, ConduitASGI)
+    state = cache_state(transport.app)
+    stats = state.stats.as_dict()
+    if state.response_stats is not None:
+        for name, value in state.response_stats.as_dict().items():
+            stats[f"response_{name}"] = value
     stats["served"] = stats["hits"] + stats.get("response_hits", 0)
     return stats
 

@@ -299,3 +299,12 @@ def test_unknown_environment_is_rejected() -> None:
     with pytest.raises(ValidationError):
         Settings(app_env="staging")  # type: ignore[arg-type]
     assert Settings(app_env="test").app_env is Environment.TEST  # type: ignore[arg-type]
+
+
+def test_metrics_are_off_by_default_and_never_on_the_api_port() -> None:
+    assert Settings().metrics_port == 0
+    assert Settings().metrics_host == "127.0.0.1"
+    assert Settings(metrics_port=9464).metrics_port == 9464
+    with pytest.raises(ValidationError) as caught:
+        Settings(port=8000, metrics_port=8000)
+    assert "METRICS_PORT must differ from PORT" in describe_settings_error(caught.value)

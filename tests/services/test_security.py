@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.domain.errors import NotAuthenticated
-from service.services.security import Tokens
+from service.services.security import PasswordPolicy, Passwords, Tokens
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256-xxxxxxxx"
 
@@ -44,3 +45,13 @@ def test_the_memo_holds_only_valid_tokens_and_stays_bounded() -> None:
     assert [tokens.verify(token).user_id for token in issued] == list(range(len(issued)))
     assert len(tokens._verified) == Tokens.MEMO_SIZE
     assert forged not in tokens._verified
+
+
+async def test_password_usage_counts_hashes_running_and_waiting() -> None:
+    passwords = Passwords(PasswordPolicy(time_cost=3, max_concurrent=1))
+    assert passwords.usage() == (0, 0)
+    hashes = [asyncio.create_task(passwords.hash(f"password {i}")) for i in range(3)]
+    await asyncio.sleep(0.01)  # all started: one holds the slot, two wait
+    assert passwords.usage() == (1, 2)
+    await asyncio.gather(*hashes)
+    assert passwords.usage() == (0, 0)

@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -149,6 +150,31 @@ async def test_receiver_failing_three_times_then_succeeding(
     jobs = await jobs_of(sessionmaker, outbox.DELIVER_JOB)
     assert [job.payload.get("attempt", 0) for job in jobs] == [0, 1, 2, 3]
     assert {job.status for job in jobs} == {"done"}
+
+
+def _deliveries(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("conduit_webhook_deliveries_total", {"outcome": outcome}) or 0.0
+    )
+
+
+async def test_attempts_are_counted_in_the_metrics_by_outcome(
+    delivery_settings: Settings, sessionmaker: Sessions, owner: TestUser, receiver: Receiver
+) -> None:
+    await add_endpoint(sessionmaker, owner_id=owner.id, url=receiver.url("/flaky/2"))
+    await emit(sessionmaker)
+    outcomes = ("delivered", "http_error", "no_answer", "gone")
+    before = {outcome: _deliveries(outcome) for outcome in outcomes}
+    timed = REGISTRY.get_sample_value("conduit_webhook_delivery_duration_seconds_count") or 0.0
+
+    async with running(make_delivery_worker(delivery_settings, config=FAST)):
+        await all_settled(sessionmaker, 1)
+
+    counted = {outcome: _deliveries(outcome) - before[outcome] for outcome in outcomes}
+    assert counted == {"delivered": 1, "http_error": 2, "no_answer": 0, "gone": 0}
+    assert REGISTRY.get_sample_value("conduit_webhook_delivery_duration_seconds_count") == (
+        timed + 3
+    )
 
 
 async def test_a_failed_attempt_schedules_the_next_after_the_first_delay(
