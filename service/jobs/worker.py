@@ -91,6 +91,8 @@ _CLAIMED_COLUMNS = (Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempt
 # `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _jitter = random.SystemRandom()
+# `run_pending` waits for a job due within this long rather than return without it.
+SETTLE_SECONDS = 0.1
 
 
 class PermanentJobError(Exception):
@@ -398,15 +400,21 @@ class Worker:
         were started. For tests and one-off runs: returns when nothing is due or running."""
         await self.start()
         started = 0
+        # A retry scheduled "now" by one transaction can be a hair later than the `now()` of the
+        # claim that follows it (each statement's own clock reading): wait that out, bounded.
+        settles = 50
         while True:
             lanes = self._lanes()
             if lanes:
-                jobs, _ = await self._claim(lanes)
+                jobs, next_due = await self._claim(lanes)
                 for job in jobs:
                     self._spawn(job)
                 started += len(jobs)
                 if not jobs and not self._in_flight:
-                    return started
+                    if next_due is None or next_due > SETTLE_SECONDS or settles == 0:
+                        return started
+                    settles -= 1
+                    await asyncio.sleep(max(next_due, 0.0) + 0.005)
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
 
