@@ -91,8 +91,6 @@ _CLAIMED_COLUMNS = (Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempt
 # `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _jitter = random.SystemRandom()
-# `run_pending` waits for a job due within this long rather than return without it.
-SETTLE_SECONDS = 0.1
 
 
 class PermanentJobError(Exception):
@@ -400,21 +398,18 @@ class Worker:
         were started. For tests and one-off runs: returns when nothing is due or running."""
         await self.start()
         started = 0
-        # A retry scheduled "now" by one transaction can be a hair later than the `now()` of the
-        # claim that follows it (each statement's own clock reading): wait that out, bounded.
-        settles = 50
         while True:
             lanes = self._lanes()
             if lanes:
-                jobs, next_due = await self._claim(lanes)
+                # A job running while the claim is under way may finish meanwhile and leave a
+                # retry the claim could not see: then claim once more before returning.
+                was_busy = bool(self._in_flight)
+                jobs, _ = await self._claim(lanes)
                 for job in jobs:
                     self._spawn(job)
                 started += len(jobs)
-                if not jobs and not self._in_flight:
-                    if next_due is None or next_due > SETTLE_SECONDS or settles == 0:
-                        return started
-                    settles -= 1
-                    await asyncio.sleep(max(next_due, 0.0) + 0.005)
+                if not jobs and not was_busy and not self._in_flight:
+                    return started
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
 
