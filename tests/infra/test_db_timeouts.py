@@ -11,7 +11,6 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +18,8 @@ import pytest_asyncio
 
 from service.app import create_asgi
 from service.infra.migrate import upgrade
-from service.infra.settings import Environment, Settings
-from tests.conftest import TEST_SECRET
+from service.infra.settings import Settings, normalise_database_url
+from tests.apps import serving
 
 COMMAND_TIMEOUT = 1.0
 
@@ -62,35 +61,23 @@ def frozen(postmaster: int) -> Iterator[None]:
 # With the pre-ping, the checkout's ping times out; without it, the request's first query.
 @pytest_asyncio.fixture(params=[True, False], ids=["pre-ping", "no-pre-ping"])
 async def frozen_client(
-    request: pytest.FixtureRequest,
-    own_postgres: tuple[str, int],
-    server_urls: tuple[str, str],
-    tmp_path: Path,
+    request: pytest.FixtureRequest, own_postgres: tuple[str, int], settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        app_env=Environment.TEST,
-        database_url=own_postgres[0],
-        redis_url=server_urls[1],
-        secret_key=TEST_SECRET,
-        data_dir=tmp_path,
-        access_log=False,
-        threads=8,
-        db_pool_size=8,
-        db_command_timeout=COMMAND_TIMEOUT,
-        db_connect_timeout=COMMAND_TIMEOUT,
-        db_pool_timeout=COMMAND_TIMEOUT,
-        db_pool_pre_ping=request.param,
-        rate_limit_enabled=False,
-        cache_enabled=False,
+    frozen = settings.model_copy(
+        update={
+            "database_url": normalise_database_url(own_postgres[0]),
+            "threads": 8,
+            "db_pool_size": 8,
+            "db_command_timeout": COMMAND_TIMEOUT,
+            "db_connect_timeout": COMMAND_TIMEOUT,
+            "db_pool_timeout": COMMAND_TIMEOUT,
+            "db_pool_pre_ping": request.param,
+            "rate_limit_enabled": False,
+            "cache_enabled": False,
+        }
     )
-    asgi = create_asgi(settings)
-    await asgi.startup()
-    transport = httpx.ASGITransport(app=asgi)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await asgi.shutdown()
+    async with serving(create_asgi(frozen)) as http:
+        yield http
 
 
 async def _timed_get(client: httpx.AsyncClient, path: str) -> tuple[httpx.Response, float]:

@@ -17,8 +17,8 @@ import pytest_asyncio
 from redis import Redis
 
 from service.app import create_asgi
-from service.infra.settings import Environment, Settings
-from tests.conftest import TEST_SECRET
+from service.infra.settings import Settings
+from tests.apps import serving
 from tests.factories import TestUser
 
 SOCKET_TIMEOUT = 0.5
@@ -45,28 +45,19 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
 
 @pytest_asyncio.fixture
 async def frozen_redis_client(
-    own_redis: tuple[str, int], settings: Settings, tmp_path: Path
+    own_redis: tuple[str, int], settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    app_settings = Settings(
-        app_env=Environment.TEST,
-        database_url=settings.database_url,
-        redis_url=own_redis[0],
-        secret_key=TEST_SECRET,
-        data_dir=tmp_path,
-        access_log=False,
-        threads=8,
-        db_pool_size=8,
-        redis_socket_timeout=SOCKET_TIMEOUT,
-        rate_limit_enabled=False,
+    frozen = settings.model_copy(
+        update={
+            "redis_url": own_redis[0],
+            "threads": 8,
+            "db_pool_size": 8,
+            "redis_socket_timeout": SOCKET_TIMEOUT,
+            "rate_limit_enabled": False,
+        }
     )
-    asgi = create_asgi(app_settings)
-    await asgi.startup()
-    transport = httpx.ASGITransport(app=asgi)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await asgi.shutdown()
+    async with serving(create_asgi(frozen)) as http:
+        yield http
 
 
 async def test_a_frozen_redis_costs_at_most_the_socket_timeout(

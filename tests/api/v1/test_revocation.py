@@ -27,6 +27,7 @@ from tests.api.v1.test_oauth import (
     query,
     status_of,
 )
+from tests.apps import serving
 from tests.factories import TestUser
 from tests.tcp_proxy import TcpProxy, redis_proxy
 
@@ -68,12 +69,9 @@ async def proxied(settings: Settings, app: ConduitASGI) -> AsyncIterator[Proxied
         )
     )
     try:
-        await asgi.startup()
-        transport = httpx.ASGITransport(app=asgi)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        async with serving(asgi) as http:
             yield ProxiedRedis(client=http, proxy=proxy)
     finally:
-        await asgi.shutdown()
         await proxy.stop()
 
 
