@@ -164,13 +164,12 @@ class PendingViewer:
     def __init__(self, claims: TokenClaims | None) -> None:
         self.claims = claims
         self.loaded = False
-        self.user: User | None = None
 
     async def load(self, extra: Sequence[sessions.ViewerColumn] = ()) -> tuple[Any, ...] | None:
         """Check the token and load the user with `extra`; their values, or None for an
         anonymous caller."""
         user, values = await load_viewer(self.claims, extra)
-        self.user, self.loaded = user, True
+        self.loaded = True
         return values if user is not None else None
 
 

@@ -206,18 +206,11 @@ def favorited_column(article_ids: Collection[int]) -> sessions.ViewerColumn:
     return _FAVORITED, {"favorite_article_ids": sorted(article_ids)}
 
 
-async def find_article_id(*, session: AsyncSession, slug: str, lock: bool = False) -> int:
-    """The id of the article with `slug`, or `NotFound`.
-
-    With `lock`, the row is key-share locked until the transaction ends, so that a concurrent
-    delete cannot remove it under a row about to reference it.
-    """
+async def find_article_id(*, session: AsyncSession, slug: str) -> int:
+    """The id of the article with `slug`, or `NotFound`."""
     found = None
     if storable(slug):
-        statement = select(Article.id).where(Article.slug == slug)
-        if lock:
-            statement = statement.with_for_update(key_share=True)
-        found = await session.scalar(statement)
+        found = await session.scalar(select(Article.id).where(Article.slug == slug))
     if found is None:
         raise NotFound("article not found", field="article")
     return found

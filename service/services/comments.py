@@ -24,14 +24,6 @@ BIGINT_MAX = 2**63 - 1
 OLDEST = keyset.Ordering(keys=(Comment.created_at, Comment.id), descending=False)
 
 
-async def list_comments(
-    *, session: AsyncSession, viewer: User | None, slug: str
-) -> list[CommentView]:
-    """The comments on the article with `slug`, oldest first; `NotFound` for no such article."""
-    page = await comment_page(session=session, viewer=viewer, slug=slug, window=None)
-    return page.items
-
-
 async def comment_page(
     *, session: AsyncSession, viewer: User | None, slug: str, window: Window | None
 ) -> Page[CommentView]:

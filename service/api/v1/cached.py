@@ -135,12 +135,6 @@ async def profile(viewer: PendingViewer, username: str) -> Json:
     return {"profile": {**found["profile"], "following": found["id"] in following}}
 
 
-async def comments(viewer: PendingViewer, slug: str) -> Json:
-    """`{"comments"}` on the article with `slug`, oldest first (`NotFound` for no article)."""
-    found, _ = await comment_page(viewer, slug, None, ())
-    return found
-
-
 async def comment_page(
     viewer: PendingViewer, slug: str, window: Window | None, key: Sequence[Any]
 ) -> tuple[Json, Edges]:
