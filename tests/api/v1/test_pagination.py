@@ -82,9 +82,10 @@ async def test_a_cursor_walk_sees_every_article_once_while_others_are_inserted(
     inserted: list[str] = []
 
     async def insert_two(page: int) -> None:
-        # Alongside the fetches of pages 2-21: the first page is asked for without a cursor,
-        # so an article committed while it is read may or may not be on it.
-        if 1 <= page <= 20:
+        # Alongside the fetches of pages 2-20: the first page is asked for without a cursor,
+        # so an article committed while it is read may or may not be on it; and all are
+        # committed before the last page of the old articles is read.
+        if 1 <= page < 20:
             made = await asyncio.gather(*(make_article(client, writer) for _ in range(2)))
             inserted.extend(article["slug"] for article in made)
 
