@@ -124,9 +124,10 @@ async def test_article_lists_cost_the_same_for_1_and_100_articles(
             assert item["author"]["following"] is (user is not None)
 
     assert large == small
-    # Anonymous: count + page. Signed in: + the viewer, read with their marks for the shared
-    # (cacheable) page; the feed, never shared, has its marks in the page's statement.
-    assert list(small.values()) == [2, 3, 3, 3]
+    # Anonymous: the page, its total in the same statement. Signed in: + the viewer, read
+    # with their marks for the shared (cacheable) page; the feed, never shared, has its marks
+    # in the page's statement.
+    assert list(small.values()) == [1, 2, 2, 2]
 
 
 async def test_comment_list_costs_the_same_for_1_and_100_comments(
