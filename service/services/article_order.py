@@ -3,7 +3,7 @@
 Search uses PostgreSQL full-text search over title, description and body, in the text search
 configuration SEARCH_LANGUAGE. The document expression is written out as a literal, the
 language included, because only a statement whose expression equals the GIN index's
-(migration 0007) can use it; the query text is a parameter (`websearch_to_tsquery`: words,
+(migration 0007) can use it; the query text is a bound parameter (`websearch_to_tsquery`: words,
 "quoted phrases", `or`, `-word`).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, cast, func, literal_column
+from sqlalchemy import ColumnElement, Float, String, bindparam, cast, func, literal_column
 
 from service.domain.articles import NEWEST, RELEVANCE, ArticleSort
 from service.domain.errors import InvalidInput
@@ -55,24 +55,28 @@ def _document(language: str) -> ColumnElement[Any]:
     )
 
 
-def _query(q: str, language: str) -> ColumnElement[Any]:
-    return func.websearch_to_tsquery(literal_column(f"'{language}'::regconfig"), q)
+# The search text: a bound parameter named "q", so that statements are built once.
+SEARCH = bindparam("q", type_=String)
 
 
-def matches(q: str, language: str) -> ColumnElement[bool]:
-    """Articles whose title, description or body match the search `q`."""
-    return _document(language).bool_op("@@")(_query(q, language))
+def _query(language: str) -> ColumnElement[Any]:
+    return func.websearch_to_tsquery(literal_column(f"'{language}'::regconfig"), SEARCH)
 
 
-def ordering(name: ArticleSort, *, q: str | None, language: str) -> Ordering:
+def matches(language: str) -> ColumnElement[bool]:
+    """Articles whose title, description or body match the search (parameter "q")."""
+    return _document(language).bool_op("@@")(_query(language))
+
+
+def ordering(name: ArticleSort, *, searched: bool, language: str) -> Ordering:
     """The keyset ordering called `name` (`sort_name`); `InvalidInput` for relevance without
-    a search."""
+    a search (relevance ranks by the parameter "q")."""
     if name != RELEVANCE:
         return ORDERINGS[name]
-    if not q:
+    if not searched:
         raise InvalidInput("sorting by relevance needs a search (q)", field="sort")
     # ts_rank_cd: how many of the query's terms occur and how close together, divided by
     # 1 + log(document length) (flag 1) so long bodies do not win by size alone. Cast to
     # double so that a cursor's value compares exactly.
-    rank = cast(func.ts_rank_cd(_document(language), _query(q, language), 1), Float(precision=53))
+    rank = cast(func.ts_rank_cd(_document(language), _query(language), 1), Float(precision=53))
     return Ordering(keys=(rank, Article.id), descending=True, max_rows=RANK_MAX)

@@ -12,13 +12,17 @@ violation, so concurrent creates with one title all succeed with distinct slugs.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import functools
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    String,
+    bindparam,
     delete,
     exists,
     false,
@@ -35,7 +39,7 @@ from sqlalchemy.orm import defer
 
 from service.caching import generations
 from service.domain import events
-from service.domain.articles import NEWEST, ArticleSort, ArticleView
+from service.domain.articles import NEWEST, RELEVANCE, ArticleSort, ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.pages import Page, Position, Window
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
@@ -54,7 +58,11 @@ def storable(key: str) -> bool:
     return "\x00" not in key
 
 
-def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
+# The viewer's id in statements built once: bound per run, like every other value in them.
+_VIEWER = bindparam("viewer_id", type_=BigInteger)
+
+
+def _views_statement(*, with_viewer: bool, with_body: bool) -> Select[Any]:
     tags = (
         select(func.array_agg(Tag.name))
         .join_from(ArticleTag, Tag, ArticleTag.tag_id == Tag.id)
@@ -65,10 +73,10 @@ def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
     favorites_count = Article.favorites_count
     favorited: ColumnElement[bool] = false()
     following: ColumnElement[bool] = false()
-    if viewer is not None:
-        favorited = exists().where(Favorite.article_id == Article.id, Favorite.user_id == viewer.id)
+    if with_viewer:
+        favorited = exists().where(Favorite.article_id == Article.id, Favorite.user_id == _VIEWER)
         following = exists().where(
-            Follow.follower_id == viewer.id, Follow.followee_id == Article.author_id
+            Follow.follower_id == _VIEWER, Follow.followee_id == Article.author_id
         )
     statement = (
         select(Article, User, tags, favorites_count, favorited, following)
@@ -80,6 +88,10 @@ def _views_statement(viewer: User | None, *, with_body: bool) -> Select[Any]:
         # List items have no body; up to 100 kB each is not worth reading.
         statement = statement.options(defer(Article.body, raiseload=True))
     return statement
+
+
+def _viewer_parameters(viewer: User | None) -> dict[str, Any]:
+    return {} if viewer is None else {"viewer_id": viewer.id}
 
 
 async def _views(
@@ -99,48 +111,120 @@ async def _views(
     ]
 
 
+@functools.cache
+def _single_statement(with_viewer: bool) -> Select[Any]:
+    # Built once: SQLAlchemy then computes its cache key once, not at every run.
+    statement = _views_statement(with_viewer=with_viewer, with_body=True)
+    return statement.where(Article.slug == bindparam("slug", type_=String))
+
+
 async def _one(session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:
     if storable(slug):
-        statement = _views_statement(viewer, with_body=True).where(Article.slug == slug)
-        found = await _views(session, viewer, (await session.execute(statement)).all())
+        statement = _single_statement(viewer is not None)
+        parameters = {"slug": slug} | _viewer_parameters(viewer)
+        found = await _views(session, viewer, (await session.execute(statement, parameters)).all())
         if found:
             return found[0]
     raise NotFound("article not found", field="article")
 
 
-# The column of `_page`'s rows holding the list's total, after those `_views` reads.
+@dataclass(frozen=True)
+class _ListShape:
+    """What decides a list statement's text (the values are bound per run): its filters, the
+    viewer's part, the order and the kind of window."""
+
+    filters: tuple[str, ...]
+    with_viewer: bool
+    sort: ArticleSort
+    language: str
+    # None: from an offset; else after (False) or before (True) a position.
+    backward: bool | None
+
+
+def _named_user(parameter: str) -> Select[Any]:
+    # Usernames are unique regardless of case (index on lower(username)).
+    name = bindparam(parameter, type_=String)
+    return select(User.id).where(func.lower(User.username) == func.lower(name))
+
+
+# Each filter of the lists, by the name of the parameter that holds its value.
+_FILTERS: dict[str, Callable[[str], ColumnElement[bool]]] = {
+    "q": article_order.matches,
+    "tag": lambda _: Article.id.in_(
+        select(ArticleTag.article_id)
+        .join(Tag, Tag.id == ArticleTag.tag_id)
+        .where(Tag.name == bindparam("tag", type_=String))
+    ),
+    "author": lambda _: Article.author_id.in_(_named_user("author")),
+    "favorited": lambda _: Article.id.in_(
+        select(Favorite.article_id).where(Favorite.user_id.in_(_named_user("favorited")))
+    ),
+    # The feed: the viewer's followed authors.
+    "followed": lambda _: Article.author_id.in_(
+        select(Follow.followee_id).where(Follow.follower_id == _VIEWER)
+    ),
+}
+
+
+# The column of a page's rows holding the list's total, after those `_views` reads.
 _TOTAL = 6
+
+
+def _list_statements(shape: _ListShape) -> tuple[Ordering, Select[Any], Select[Any]]:
+    """The order, the page statement and the count statement of lists of `shape`."""
+    conditions = [_FILTERS[name](shape.language) for name in shape.filters]
+    ordering = article_order.ordering(
+        shape.sort, searched="q" in shape.filters, language=shape.language
+    )
+    counted = select(func.count()).select_from(Article).where(*conditions)
+    statement = _views_statement(with_viewer=shape.with_viewer, with_body=False).where(*conditions)
+    if ordering.max_rows is None:
+        # The total rides along with the page: an uncorrelated subquery, which PostgreSQL
+        # runs once (an InitPlan), saves a round trip.
+        statement = statement.add_columns(counted.correlate(None).scalar_subquery().label("total"))
+    position = None if shape.backward is None else Position(key=[], backward=shape.backward)
+    return ordering, keyset.windowed(statement, ordering, position=position), counted
+
+
+_cached_list_statements = functools.lru_cache(maxsize=256)(_list_statements)
 
 
 async def _page(
     session: AsyncSession,
     viewer: User | None,
-    conditions: Sequence[ColumnElement[bool]],
+    filters: Mapping[str, str | None],
     *,
     window: Window,
-    ordering: Ordering = article_order.ORDERINGS[NEWEST],
+    sort: ArticleSort = NEWEST,
+    language: str = "english",
 ) -> Page[ArticleView]:
-    counted = select(func.count()).select_from(Article).where(*conditions)
-    statement = _views_statement(viewer, with_body=False).where(*conditions)
+    """The page `window` of the articles that pass `filters` (`_FILTERS` names and values)
+    in the order `sort`, with `viewer`'s marks."""
+    position = window.position
+    shape = _ListShape(
+        filters=tuple(sorted(filters)),
+        with_viewer=viewer is not None,
+        sort=sort,
+        language=language,
+        backward=None if position is None else position.backward,
+    )
+    # Built once per shape (SQLAlchemy then computes their cache keys once too), except for
+    # ranked searches: rare, costly to run anyway, and RANK_MAX is read when they are built.
+    build = _list_statements if sort == RELEVANCE else _cached_list_statements
+    ordering, statement, counted = build(shape)
+    parameters = dict(filters) | _viewer_parameters(viewer)
+    total = None
     if ordering.max_rows is not None:
         # The order's keys are computed per row: count first, refuse too long a list unread.
-        total = await session.scalar(counted) or 0
+        total = await session.scalar(counted, parameters) or 0
         ordering.check_length(total)
-        rows, edges = await keyset.read(session, statement, ordering, window)
-    else:
-        # The total rides along with the page: an uncorrelated subquery, which PostgreSQL runs
-        # once (an InitPlan), saves a round trip; only a page past the end reads it apart.
-        total_column = counted.correlate(None).scalar_subquery().label("total")
-        rows, edges = await keyset.read(
-            session, statement.add_columns(total_column), ordering, window
-        )
-        total = rows[0][_TOTAL] if rows else await session.scalar(counted) or 0
-    return Page(items=await _views(session, viewer, rows), total=total, edges=edges)
-
-
-def _user_named(username: str) -> Select[Any]:
-    # Usernames are unique regardless of case (index on lower(username)).
-    return select(User.id).where(func.lower(User.username) == func.lower(username))
+    parameters |= keyset.parameters(ordering, window)
+    rows = (await session.execute(statement, parameters)).all()
+    page, edges = keyset.cut(rows, ordering, window)
+    if total is None:
+        # Only a page past the end has no row to carry the total.
+        total = rows[0][_TOTAL] if rows else await session.scalar(counted, parameters) or 0
+    return Page(items=await _views(session, viewer, page), total=total, edges=edges)
 
 
 async def list_articles(
@@ -164,28 +248,11 @@ async def list_articles(
     A `position` (from a previous page's edges, in the same order) starts the page there
     instead of at `offset`; `InvalidInput` when it does not fit the order.
     """
-    conditions: list[ColumnElement[bool]] = []
-    if q:
-        conditions.append(article_order.matches(q, language))
-    if tag is not None:
-        conditions.append(
-            Article.id.in_(
-                select(ArticleTag.article_id)
-                .join(Tag, Tag.id == ArticleTag.tag_id)
-                .where(Tag.name == tag)
-            )
-        )
-    if author is not None:
-        conditions.append(Article.author_id.in_(_user_named(author)))
-    if favorited is not None:
-        conditions.append(
-            Article.id.in_(
-                select(Favorite.article_id).where(Favorite.user_id.in_(_user_named(favorited)))
-            )
-        )
-    ordering = article_order.ordering(article_order.sort_name(sort), q=q, language=language)
+    given = {"q": q or None, "tag": tag, "author": author, "favorited": favorited}
+    filters = {name: value for name, value in given.items() if value is not None}
     window = Window(limit=limit, offset=offset, position=position)
-    return await _page(session, viewer, conditions, window=window, ordering=ordering)
+    sort_name = article_order.sort_name(sort)
+    return await _page(session, viewer, filters, window=window, sort=sort_name, language=language)
 
 
 async def feed(
@@ -197,9 +264,8 @@ async def feed(
     position: Position | None = None,
 ) -> Page[ArticleView]:
     """Articles by the authors `viewer` follows, newest first (from `position` if given)."""
-    followed = select(Follow.followee_id).where(Follow.follower_id == viewer.id)
     window = Window(limit=limit, offset=offset, position=position)
-    return await _page(session, viewer, [Article.author_id.in_(followed)], window=window)
+    return await _page(session, viewer, {"followed": None}, window=window)
 
 
 async def get_article(*, session: AsyncSession, viewer: User | None, slug: str) -> ArticleView:

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, literal, tuple_
+from sqlalchemy import ColumnElement, Integer, Row, Select, bindparam, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from service.domain.errors import InvalidInput
-from service.domain.pages import Edges, Window, json_key, typed_key
+from service.domain.pages import Edges, Position, Window, json_key, typed_key
 
 # A SELECT of any columns.
 AnySelect = Select[*tuple[Any, ...]]
@@ -48,27 +48,45 @@ class Ordering:
         return tuple(key.type.python_type for key in self.keys)
 
 
-def windowed(statement: AnySelect, ordering: Ordering, window: Window) -> AnySelect:
-    """`statement` ordered and cut to `window`, one row more than asked (is there more?).
+def windowed(
+    statement: AnySelect, ordering: Ordering, *, position: Position | None = None
+) -> AnySelect:
+    """`statement` ordered and cut to a window, one row more than asked (is there more?),
+    with bound parameters (`parameters`): build it once per list and kind of window, and
+    SQLAlchemy computes its cache key once too.
 
+    `position` only tells the kind of window (from an offset, after or before a position).
     The key's values are added as the rows' last columns: `cut` reads them from there.
     """
-    position = window.position
     descending = ordering.descending != (position is not None and position.backward)
     statement = statement.add_columns(
         *(key.label(f"page_key_{index}") for index, key in enumerate(ordering.keys))
     )
     if position is None:
-        statement = statement.offset(window.offset)
+        statement = statement.offset(bindparam("page_offset", type_=Integer))
     else:
-        values = typed_key(position.key, ordering.types)
         row = tuple_(*ordering.keys)
         bound = tuple_(
-            *(literal(value, key.type) for value, key in zip(values, ordering.keys, strict=True))
+            *(
+                bindparam(f"page_key_{index}", type_=key.type)
+                for index, key in enumerate(ordering.keys)
+            )
         )
         statement = statement.where(row < bound if descending else row > bound)
     order = [key.desc() if descending else key.asc() for key in ordering.keys]
-    return statement.order_by(*order).limit(window.limit + 1)
+    return statement.order_by(*order).limit(bindparam("page_limit", type_=Integer))
+
+
+def parameters(ordering: Ordering, window: Window) -> dict[str, Any]:
+    """The values of `windowed`'s parameters for `window` (`InvalidInput` for a position
+    that does not fit the order)."""
+    values: dict[str, Any] = {"page_limit": window.limit + 1}
+    if window.position is None:
+        values["page_offset"] = window.offset
+    else:
+        key = typed_key(window.position.key, ordering.types)
+        values |= {f"page_key_{index}": value for index, value in enumerate(key)}
+    return values
 
 
 def cut(rows: Sequence[Row[Any]], ordering: Ordering, window: Window) -> tuple[list[Any], Edges]:
@@ -96,5 +114,6 @@ async def read(
     session: AsyncSession, statement: AnySelect, ordering: Ordering, window: Window
 ) -> tuple[list[Any], Edges]:
     """The rows of the page `window` of `statement` in `ordering`, and the page's edges."""
-    rows = (await session.execute(windowed(statement, ordering, window))).all()
+    page = windowed(statement, ordering, position=window.position)
+    rows = (await session.execute(page, parameters(ordering, window))).all()
     return cut(rows, ordering, window)
