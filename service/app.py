@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from flask import Flask, has_request_context, request
+from flask.sessions import SessionInterface
 
 from service.api import errors, hardening, health
 from service.api.auth import AUTH, auth
@@ -32,10 +33,23 @@ from service.infra.settings import Settings
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
+class NoSessions(SessionInterface):
+    """No cookie sessions: tokens authenticate. Flask's default would build a signing
+    serializer for every request (SECRET_KEY is set) to read a cookie the API never sets."""
+
+    def open_session(self, app: Flask, request: Any) -> Any:
+        """The null session: it refuses writes."""
+        return self.make_null_session(app)
+
+    def save_session(self, app: Flask, session: Any, response: Any) -> None:
+        """Nothing to save."""
+
+
 class ConduitFlask(Flask):
     """Flask whose async views each run in one database unit of work."""
 
     json_provider_class = OrjsonProvider
+    session_interface = NoSessions()
 
     def async_to_sync(self, func: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
         """Run `func` on the serving loop, committing its session once if it succeeds."""

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 import pytest_asyncio
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, session
 from sqlalchemy import event
 
 from service.api.jsonprovider import OrjsonProvider
@@ -196,3 +196,25 @@ async def test_startup_failure_closes_what_was_opened(
             break
         await asyncio.sleep(0.1)
     assert await conduit_connections(database_url) == before
+
+
+async def test_no_cookie_session_is_opened_or_set(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    flask_app = create_app(settings)
+    with flask_app.test_request_context("/api/v1/user"):
+        assert session.__class__.__name__ == "NullSession"
+        with pytest.raises(RuntimeError):
+            session["user"] = 1
+    registered = await client.post(
+        "/api/v1/users",
+        json={
+            "user": {"username": "nocookie", "email": "nocookie@example.com", "password": "p" * 12}
+        },
+    )
+    assert registered.status_code == 201, registered.text
+    token = registered.json()["user"]["token"]
+    me = await client.get("/api/v1/user", headers={"Authorization": f"Token {token}"})
+    assert me.status_code == 200
+    assert "set-cookie" not in registered.headers
+    assert "set-cookie" not in me.headers
