@@ -6,7 +6,9 @@ nothing, silently. So besides the structure (groups, rules, `alert`, `expr`, `fo
 parsed (promql-parser) and each series it selects must be one the service exports, each label
 it matches or groups by one that series carries. The exported series are read from the
 metric objects themselves, after importing the API's and the job worker's module graphs, so a
-renamed metric fails here. Each runbook_url must point at a section of docs/operations.md.
+renamed metric fails here. Each runbook_url must point at a section of docs/operations.md, and
+each alert must have a unit test in alerts.test.yaml. Where promtool is installed, it checks
+the file and runs those unit tests (synthetic series: the alert fires, or stays quiet).
 
 Run by .ci/deploy_check.py; tests/test_alert_rules.py covers what it refuses.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +30,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+RULE_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yaml"
 RUNBOOK = ROOT / "docs" / "operations.md"
 RUNBOOK_PATH = "docs/operations.md"
 # The entry points whose imports define every series: `conduit serve` and `conduit worker`.
@@ -177,11 +182,40 @@ def check_rules(document: Any, series: dict[str, frozenset[str]], anchors: set[s
     return problems
 
 
+def untested_alerts(document: Any, tests: Any) -> list[str]:
+    """Alerts of the rule file that no unit test of `tests` evaluates."""
+    alerts = {rule.get("alert") for group in document.get("groups", []) for rule in group["rules"]}
+    tested = {
+        case.get("alertname") for test in tests.get("tests", []) for case in test["alert_rule_test"]
+    }
+    return [f"alerts: {alert}: no unit test in {RULE_TESTS.name}" for alert in alerts - tested]
+
+
+def run_promtool() -> list[str]:
+    """`promtool check rules` and `promtool test rules`, where promtool is installed."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        print("  promtool not installed (Debian: prometheus): its check and unit tests skipped")
+        return []
+    problems = []
+    for command in (["check", "rules", RULES], ["test", "rules", RULE_TESTS]):
+        done = subprocess.run(
+            [promtool, *map(str, command)], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            problems.append(f"alerts: promtool {command[0]} failed:\n{done.stdout}{done.stderr}")
+    print("  promtool: rules checked, unit tests run")
+    return problems
+
+
 def check_alert_rules() -> list[str]:
-    """Check deploy/prometheus/alerts.yaml; return the problems found."""
+    """Check deploy/prometheus/alerts.yaml and its unit tests; return the problems found."""
     document = yaml.safe_load(RULES.read_text())
     anchors = runbook_anchors(RUNBOOK.read_text())
     problems = check_rules(document, exported_series(), anchors)
+    if not problems:
+        problems += untested_alerts(document, yaml.safe_load(RULE_TESTS.read_text()))
+        problems += run_promtool()
     count = sum(len(group.get("rules", [])) for group in document.get("groups", []))
     print(f"  {RULES.relative_to(ROOT)}: {count} alerting rules")
     return problems
