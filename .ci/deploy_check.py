@@ -12,6 +12,9 @@ Compose: deploy/compose.yaml against the Compose Specification's JSON schema
 (.ci/schemas/compose-spec.json, from github.com/compose-spec/compose-spec, Apache-2.0), then
 dependencies that exist and the API's stop_grace_period against SHUTDOWN_GRACE_SECONDS.
 
+Prometheus alerting rules: deploy/prometheus/alerts.yaml, parsed, and checked against the
+series the service exports (.ci/alert_rules.py).
+
     python .ci/deploy_check.py
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import yaml
+from alert_rules import check_alert_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -217,7 +221,7 @@ def check_compose() -> list[str]:
 
 def main() -> int:
     """Check everything; print each problem; exit 1 if any."""
-    problems = check_kubernetes() + check_compose()
+    problems = check_kubernetes() + check_compose() + check_alert_rules()
     for problem in problems:
         print(f"deploy check: {problem}", file=sys.stderr)
     return 1 if problems else 0
