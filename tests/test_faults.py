@@ -98,23 +98,25 @@ async def test_database_outage_gives_503_then_recovers(proxied: Proxied) -> None
     assert articles.json() == {"articles": [], "articlesCount": 0}
 
 
-async def test_redis_outage_gives_503_then_recovers(proxied: Proxied) -> None:
+async def test_redis_outage_leaves_the_instance_ready_but_degraded(proxied: Proxied) -> None:
     http = proxied.client
     assert (await http.get("/readyz")).status_code == 200
 
     await proxied.redis.stop()
 
+    # Requests are still answered (from PostgreSQL): the balancer must keep the instance.
     ready = await http.get("/readyz")
-    assert ready.status_code == 503
-    assert list(ready.json()["errors"]) == ["redis"]
-    # The database does not depend on Redis.
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["redis"].startswith("unreachable (")
     assert (await http.get("/api/v1/tags")).status_code == 200
 
     await proxied.redis.start()
 
     ready = await http.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
 
 
 async def test_both_down_are_both_named_and_liveness_is_unaffected(proxied: Proxied) -> None:

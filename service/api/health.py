@@ -35,9 +35,16 @@ async def _check_redis() -> None:
     await redis.client.ping()
 
 
+# What an instance cannot answer without. Redis is not among them: without it requests fall
+# back to PostgreSQL and to per-process limits (measured with 0 failed requests), and as every
+# instance shares it, failing readiness on it would take the whole fleet out of the balancer.
+REQUIRED = frozenset({"database"})
+
+
 @bp.get("/readyz")
 async def readyz() -> Response:
-    """Database and Redis reachable; 503 naming the failed ones otherwise."""
+    """Ready while the database answers: 503 naming it otherwise; 200 "degraded" naming
+    Redis when only Redis does not."""
     checks = {"database": _check_database(), "redis": _check_redis()}
     results = await asyncio.gather(
         *(asyncio.wait_for(check, CHECK_TIMEOUT_SECONDS) for check in checks.values()),
@@ -48,13 +55,17 @@ async def readyz() -> Response:
         for name, result in zip(checks, results, strict=True)
         if isinstance(result, BaseException)
     }
-    if failed:
-        # Driver messages name internal hosts: they go to the log, not to the client.
-        for name, error in failed.items():
-            logger.warning("readiness: %s unreachable: %s", name, describe_error(error))
+    # Driver messages name internal hosts: they go to the log, not to the client.
+    for name, error in failed.items():
+        logger.warning("readiness: %s unreachable: %s", name, describe_error(error))
+    if REQUIRED & failed.keys():
         errors = {name: [f"unreachable ({type(error).__name__})"] for name, error in failed.items()}
         return error_response(503, errors, {"Retry-After": "1"})
-    return jsonify({"status": "ready", "checks": dict.fromkeys(checks, "ok")})
+    statuses = {
+        name: f"unreachable ({type(failed[name]).__name__})" if name in failed else "ok"
+        for name in checks
+    }
+    return jsonify({"status": "degraded" if failed else "ready", "checks": statuses})
 
 
 def note_route() -> None:
