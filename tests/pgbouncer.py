@@ -24,6 +24,7 @@ class PgBouncer:
     url: str
     port: int
     log: Path
+    pid: int
 
     def output(self) -> str:
         """What PgBouncer has logged so far."""
@@ -96,7 +97,7 @@ def running_pgbouncer(
     try:
         _wait_listening(port, proc, log)
         url = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
-        yield PgBouncer(url=url, port=port, log=log)
+        yield PgBouncer(url=url, port=port, log=log, pid=proc.pid)
     finally:
         proc.terminate()
         try:
