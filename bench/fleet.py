@@ -161,19 +161,9 @@ class Instance:
                 raise BenchError(f"{self.name} not ready in {timeout:.0f} s:\n{tail(self.log)}")
             time.sleep(0.1)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Send `sig` and wait for the exit; the exit code (None if it had to be killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            return None
+        return None if self.proc is None else stop_process(self.proc, sig)
 
 
 @dataclass
@@ -389,7 +379,7 @@ def running_fleet(args: argparse.Namespace, options: Options) -> Iterator[Fleet]
             )
             log.close()
             workers.append(proc)
-            stack.callback(_stop_process, proc)
+            stack.callback(stop_process, proc)
         for inst in instances:
             inst.wait_ready()
 
@@ -406,7 +396,7 @@ def running_fleet(args: argparse.Namespace, options: Options) -> Iterator[Fleet]
             start_new_session=True,
         )
         hlog.close()
-        stack.callback(_stop_process, proxy)
+        stack.callback(stop_process, proxy)
         fleet = Fleet(
             workdir=workdir,
             options=options,
@@ -446,17 +436,22 @@ def _fernet_key() -> str:
     return generate_key()
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> int | None:
+    """Send `sig` to the process group of `proc` and wait for it; SIGKILL after `timeout`.
+    The exit code, or None if it had to be killed."""
     if proc.poll() is not None:
-        return
+        return proc.returncode
     with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     try:
-        proc.wait(20)
+        return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,6 +533,8 @@ def check_read_back(fleet: Fleet) -> None:
             for inst in (b, c):
                 for path, headers in reads:
                     answer = client.get(f"{inst.base}{path}", headers=headers)
+                    if answer.status_code != 200:
+                        raise BenchError(f"GET {path} on {inst.name}: {answer.status_code}")
                     body = answer.json()
                     article = body["article"] if "article" in body else body["articles"][0]
                     seen.append((inst.name, f"{article['description']}/{article.get('body', '')}"))
@@ -648,18 +645,10 @@ class LocustLoad:
     started: float
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process(self.proc)
 
     def records(self) -> list[list[Any]]:
-        """Every request so far: [start, method, name, status, error]."""
+        """Every request so far: [start, method, name, status, error, milliseconds]."""
         return [json.loads(line) for line in self.requests.read_text().splitlines() if line]
 
 
