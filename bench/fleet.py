@@ -257,6 +257,9 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 10s
+    # A busy instance answers /readyz late; the check's default timeout (its interval) would
+    # take the last instance in rotation out under load.
+    timeout check 2s
     # Connection failures (nothing reached a server) are retried for every method, on
     # another server (redispatch).
     retries 3
@@ -294,18 +297,6 @@ def running_fleet(args: argparse.Namespace, options: Options) -> Iterator[Fleet]
         create_database(admin_url, name)
         if not args.keep:
             stack.callback(drop_database, admin_url, name)
-        # What the app no longer sends through PgBouncer: the database's defaults (the role's
-        # would do as well; docs/operations.md, "PgBouncer").
-        run_step(
-            "database defaults",
-            [
-                "psql", admin_url, "-q", "-v", "ON_ERROR_STOP=1",
-                "-c", f"ALTER DATABASE \"{name}\" SET statement_timeout = '5s'",
-                "-c", f'ALTER DATABASE "{name}" SET jit = off',
-            ],
-            child_env(),
-            30,
-        )  # fmt: skip
         plain = child_env(DATABASE_URL=direct_url, LOG_LEVEL="WARNING")
         run_step("conduit migrate", [sys.executable, "-m", "service.cli", "migrate"], plain, 300)
         run_step(
@@ -325,7 +316,15 @@ def running_fleet(args: argparse.Namespace, options: Options) -> Iterator[Fleet]
             flush=True,
         )
 
-        bouncer = stack.enter_context(pgbouncer.running_pgbouncer(direct_url, pool_size=20))
+        # What the API no longer sends as startup parameters, for its server connections only
+        # (a role default would also reach `conduit seed`'s VACUUM and the migrations).
+        bouncer = stack.enter_context(
+            pgbouncer.running_pgbouncer(
+                direct_url,
+                pool_size=20,
+                connect_query="SET statement_timeout = 5000; SET jit = off",
+            )
+        )
         receivers = [stack.enter_context(running_receiver()) for _ in range(2)]
         common = {
             "APP_ENV": "production",
@@ -689,7 +688,7 @@ def failures(records: list[list[Any]]) -> list[list[Any]]:
 
 
 def describe_failures(failed: list[list[Any]], limit: int = 4) -> str:
-    kinds = Counter(f"{r[1]} {r[2]}: {r[3]} {r[4]}"[:160] for r in failed)
+    kinds = Counter(" ".join(f"{r[1]} {r[2]}: {r[3]} {r[4]}".split())[:160] for r in failed)
     return "; ".join(f"{n}x {what}" for what, n in kinds.most_common(limit))
 
 
