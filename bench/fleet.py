@@ -494,8 +494,9 @@ def check_rate_limit(fleet: Fleet) -> None:
             by_instance[inst.name][status] += 1
     seconds = time.monotonic() - started
     allowed = codes[200]
-    # GCRA refills during the run: at most the limit plus what `seconds` earn, plus one.
-    ceiling = AUTH_LIMIT_PER_MINUTE * (1 + seconds / 60) + 1
+    # GCRA refills during the run: at most the limit plus what `seconds` earn, plus a little
+    # for rounding (3 separate limits would let all of them through).
+    ceiling = AUTH_LIMIT_PER_MINUTE * (1 + seconds / 60) + 3
     per = ", ".join(f"{name} {c[200]}/{sum(c.values())}" for name, c in by_instance.items())
     fleet.record(
         "(a) shared rate limit",
