@@ -196,10 +196,13 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
         raise CommandError(str(exc)) from None
     embedded = not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"))
     if embedded or args.migrate:
+        _refuse_pgbouncer(settings, "serve --migrate", "the migrations' advisory lock")
         _migrate(settings.require()[0])
     _export(settings)
 
     in_process = settings.worker_in_process
+    if in_process:
+        _refuse_pgbouncer(settings, "serve with WORKER_IN_PROCESS", "the job worker's LISTEN")
     job_thread = (
         _start_worker_thread(settings) if in_process or (in_process is None and embedded) else None
     )
@@ -235,12 +238,23 @@ def migrate(args: argparse.Namespace) -> int:
     """Apply every pending migration to DATABASE_URL, or without it (not in production) to
     the embedded PostgreSQL in DATA_DIR."""
     settings = _settings()
+    _refuse_pgbouncer(settings, "migrate", "its advisory lock")
     if settings.database_url:
         # Only the database is needed: no Redis URL or secret required to migrate.
         _migrate(settings.database_url)
     else:
         _with_embedded_database(settings)
     return 0
+
+
+def _refuse_pgbouncer(settings: Settings, command: str, needs: str) -> None:
+    # Transaction pooling would hand a session-level lock or LISTEN to whichever client
+    # gets that server connection next.
+    if settings.db_pgbouncer:
+        raise CommandError(
+            f"conduit {command} needs a session of its own ({needs}): point DATABASE_URL at "
+            "PostgreSQL itself and unset DB_PGBOUNCER for it (DB_PGBOUNCER is for the API)"
+        )
 
 
 def _start_worker_thread(settings: Settings) -> WorkerThread:
@@ -283,6 +297,7 @@ def worker(args: argparse.Namespace) -> int:
     Any number may run; they share the work through PostgreSQL. Without DATABASE_URL (not
     in production) it uses the embedded PostgreSQL in DATA_DIR."""
     settings = _with_embedded_database(_settings())
+    _refuse_pgbouncer(settings, "worker", "LISTEN, claims outside transactions")
     from service.infra.metrics import start_server as start_metrics_server
     from service.job_registry import create_worker
 

@@ -436,3 +436,21 @@ def test_embedded_redis_is_left_running_for_a_client_still_connected(tmp_path: P
     again.start_redis()  # adopts the running server
     again.stop()
     assert embedded_server_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize(("command", "needs"), [("migrate", "advisory lock"), ("worker", "LISTEN")])
+def test_commands_needing_a_session_refuse_db_pgbouncer(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: Settings,
+    command: str,
+    needs: str,
+) -> None:
+    assert settings.database_url is not None
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("DB_PGBOUNCER", "true")
+    assert main([command]) == 1
+    line = one_line_error(capsys)
+    assert f"conduit {command} needs a session of its own" in line
+    assert needs in line
+    assert "point DATABASE_URL at PostgreSQL itself and unset DB_PGBOUNCER" in line

@@ -61,20 +61,7 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=1800,
-        connect_args={
-            "timeout": settings.db_connect_timeout,
-            # asyncpg's own timer on each command (no asyncio.wait_for per call): a frozen
-            # server cannot hold a request longer than this.
-            "command_timeout": settings.db_command_timeout,
-            # The API runs ~180 distinct statements; the default cache of 100 keeps evicting.
-            "prepared_statement_cache_size": 256,
-            "server_settings": {
-                "statement_timeout": str(settings.db_statement_timeout_ms),
-                "application_name": "conduit",
-                # Short OLTP queries: JIT compilation only adds latency.
-                "jit": "off",
-            },
-        },
+        connect_args=_connect_args(settings),
     )
     event.listen(engine.sync_engine, "do_connect", _connect)
     event.listen(engine.sync_engine, "handle_error", _command_timed_out)
@@ -87,6 +74,53 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
             lambda dbapi_conn, record, _proxy: _ping_if_idle(dbapi_conn, record, idle),
         )
     return engine
+
+
+def _connect_args(settings: Settings) -> dict[str, Any]:
+    """asyncpg's connection arguments; with `DB_PGBOUNCER`, those safe under transaction pooling.
+
+    PgBouncer in transaction mode hands each transaction to any server connection, and
+    PgBouncer < 1.21 does not carry prepared statements across them. So behind it: no cached
+    statements (asyncpg's `statement_cache_size`, SQLAlchemy's
+    `prepared_statement_cache_size`), and every statement unnamed (an empty
+    `prepared_statement_name_func`): a named one would be left on a server connection that
+    a later transaction may not get, and names counted per client connection collide on a
+    shared server one. Each Parse replaces the previous unnamed statement, so nothing piles
+    up on the servers. asyncpg prepares and executes in two round trips; it ends the first
+    with Flush, not Sync, so PgBouncer keeps the server connection until the second (checked
+    with 1.18). Reads still run in a transaction (`DatabaseState.startup`) rather than rely
+    on that: a Sync between the two would let a Bind reach another client's unnamed
+    statement on another server connection.
+    PgBouncer refuses startup parameters it does not know, so `statement_timeout` and `jit`
+    are the server's business then (the role's defaults, docs/operations.md).
+    """
+    args: dict[str, Any] = {
+        "timeout": settings.db_connect_timeout,
+        # asyncpg's own timer on each command (no asyncio.wait_for per call): a frozen
+        # server cannot hold a request longer than this.
+        "command_timeout": settings.db_command_timeout,
+    }
+    if settings.db_pgbouncer:
+        return args | {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _unnamed,
+            "server_settings": {"application_name": "conduit"},
+        }
+    return args | {
+        # The API runs ~180 distinct statements; the default cache of 100 keeps evicting.
+        "prepared_statement_cache_size": 256,
+        "server_settings": {
+            "statement_timeout": str(settings.db_statement_timeout_ms),
+            "application_name": "conduit",
+            # Short OLTP queries: JIT compilation only adds latency.
+            "jit": "off",
+        },
+    }
+
+
+def _unnamed() -> str:
+    return ""
 
 
 def _note_returned(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -155,16 +189,30 @@ class DatabaseState:
     async def startup(self) -> None:
         """Create the engine on the running loop and check that the database answers."""
         self.engine = build_engine(self.settings, self.url)
-        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Behind PgBouncer a statement outside a transaction may be prepared on one server
+        # connection and executed on another (`_connect_args`): reads take a transaction.
+        self.autocommit_engine = (
+            self.engine
+            if self.settings.db_pgbouncer
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         try:
             async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+                statement_timeout = await conn.scalar(
+                    text("SELECT current_setting('statement_timeout')")
+                )
         except Exception as exc:
             await self.engine.dispose()
             raise StartupError(
                 f"database unreachable at {mask_url(self.url)}: {describe_error(exc)}"
             ) from exc
+        if self.settings.db_pgbouncer and statement_timeout == "0":
+            logger.warning(
+                "no statement_timeout on the server connections behind PgBouncer: set the "
+                "role's default (ALTER ROLE ... SET statement_timeout = '%sms')",
+                self.settings.db_statement_timeout_ms,
+            )
 
     async def shutdown(self) -> None:
         """Close every pooled connection."""

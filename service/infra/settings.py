@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     # timeout, so that a merely slow query is cancelled by the server, keeping the connection.
     db_command_timeout: float = Field(default=6.0, gt=0)
     db_pool_pre_ping: bool = True
+    # DATABASE_URL is a PgBouncer in transaction mode (or another transaction pooler without
+    # prepared-statement tracking, such as PgBouncer < 1.21): unnamed prepared statements, no
+    # statement caches, reads in a transaction, no startup parameters but application_name
+    # (docs/operations.md, "PgBouncer"). For the API only: `conduit migrate` and `conduit
+    # worker` need a session of their own (advisory lock, LISTEN), so PostgreSQL itself.
+    db_pgbouncer: bool = False
     # A pooled connection idle this long is pinged before use (`service.infra.db.build_engine`).
     db_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
     redis_max_connections: int = Field(default=64, ge=1, le=10_000)
