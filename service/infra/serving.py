@@ -29,7 +29,9 @@ from pathlib import Path
 from types import FrameType
 
 from hypercorn.asyncio.run import worker_serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config, Sockets
+from hypercorn.events import Event, Updated
 from hypercorn.utils import load_application
 
 from service.infra import metrics
@@ -41,6 +43,30 @@ logger = logging.getLogger("conduit.serving")
 # CRASH_WINDOW seconds stop the supervisor (non-zero), and the service manager takes over.
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
+
+
+def end_connections_closed_mid_request() -> None:
+    """Let Hypercorn forget a connection as soon as its client is gone, even mid-request.
+
+    Hypercorn 0.18 closes a connection whose client leaves while a request is running, but
+    when the app then finishes, the HTTP/1 protocol starts the next keep-alive cycle on it
+    and restarts its idle timer: the closed connection (its tasks, parser and buffers, about
+    10 KB) lingers for `keep_alive_timeout` (75 s). Every client that gives up on a slow
+    answer leaves one behind; after a load test, hundreds (measured: docs/performance.md,
+    "Memory (RSS)"). Here an idle update for a connection already closing is ignored, so its
+    task ends with the request. Idempotent; `service.asgi` applies it.
+    """
+    if getattr(TCPServer.protocol_send, "_conduit_patched", False):
+        return
+    original = TCPServer.protocol_send
+
+    async def protocol_send(self: TCPServer, event: Event) -> None:
+        if isinstance(event, Updated) and event.idle and self.writer.is_closing():
+            return
+        await original(self, event)
+
+    protocol_send._conduit_patched = True  # type: ignore[attr-defined]
+    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
 
 
 def run_worker(config: Config, sockets: Sockets | None = None, delay: float = 0.0) -> None:
