@@ -179,17 +179,23 @@ def print_stages(label: str, reports: dict[str, dict[str, Any]]) -> None:
         print(f"  held after the run, measured by emptying each (MiB, Python + malloc): {held}")
 
 
+def probe_env(db_url: str, workdir: Path, tree: ab.Tree, redis_url: str) -> dict[str, str]:
+    """api_bench's server environment (cache on, rate limits raised), the probe importable."""
+    options = SimpleNamespace(redis_url=redis_url, no_rate_limit=False, server_env=[])
+    env = ab.server_env(options, db_url, workdir, "on", tree=tree, redis_url=redis_url)  # type: ignore[arg-type]
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir), env["PYTHONPATH"]])
+    return env
+
+
 def run_variant(
     args: argparse.Namespace, variant: Variant, db_url: str, workdir: Path, quiet: bool
 ) -> None:
     """Serve the variant, probe it idle, after a login and after the wrk rows."""
-    options = SimpleNamespace(redis_url=args.redis_url, no_rate_limit=False, server_env=[])
     redis_url = ab.tree_redis_url(args.redis_url, variant.tree)
     ab.flush_redis(redis_url)
-    env = ab.server_env(options, db_url, workdir, "on", tree=variant.tree, redis_url=redis_url)  # type: ignore[arg-type]
+    env = probe_env(db_url, workdir, variant.tree, redis_url)
     out = workdir / f"report-{secrets.token_hex(4)}.json"
     env |= variant.env | {"MEMORY_PROBE_OUT": str(out)}
-    env["PYTHONPATH"] = os.pathsep.join([str(workdir), env["PYTHONPATH"]])
     label = f"memory-{variant.label}"
     app = f"{PROBE_MODULE}:app"
     reports: dict[str, dict[str, Any]] = {}
@@ -345,9 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ab.create_database(admin_url, name)
         try:
             ab.prepare_database(args, db_url)
-            options = SimpleNamespace(redis_url=args.redis_url, no_rate_limit=False, server_env=[])
-            env = ab.server_env(options, db_url, workdir, "on")  # type: ignore[arg-type]
-            env["PYTHONPATH"] = os.pathsep.join([str(workdir), env["PYTHONPATH"]])
+            env = probe_env(db_url, workdir, ab.THIS_TREE, args.redis_url)
             print_imports(import_breakdown(env, ab.THIS_TREE, workdir))
             for run in range(args.repeat):
                 order = variants if run % 2 == 0 else list(reversed(variants))
