@@ -45,28 +45,41 @@ MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 
 
-def end_connections_closed_mid_request() -> None:
-    """Let Hypercorn forget a connection as soon as its client is gone, even mid-request.
+def end_connections_when_clients_close() -> None:
+    """Let Hypercorn forget a connection as soon as its client has closed it.
 
-    Hypercorn 0.18 closes a connection whose client leaves while a request is running, but
-    when the app then finishes, the HTTP/1 protocol starts the next keep-alive cycle on it
-    and restarts its idle timer: the closed connection (its tasks, parser and buffers, about
-    10 KB) lingers for `keep_alive_timeout` (75 s). Every client that gives up on a slow
-    answer leaves one behind; after a load test, hundreds (measured: docs/performance.md,
-    "Memory (RSS)"). Here an idle update for a connection already closing is ignored, so its
-    task ends with the request. Idempotent; `service.asgi` applies it.
+    Hypercorn 0.18 keeps a connection's task until its children end, and one of them is the
+    keep-alive idle timer (`keep_alive_timeout`, 75 s): a client that closes a kept-alive
+    connection, or resets one while its request runs (the answer then restarts the timer),
+    leaves the connection, its tasks, parser and buffers in memory for 75 s. Every short-lived
+    client does; after a load test, hundreds (docs/performance.md, "Memory (RSS)"). Here the
+    timer stops once the read loop has ended (end of stream, reset or read timeout: no request
+    can follow), and is not restarted after that. Idempotent; `service.asgi` applies it.
     """
-    if getattr(TCPServer.protocol_send, "_conduit_patched", False):
+    if getattr(TCPServer._read_data, "_conduit_patched", False):
         return
-    original = TCPServer.protocol_send
+    read_data = TCPServer._read_data
+    protocol_send = TCPServer.protocol_send
 
-    async def protocol_send(self: TCPServer, event: Event) -> None:
-        if isinstance(event, Updated) and event.idle and self.writer.is_closing():
+    async def _read_data(self: TCPServer) -> None:
+        try:
+            await read_data(self)
+        finally:
+            self._conduit_read_done = True  # type: ignore[attr-defined]
+            await self.idle_task.stop()
+
+    async def _protocol_send(self: TCPServer, event: Event) -> None:
+        if (
+            isinstance(event, Updated)
+            and event.idle
+            and (getattr(self, "_conduit_read_done", False) or self.writer.is_closing())
+        ):
             return
-        await original(self, event)
+        await protocol_send(self, event)
 
-    protocol_send._conduit_patched = True  # type: ignore[attr-defined]
-    TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
+    _read_data._conduit_patched = True  # type: ignore[attr-defined]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
 
 
 def run_worker(config: Config, sockets: Sockets | None = None, delay: float = 0.0) -> None:

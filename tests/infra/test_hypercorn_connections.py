@@ -1,5 +1,5 @@
-"""Hypercorn forgets a connection whose client left mid-request once the request ends
-(`service.infra.serving.end_connections_closed_mid_request`), instead of keeping it for
+"""Hypercorn forgets a connection once its client has closed it, idle or mid-request
+(`service.infra.serving.end_connections_when_clients_close`), instead of keeping it for
 `keep_alive_timeout`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import socket
 import struct
 from typing import Any
 
-from service.infra.serving import end_connections_closed_mid_request
+from service.infra.serving import end_connections_when_clients_close
 from tests.apps import over_tcp
 
 ANSWER_AFTER = 0.3
@@ -31,7 +31,7 @@ def connection_tasks() -> list[asyncio.Task[Any]]:
 
 
 async def test_a_connection_closed_mid_request_ends_with_the_request() -> None:
-    end_connections_closed_mid_request()
+    end_connections_when_clients_close()
     async with over_tcp(slow_app) as port:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
@@ -52,7 +52,7 @@ async def test_a_connection_closed_mid_request_ends_with_the_request() -> None:
 
 
 async def test_a_kept_alive_connection_still_serves_its_next_request() -> None:
-    end_connections_closed_mid_request()
+    end_connections_when_clients_close()
     async with over_tcp(slow_app) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         request = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
@@ -65,3 +65,16 @@ async def test_a_kept_alive_connection_still_serves_its_next_request() -> None:
         writer.close()
         await writer.wait_closed()
     assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
+
+
+async def test_a_kept_alive_connection_the_client_closes_ends_at_once() -> None:
+    end_connections_when_clients_close()
+    async with over_tcp(slow_app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"late")
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(ANSWER_AFTER)
+        assert connection_tasks() == []
