@@ -13,6 +13,7 @@ from service.infra.serving import end_connections_when_clients_close
 from tests.apps import over_tcp
 
 ANSWER_AFTER = 0.3
+REQUEST = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
 
 
 async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -30,12 +31,16 @@ def connection_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
+async def send_request(writer: asyncio.StreamWriter) -> None:
+    writer.write(REQUEST)
+    await writer.drain()
+
+
 async def test_a_connection_closed_mid_request_ends_with_the_request() -> None:
     end_connections_when_clients_close()
     async with over_tcp(slow_app) as port:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
-        await writer.drain()
+        await send_request(writer)
         await asyncio.sleep(ANSWER_AFTER / 3)  # the request is running
         assert len(connection_tasks()) == 1
         # Closed with a reset, as a load generator or a proxy giving up does: Hypercorn's
@@ -55,11 +60,9 @@ async def test_a_kept_alive_connection_still_serves_its_next_request() -> None:
     end_connections_when_clients_close()
     async with over_tcp(slow_app) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        request = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
         answers = []
         for _ in range(2):
-            writer.write(request)
-            await writer.drain()
+            await send_request(writer)
             answers.append(await reader.readuntil(b"late"))
         assert len(connection_tasks()) == 1  # open, idle, waiting for a third request
         writer.close()
@@ -71,8 +74,7 @@ async def test_a_kept_alive_connection_the_client_closes_ends_at_once() -> None:
     end_connections_when_clients_close()
     async with over_tcp(slow_app) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
-        await writer.drain()
+        await send_request(writer)
         await reader.readuntil(b"late")
         writer.close()
         await writer.wait_closed()
