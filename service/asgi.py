@@ -11,6 +11,7 @@ from service.http.adapter import error_response
 from service.http.types import Message, Receive, Scope, Send
 from service.infra.lifecycle import DRAIN
 from service.infra.observability import configure_logging
+from service.infra.serving import end_connections_when_clients_close
 from service.infra.settings import Environment, describe_settings_error, load_settings
 
 CLOSE = (b"connection", b"close")
@@ -68,6 +69,7 @@ async def _shutting_down(send: Send) -> None:
 
 
 def _from_environment() -> DrainingASGI:
+    end_connections_when_clients_close()
     try:
         settings = load_settings()
         configure_logging(

@@ -29,7 +29,9 @@ from pathlib import Path
 from types import FrameType
 
 from hypercorn.asyncio.run import worker_serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config, Sockets
+from hypercorn.events import Event, Updated
 from hypercorn.utils import load_application
 
 from service.infra import metrics
@@ -41,6 +43,43 @@ logger = logging.getLogger("conduit.serving")
 # CRASH_WINDOW seconds stop the supervisor (non-zero), and the service manager takes over.
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
+
+
+def end_connections_when_clients_close() -> None:
+    """Let Hypercorn forget a connection as soon as its client has closed it.
+
+    Hypercorn 0.18 keeps a connection's task until its children end, and one of them is the
+    keep-alive idle timer (`keep_alive_timeout`, 75 s): a client that closes a kept-alive
+    connection, or resets one while its request runs (the answer then restarts the timer),
+    leaves the connection, its tasks, parser and buffers in memory for 75 s. Every short-lived
+    client does; after a load test, hundreds (docs/performance.md, "Memory (RSS)"). Here the
+    timer stops once the read loop has ended (end of stream, reset or read timeout: no request
+    can follow), and is not restarted after that. Idempotent; `service.asgi` applies it.
+    """
+    if getattr(TCPServer._read_data, "_conduit_patched", False):
+        return
+    read_data = TCPServer._read_data
+    protocol_send = TCPServer.protocol_send
+
+    async def _read_data(self: TCPServer) -> None:
+        try:
+            await read_data(self)
+        finally:
+            self._conduit_read_done = True  # type: ignore[attr-defined]
+            await self.idle_task.stop()
+
+    async def _protocol_send(self: TCPServer, event: Event) -> None:
+        if (
+            isinstance(event, Updated)
+            and event.idle
+            and (getattr(self, "_conduit_read_done", False) or self.writer.is_closing())
+        ):
+            return
+        await protocol_send(self, event)
+
+    _read_data._conduit_patched = True  # type: ignore[attr-defined]
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    TCPServer.protocol_send = _protocol_send  # type: ignore[method-assign]
 
 
 def run_worker(config: Config, sockets: Sockets | None = None, delay: float = 0.0) -> None:
