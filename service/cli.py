@@ -291,6 +291,9 @@ def worker(args: argparse.Namespace) -> int:
         _check_port(bind, "WORKER_METRICS_PORT")
         start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
 
+    from service.infra import tracing
+
+    tracing.configure(settings)  # before the worker builds its engine
     job_worker = create_worker(settings, mailer=_mailer(settings))
 
     async def run() -> None:
@@ -299,7 +302,10 @@ def worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, job_worker.stop)
         await job_worker.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        tracing.shutdown()  # export the last spans
     return 0
 
 
