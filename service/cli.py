@@ -227,8 +227,12 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
         run_worker(config, delay=delay)
         return 0
     finally:
-        if job_thread is not None and not job_thread.stop(settings.shutdown_grace_seconds + 5):
-            logger.warning("the in-process worker did not stop in time")
+        if job_thread is not None:
+            if not job_thread.stop(settings.shutdown_grace_seconds + 5):
+                logger.warning("the in-process worker did not stop in time")
+            from service.infra import tracing
+
+            tracing.shutdown()  # the worker's last spans
 
 
 def migrate(args: argparse.Namespace) -> int:
@@ -245,9 +249,12 @@ def migrate(args: argparse.Namespace) -> int:
 
 def _start_worker_thread(settings: Settings) -> WorkerThread:
     """Run the job worker on its own thread and event loop (its own engine) beside serve."""
+    from service.infra import tracing
     from service.job_registry import create_worker
     from service.jobs.worker import WorkerThread
 
+    # Before the worker builds its engine (the app, built later, finds it configured).
+    tracing.configure(settings)
     mailer = _mailer(settings)
     thread = WorkerThread(lambda: create_worker(settings, mailer=mailer))
     thread.start()

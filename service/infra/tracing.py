@@ -27,23 +27,26 @@ their type only.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import request
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import Engine, event
 
 from service.infra.observability import request_id_var
-from service.infra.settings import Settings
+from service.infra.settings import Settings, mask_url
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -107,7 +110,7 @@ def configure(settings: Settings, *, exporter: SpanExporter | None = None) -> bo
         return True
     if not settings.tracing_enabled:
         return False
-    # The SDK is imported only here: with tracing off the process never loads it.
+    # The SDK's tracing and the exporter are imported only here: off, they are never loaded.
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -127,7 +130,7 @@ def configure(settings: Settings, *, exporter: SpanExporter | None = None) -> bo
     logger.info(
         "tracing on: spans of %s go to %s (sampler %s)",
         settings.otel_service_name,
-        traces_endpoint(settings),
+        mask_url(traces_endpoint(settings) or ""),
         settings.otel_traces_sampler,
     )
     return True
@@ -156,8 +159,6 @@ class TracingLifespan:
 
     async def shutdown(self) -> None:
         """Export what is left (off the loop: it waits on the collector) and stop."""
-        import asyncio
-
         await asyncio.to_thread(shutdown)
 
 
@@ -173,7 +174,7 @@ def _carrier(headers: Any) -> dict[str, str]:
     return carrier
 
 
-def start_server_span(scope: Mapping[str, Any], method: str) -> tuple[Span, object]:
+def start_server_span(scope: Mapping[str, Any], method: str) -> tuple[Span, Token[Context]]:
     """Start the span of an HTTP request (a child of its `traceparent`, if any) and make it
     current; `end_server_span` ends it. Tracing must be on."""
     tracer = _state.tracer
@@ -208,12 +209,12 @@ def note_response(span: Span, message: Mapping[str, Any]) -> None:
         span.set_attribute("error.type", str(status))
 
 
-def end_server_span(span: Span, token: object, error: BaseException | None) -> None:
+def end_server_span(span: Span, token: Token[Context], error: BaseException | None) -> None:
     """End the span `start_server_span` started and restore the previous context."""
     if error is not None:
         _record_error(span, error)
     span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    otel_context.detach(token)
 
 
 @functools.lru_cache(maxsize=512)
