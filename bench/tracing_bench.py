@@ -3,14 +3,16 @@ run with tracing off, on, and on but sampling nothing, each in a process of its 
 per process), the spans exported over OTLP/HTTP to a local sink that accepts and drops them.
 
     python -m bench.tracing_bench --database-url postgresql://... [--redis-url redis://...]
+        [--baseline DIR]   # also the checkout in DIR (e.g. before tracing), base of the ratios
 
 Two requests: the cached anonymous `GET /api/v1/tags` (answered by the response cache, before
 Flask: the server span and the cache's Redis span) and `GET /api/v1/articles?limit=20` with
-the response cache off (Flask, SQL statements, Redis reads). It prints each run's median CPU
-time per request of this process's children, and the ratio to tracing off measured in the same
-invocation. The sink runs in a process of its own, so its CPU is not counted; the exporter's
-protobuf encoding and HTTP calls (the batch processor's thread) are. The database should be
-migrated and seeded (`conduit migrate`, `conduit seed`).
+the response cache off (Flask, SQL statements, Redis reads). Each mode runs `--rounds` times,
+interleaved with the others; it prints the median over the rounds of each run's median CPU
+time per request, and the ratio to the first mode measured in the same invocation. The sink
+runs in a process of its own, so its CPU is not counted; the exporter's protobuf encoding and
+HTTP calls (the batch processor's thread) are. The database should be migrated and seeded
+(`conduit migrate`, `conduit seed`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from bench.hit_path_bench import add_server_arguments
 
 MODES = {
     "off": {},
@@ -80,12 +85,16 @@ def run_one(args: argparse.Namespace, path: str, mode: str, port: int) -> float:
     """One hit_path_bench run in a child process; its median CPU us per request."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(PATHS[path])
-    if mode != "off":
+    python, cwd = sys.executable, None
+    if mode == "baseline":
+        # Another checkout (say, before tracing existed) with its own virtualenv in `.venv`.
+        python, cwd = os.path.join(args.baseline, ".venv", "bin", "python"), args.baseline
+    elif mode != "off":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
         env.update(MODES[mode])
     requests = args.requests if path == "/api/v1/tags" else args.requests // 10
     command = [
-        sys.executable,
+        python,
         "-m",
         "bench.hit_path_bench",
         "--database-url",
@@ -102,7 +111,9 @@ def run_one(args: argparse.Namespace, path: str, mode: str, port: int) -> float:
         str(args.concurrency),
         "--no-rate-limit",
     ]
-    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        command, env=env, cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
     found = _CPU.search(output)
     if found is None:
         raise SystemExit(f"unexpected output: {output}")
@@ -112,20 +123,20 @@ def run_one(args: argparse.Namespace, path: str, mode: str, port: int) -> float:
 def main() -> None:
     """Run every path in every mode; print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"),
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-    )
+    add_server_arguments(parser)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each mode")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--modes",
         default=",".join(MODES),
         help="comma-separated, of: off, on, unsampled (the first is the base of the ratios)",
+    )
+    parser.add_argument(
+        "--baseline",
+        help="also run (first, as the base of the ratios) the checkout in this directory, "
+        "with its .venv: e.g. the commit before tracing, to show that off costs nothing",
     )
     parser.add_argument("--sink", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,6 +146,8 @@ def main() -> None:
     modes = args.modes.split(",")
     if not set(modes) <= MODES.keys():
         raise SystemExit(f"--modes: choose among {', '.join(MODES)}")
+    if args.baseline:
+        modes.insert(0, "baseline")
     sink = subprocess.Popen(
         [sys.executable, "-m", "bench.tracing_bench", "--sink"], stdout=subprocess.PIPE, text=True
     )
@@ -142,7 +155,12 @@ def main() -> None:
         assert sink.stdout is not None
         port = int(sink.stdout.readline())
         for path in PATHS:
-            figures = {mode: run_one(args, path, mode, port) for mode in modes}
+            # Interleaved rounds: a machine whose load drifts skews every mode alike.
+            runs: dict[str, list[float]] = {mode: [] for mode in modes}
+            for _ in range(args.rounds):
+                for mode in modes:
+                    runs[mode].append(run_one(args, path, mode, port))
+            figures = {mode: statistics.median(values) for mode, values in runs.items()}
             base = figures[modes[0]]
             print(f"GET {path}:")
             for mode, cpu in figures.items():
