@@ -233,7 +233,14 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts.port  # noqa: B018 (raises for a port that is not a number in range)
+        except ValueError:
+            valid = False
+        else:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        # An empty port ("host:") parses as none at all: the exporter would go to port 80.
+        if not valid or parts.netloc.endswith(":"):
             raise ValueError("must be an http:// or https:// URL (the OTLP/HTTP exporter)")
         return value.strip()
 

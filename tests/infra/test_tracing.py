@@ -186,6 +186,8 @@ def test_the_standard_variables_turn_it_on(monkeypatch: pytest.MonkeyPatch) -> N
     ("variable", "value"),
     [
         ("otel_exporter_otlp_endpoint", "collector:4318"),
+        ("otel_exporter_otlp_endpoint", "http://collector:"),
+        ("otel_exporter_otlp_endpoint", "http://collector:99999"),
         ("otel_exporter_otlp_traces_endpoint", "ftp://collector/v1/traces"),
         ("otel_exporter_otlp_protocol", "grpc"),
         ("otel_traces_sampler", "sometimes"),
