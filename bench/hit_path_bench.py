@@ -104,9 +104,8 @@ async def run(args: argparse.Namespace) -> None:
         await app.shutdown()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the arguments and run."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--database-url` and `--redis-url`, defaulting to BENCH_DATABASE_URL and BENCH_REDIS_URL."""
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1/postgres"),
@@ -114,6 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the arguments and run."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_server_arguments(parser)
     parser.add_argument("--path", default="/api/v1/tags")
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)

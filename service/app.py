@@ -22,7 +22,7 @@ from service.http.adapter import ConcurrentWsgiToAsgi, run_on_serving_loop
 from service.http.metrics import PoolSampler
 from service.http.pipeline import build_pipeline
 from service.http.types import Receive, Scope, Send
-from service.infra import observability
+from service.infra import observability, tracing
 from service.infra.db import DATABASE, db
 from service.infra.extensions import SETTINGS
 from service.infra.lifecycle import AppLifespan, register_lifespan
@@ -68,6 +68,8 @@ def create_app(settings: Settings) -> ConduitFlask:
     if not settings.is_production:
         settings = settings.with_dev_secret()
     database_url, redis_url, secret_key = settings.require()
+    # First: the engines built from here on get their statement spans only when it is on.
+    tracing_on = tracing.configure(settings)
 
     app = ConduitFlask("service")
     app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=settings.max_body_bytes)
@@ -80,6 +82,9 @@ def create_app(settings: Settings) -> ConduitFlask:
     if settings.metrics_port:
         # Before hardening's hooks: one of them answering early stops the hooks after it.
         app.before_request(health.note_route)
+    if tracing_on:
+        app.before_request(tracing.note_route)
+        register_lifespan(app, tracing.TracingLifespan())
     errors.init_app(app)
     hardening.init_app(app, settings)
     # Before the blueprints: their rules look converters up when they are registered.

@@ -230,8 +230,12 @@ def _serve(args: argparse.Namespace, config: Config, settings: Settings) -> int:
         run_worker(config, delay=delay)
         return 0
     finally:
-        if job_thread is not None and not job_thread.stop(settings.shutdown_grace_seconds + 5):
-            logger.warning("the in-process worker did not stop in time")
+        if job_thread is not None:
+            if not job_thread.stop(settings.shutdown_grace_seconds + 5):
+                logger.warning("the in-process worker did not stop in time")
+            from service.infra import tracing
+
+            tracing.shutdown()  # the worker's last spans
 
 
 def migrate(args: argparse.Namespace) -> int:
@@ -259,9 +263,12 @@ def _refuse_pgbouncer(settings: Settings, command: str, needs: str) -> None:
 
 def _start_worker_thread(settings: Settings) -> WorkerThread:
     """Run the job worker on its own thread and event loop (its own engine) beside serve."""
+    from service.infra import tracing
     from service.job_registry import create_worker
     from service.jobs.worker import WorkerThread
 
+    # Before the worker builds its engine (the app, built later, finds it configured).
+    tracing.configure(settings)
     mailer = _mailer(settings)
     thread = WorkerThread(lambda: create_worker(settings, mailer=mailer))
     thread.start()
@@ -306,6 +313,9 @@ def worker(args: argparse.Namespace) -> int:
         _check_port(bind, "WORKER_METRICS_PORT")
         start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
 
+    from service.infra import tracing
+
+    tracing.configure(settings)  # before the worker builds its engine
     job_worker = create_worker(settings, mailer=_mailer(settings))
 
     async def run() -> None:
@@ -314,7 +324,10 @@ def worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, job_worker.stop)
         await job_worker.run()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        tracing.shutdown()  # export the last spans
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Outer to inner:
 
-0. metrics (`metrics`), only when METRICS_PORT is set: counts and times every answer;
+0. tracing (`tracing`), only when tracing is on: a server span per request;
+   metrics (`metrics`), only when METRICS_PORT is set: counts and times every answer;
 1. security headers (`security`) for the responses Flask does not make;
 2. rate limits (`ratelimit`): may answer 429 before the body is read or a thread taken;
 3. the response cache (`response_cache`): may answer a repeated anonymous read;
@@ -27,7 +28,9 @@ from service.http.metrics import MetricsMiddleware
 from service.http.ratelimit import RateLimitMiddleware
 from service.http.response_cache import ResponseCache
 from service.http.security import SecurityHeadersMiddleware
+from service.http.tracing import TracingMiddleware
 from service.http.types import ASGIApp
+from service.infra import tracing
 from service.infra.lifecycle import Resource
 from service.infra.redis import RedisState
 from service.infra.settings import Settings
@@ -69,6 +72,7 @@ def build_pipeline(
     policy = SecurityPolicy.from_settings(settings)
     layers: list[Layer | None] = [
         # Off by default, and then not in the stack at all: no cost per request.
+        TracingMiddleware if tracing.enabled() else None,
         MetricsMiddleware if settings.metrics_port else None,
         functools.partial(SecurityHeadersMiddleware, policy=policy),
         functools.partial(

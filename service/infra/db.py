@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from service.infra import tracing
 from service.infra.extensions import Extension
 from service.infra.lifecycle import StartupError, register_lifespan
 from service.infra.settings import Settings, mask_url
@@ -64,6 +65,8 @@ def build_engine(settings: Settings, url: str) -> AsyncEngine:
         connect_args=_connect_args(settings),
     )
     event.listen(engine.sync_engine, "do_connect", _connect)
+    if tracing.enabled():
+        tracing.instrument_engine(engine.sync_engine)
     event.listen(engine.sync_engine, "handle_error", _command_timed_out)
     if settings.db_pool_pre_ping:
         idle = settings.db_ping_after_idle_seconds

@@ -28,6 +28,18 @@ WEBHOOK_KEYS_REQUIRED = (
     "`conduit webhooks generate-key` makes one)"
 )
 
+# The OTEL_TRACES_SAMPLER values of the OpenTelemetry specification that the SDK implements.
+TRACES_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+
 
 class Environment(StrEnum):
     """Where the service runs; production turns every safety check on."""
@@ -80,6 +92,17 @@ class Settings(BaseSettings):
     # The same for `conduit worker` (webhook deliveries; 0: off): a port of its own, as a
     # worker often runs on the same host as `conduit serve`.
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # OpenTelemetry tracing (service/infra/tracing.py), by the standard OTEL_* variables: on
+    # when an OTLP endpoint is set and OTEL_SDK_DISABLED is not true. The exporter reads its
+    # other variables (OTEL_EXPORTER_OTLP_HEADERS, timeouts, certificates) itself.
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_protocol: str | None = None
+    otel_exporter_otlp_traces_protocol: str | None = None
+    otel_sdk_disabled: bool = False
+    otel_service_name: str = Field(default="conduit", min_length=1, max_length=255)
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = Field(default=None, ge=0, le=1)
 
     # Requests in Flask at once per process (historically threads: each now runs in a greenlet
     # on the event loop's thread). Requests beyond it wait in the adapter's queue, first come
@@ -209,6 +232,46 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        try:
+            parts.port  # noqa: B018 (raises for a port that is not a number in range)
+        except ValueError:
+            valid = False
+        else:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        # An empty port ("host:") parses as none at all: the exporter would go to port 80.
+        if not valid or parts.netloc.endswith(":"):
+            raise ValueError("must be an http:// or https:// URL (the OTLP/HTTP exporter)")
+        return value.strip()
+
+    @field_validator("otel_exporter_otlp_protocol", "otel_exporter_otlp_traces_protocol")
+    @classmethod
+    def _otlp_protocol(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.strip() != "http/protobuf":
+            raise ValueError("only http/protobuf is supported (the image has no gRPC exporter)")
+        return value.strip()
+
+    @field_validator("otel_traces_sampler")
+    @classmethod
+    def _traces_sampler(cls, value: str) -> str:
+        sampler = value.strip().lower()
+        if sampler not in TRACES_SAMPLERS:
+            raise ValueError(f"must be one of {', '.join(sorted(TRACES_SAMPLERS))}")
+        return sampler
+
+    @property
+    def tracing_enabled(self) -> bool:
+        """Whether spans are recorded and exported (an OTLP endpoint is set, the SDK enabled)."""
+        endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        return endpoint is not None and not self.otel_sdk_disabled
 
     @field_validator("log_level")
     @classmethod

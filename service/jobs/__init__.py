@@ -7,7 +7,7 @@ inside `conduit serve`) claim due jobs with `FOR UPDATE SKIP LOCKED`, are woken 
 """
 
 from service.jobs.config import Periodic, WorkerConfig
-from service.jobs.queue import CHANNEL, enqueue
+from service.jobs.queue import CHANNEL, enqueue, trace_context_param
 from service.jobs.worker import (
     Completion,
     Handler,
@@ -28,4 +28,5 @@ __all__ = [
     "WorkerConfig",
     "backoff_delay",
     "enqueue",
+    "trace_context_param",
 ]

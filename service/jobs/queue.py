@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from service.infra import tracing
 from service.models import Job
 
 # The LISTEN/NOTIFY channel that wakes idle workers.
@@ -27,7 +29,8 @@ async def enqueue(
 
     Nothing is committed here: the job (and the notification, which PostgreSQL delivers only
     on commit) exist only if the caller's transaction commits. `payload` must be JSON; never
-    put secrets in it (it is stored in clear). `run_at` delays the job (timezone-aware).
+    put secrets in it (it is stored in clear). `run_at` delays the job (timezone-aware). The
+    job carries the current request id and trace context (`tracing.job_context`).
     """
     if max_attempts is not None and max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -39,6 +42,7 @@ async def enqueue(
         status="pending",
         attempts=0,
         max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+        trace_context=tracing.job_context(),
     )
     if run_at is not None:
         job.run_at = run_at
@@ -49,6 +53,13 @@ async def enqueue(
         text("SELECT pg_notify(:channel, :kind)"), {"channel": CHANNEL, "kind": kind}
     )
     return job
+
+
+def trace_context_param() -> str | None:
+    """`tracing.job_context` as a JSON bind parameter, for statements that insert jobs
+    themselves (`CAST(:trace_context AS jsonb)`)."""
+    carried = tracing.job_context()
+    return None if carried is None else orjson.dumps(carried).decode()
 
 
 async def backlog(connection: AsyncConnection) -> dict[str, tuple[int, float]]:

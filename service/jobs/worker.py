@@ -73,6 +73,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningUpdate
 
+from service.infra import tracing
 from service.infra.db import build_engine
 from service.infra.mail import Mailer
 from service.infra.settings import Settings
@@ -87,7 +88,14 @@ Handler = Callable[[dict[str, Any], "JobContext"], Awaitable[None]]
 MAX_ERROR_LENGTH = 1000
 ABANDONED = "the worker running its last attempt stopped (lease expired)"
 # What the claiming and the abandoned-job UPDATEs return, read by ClaimedJob.from_row.
-_CLAIMED_COLUMNS = (Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+_CLAIMED_COLUMNS = (
+    Job.id,
+    Job.kind,
+    Job.payload,
+    Job.attempts,
+    Job.max_attempts,
+    Job.trace_context,
+)
 # `scheme://user:secret@` in an error message: the secret is masked before logging or storing.
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _jitter = random.SystemRandom()
@@ -188,6 +196,8 @@ class ClaimedJob:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
+    # The request id and trace context of the request that queued it (`tracing.job_context`).
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> ClaimedJob:
@@ -198,6 +208,7 @@ class ClaimedJob:
             payload=row.payload,
             attempts=row.attempts,
             max_attempts=row.max_attempts,
+            trace_context=row.trace_context,
         )
 
 
@@ -624,6 +635,10 @@ class Worker:
         )
 
     async def _execute(self, job: ClaimedJob) -> None:
+        with tracing.job_span(job.kind, job.id, job.attempts, job.trace_context):
+            await self._execute_traced(job)
+
+    async def _execute_traced(self, job: ClaimedJob) -> None:
         handler = self._handlers[job.kind]
         completion = Completion(job.id, self.name)
         context = self._context(job, completion)
@@ -636,6 +651,7 @@ class Worker:
                 await asyncio.shield(self._release(job))
                 raise
             except Exception as exc:
+                tracing.mark_failed(exc)
                 await self._record_failure(job, exc)
             else:
                 if completion.owned is None:

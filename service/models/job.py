@@ -43,6 +43,9 @@ class Job(TimestampMixin, Base):
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     locked_by: Mapped[str | None] = mapped_column(String(128))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # What ties the job to the request that queued it, for its logs and spans
+    # (`service.infra.tracing.job_context`): the request id and the W3C `traceparent`.
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="status_known"),

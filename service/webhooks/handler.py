@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from sqlalchemy import Row, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from service.infra import metrics
+from service.infra import metrics, tracing
 from service.infra.address_policy import AddressPolicy
 from service.infra.secret_box import CANNOT_DECRYPT, SecretBox, UnreadableSecret
 from service.infra.settings import Settings
@@ -118,6 +119,16 @@ def _count(result: webhook_http.DeliveryResult) -> None:
         outcome = "no_answer"
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
     metrics.WEBHOOK_LATENCY.observe(result.duration_ms / 1000)
+
+
+def _span_attributes(job: DeliveryJob, target: _Target) -> dict[str, str]:
+    """The delivery span's attributes; not the URL: its query may hold the receiver's token."""
+    return {
+        "http.request.method": "POST",
+        "server.address": urlsplit(target.url).hostname or "",
+        "conduit.webhook.message_id": job.message_id,
+        "conduit.webhook.endpoint_id": str(target.endpoint_id),
+    }
 
 
 class DeliveryHandler:
@@ -283,12 +294,16 @@ class DeliveryHandler:
             return webhook_http.DeliveryResult(
                 status_code=None, duration_ms=0, error="the endpoint's signing secret is invalid"
             )
-        return await webhook_http.deliver(
-            url=target.url,
-            headers=headers,
-            body=body,
-            policy=policy,
-            timeout=settings.webhook_timeout_seconds,
-            max_response_bytes=settings.webhook_max_response_bytes,
-            excerpt_bytes=settings.webhook_response_excerpt_bytes,
-        )
+        attributes = _span_attributes(job, target) if tracing.enabled() else {}
+        with tracing.outgoing("webhook POST", attributes) as outgoing:
+            result = await webhook_http.deliver(
+                url=target.url,
+                headers={**headers, **outgoing.headers},
+                body=body,
+                policy=policy,
+                timeout=settings.webhook_timeout_seconds,
+                max_response_bytes=settings.webhook_max_response_bytes,
+                excerpt_bytes=settings.webhook_response_excerpt_bytes,
+            )
+            outgoing.answered(result.status_code, result.error_kind)
+        return result

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.domain import events
-from service.jobs.queue import CHANNEL
+from service.jobs import CHANNEL, trace_context_param
 
 DELIVER_JOB = "webhook.deliver"
 
@@ -47,8 +47,9 @@ _EMIT = text(
         FROM targets CROSS JOIN event
         RETURNING id, status
     ), jobs AS (
-        INSERT INTO jobs (kind, payload, status, attempts, max_attempts)
-        SELECT :job, jsonb_build_object('messageId', messages.id), 'pending', 0, :max_attempts
+        INSERT INTO jobs (kind, payload, status, attempts, max_attempts, trace_context)
+        SELECT :job, jsonb_build_object('messageId', messages.id), 'pending', 0, :max_attempts,
+               CAST(:trace_context AS jsonb)
         FROM messages
         WHERE messages.status = 'pending'
         RETURNING id
@@ -87,6 +88,7 @@ async def emit(
             "endpoint": str(endpoint_id) if endpoint_id is not None else None,
             "job": DELIVER_JOB,
             "max_attempts": DELIVERY_JOB_ATTEMPTS,
+            "trace_context": trace_context_param(),
         },
     )
     created, queued = result.one()

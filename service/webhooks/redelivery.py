@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.jobs import CHANNEL
+from service.jobs import CHANNEL, trace_context_param
 from service.webhooks.outbox import DELIVER_JOB, DELIVERY_JOB_ATTEMPTS
 
 # Sets the messages pending and queues one job each, in one statement.
@@ -24,10 +24,10 @@ _REDELIVER = text(
         WHERE id = ANY(CAST(:ids AS varchar[]))
         RETURNING id, attempts
     ), jobs AS (
-        INSERT INTO jobs (kind, payload, status, attempts, max_attempts)
+        INSERT INTO jobs (kind, payload, status, attempts, max_attempts, trace_context)
         SELECT :job,
                jsonb_build_object('messageId', id, 'attempt', attempts, 'manual', true),
-               'pending', 0, :max_attempts
+               'pending', 0, :max_attempts, CAST(:trace_context AS jsonb)
         FROM messages
         RETURNING id
     )
@@ -51,7 +51,12 @@ async def redeliver(*, session: AsyncSession, message_ids: Sequence[str]) -> int
         (
             await session.execute(
                 _REDELIVER,
-                {"ids": ids, "job": DELIVER_JOB, "max_attempts": DELIVERY_JOB_ATTEMPTS},
+                {
+                    "ids": ids,
+                    "job": DELIVER_JOB,
+                    "max_attempts": DELIVERY_JOB_ATTEMPTS,
+                    "trace_context": trace_context_param(),
+                },
             )
         ).scalar_one()
     )
