@@ -182,8 +182,7 @@ def _list_statements(shape: _ListShape) -> tuple[Ordering, Select[Any], Select[A
         # The total rides along with the page: an uncorrelated subquery, which PostgreSQL
         # runs once (an InitPlan), saves a round trip.
         statement = statement.add_columns(counted.correlate(None).scalar_subquery().label("total"))
-    position = None if shape.backward is None else Position(key=[], backward=shape.backward)
-    return ordering, keyset.windowed(statement, ordering, position=position), counted
+    return ordering, keyset.windowed(statement, ordering, backward=shape.backward), counted
 
 
 _cached_list_statements = functools.lru_cache(maxsize=256)(_list_statements)
@@ -200,13 +199,12 @@ async def _page(
 ) -> Page[ArticleView]:
     """The page `window` of the articles that pass `filters` (`_FILTERS` names and values)
     in the order `sort`, with `viewer`'s marks."""
-    position = window.position
     shape = _ListShape(
         filters=tuple(sorted(filters)),
         with_viewer=viewer is not None,
         sort=sort,
         language=language,
-        backward=None if position is None else position.backward,
+        backward=keyset.window_kind(window),
     )
     # Built once per shape (SQLAlchemy then computes their cache keys once too), except for
     # ranked searches: rare, costly to run anyway, and RANK_MAX is read when they are built.

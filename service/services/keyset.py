@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from service.domain.errors import InvalidInput
-from service.domain.pages import Edges, Position, Window, json_key, typed_key
+from service.domain.pages import Edges, Window, json_key, typed_key
 
 # A SELECT of any columns.
 AnySelect = Select[*tuple[Any, ...]]
@@ -48,21 +48,20 @@ class Ordering:
         return tuple(key.type.python_type for key in self.keys)
 
 
-def windowed(
-    statement: AnySelect, ordering: Ordering, *, position: Position | None = None
-) -> AnySelect:
+def windowed(statement: AnySelect, ordering: Ordering, *, backward: bool | None) -> AnySelect:
     """`statement` ordered and cut to a window, one row more than asked (is there more?),
     with bound parameters (`parameters`): build it once per list and kind of window, and
     SQLAlchemy computes its cache key once too.
 
-    `position` only tells the kind of window (from an offset, after or before a position).
-    The key's values are added as the rows' last columns: `cut` reads them from there.
+    `backward` is the kind of window: None from an offset, else before (True) or after
+    (False) a position (`window_kind`). The key's values are added as the rows' last
+    columns: `cut` reads them from there.
     """
-    descending = ordering.descending != (position is not None and position.backward)
+    descending = ordering.descending != bool(backward)
     statement = statement.add_columns(
         *(key.label(f"page_key_{index}") for index, key in enumerate(ordering.keys))
     )
-    if position is None:
+    if backward is None:
         statement = statement.offset(bindparam("page_offset", type_=Integer))
     else:
         row = tuple_(*ordering.keys)
@@ -75,6 +74,12 @@ def windowed(
         statement = statement.where(row < bound if descending else row > bound)
     order = [key.desc() if descending else key.asc() for key in ordering.keys]
     return statement.order_by(*order).limit(bindparam("page_limit", type_=Integer))
+
+
+def window_kind(window: Window) -> bool | None:
+    """The kind of `window` for `windowed`: None from an offset, else its position's
+    direction."""
+    return None if window.position is None else window.position.backward
 
 
 def parameters(ordering: Ordering, window: Window) -> dict[str, Any]:
@@ -114,6 +119,6 @@ async def read(
     session: AsyncSession, statement: AnySelect, ordering: Ordering, window: Window
 ) -> tuple[list[Any], Edges]:
     """The rows of the page `window` of `statement` in `ordering`, and the page's edges."""
-    page = windowed(statement, ordering, position=window.position)
+    page = windowed(statement, ordering, backward=window_kind(window))
     rows = (await session.execute(page, parameters(ordering, window))).all()
     return cut(rows, ordering, window)
