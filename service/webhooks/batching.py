@@ -91,12 +91,6 @@ class Batcher(Generic[Item, Result]):
             if not future.done():
                 future.set_result(result)
 
-    async def drain(self) -> None:
-        """Flush what is gathered now and wait for every flush under way."""
-        self._start()
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
-
 
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():

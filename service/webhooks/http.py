@@ -454,8 +454,10 @@ class WebhookClient:
                         break
                 truncated = truncated or received > len(kept)
                 if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+                    # Both sides DONE: the whole response was read (a truncated one broke
+                    # out above), so the connection can carry the next request.
                     protocol.start_next_cycle()
-                    reuse = not received > max_response_bytes
+                    reuse = True
         except WebhookUrlRefused as exc:
             return result(status_code=None, error=exc.reason, error_kind=DeliveryErrorKind.REFUSED)
         except ResolutionFailed as exc:

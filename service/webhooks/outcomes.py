@@ -90,26 +90,25 @@ class DeliveryJob:
         return payload
 
 
-def _claim(job: DeliveryJob, *, ok: bool = False) -> Update:
+def _claim(job: DeliveryJob) -> Update:
     """UPDATE of the job's message, only while it is still this job's to record."""
-    statuses = ("pending", "failed") if ok else ("pending",)
     return update(WebhookMessage).where(
         WebhookMessage.id == job.message_id,
         WebhookMessage.attempts == job.attempt,
-        WebhookMessage.status.in_(statuses),
+        WebhookMessage.status == "pending",
     )
 
 
-# The message UPDATEs of `record_attempt`, by (ok, names of the columns set), built once:
+# The message UPDATEs of `record_attempt`, by names of the columns set, built once:
 # constructing a statement costs more CPU than running a cached one.
-_SETTLE_STATEMENTS: dict[tuple[bool, tuple[str, ...]], ReturningUpdate[Any]] = {}
+_SETTLE_STATEMENTS: dict[tuple[str, ...], ReturningUpdate[Any]] = {}
 
 
-def _settle_statement(ok: bool, names: tuple[str, ...]) -> ReturningUpdate[Any]:
+def _settle_statement(names: tuple[str, ...]) -> ReturningUpdate[Any]:
     """The UPDATE settling an attempt: the message (bound `message_id`, still at `expected`
     attempts) counts the attempt and sets `names` (bound `set_<name>`); the attempt itself is
     logged by a CTE of it (bound `number`, `started`, ...), one statement, always run."""
-    statement = _SETTLE_STATEMENTS.get((ok, names))
+    statement = _SETTLE_STATEMENTS.get(names)
     if statement is None:
         logged = (
             insert(WebhookAttempt)
@@ -125,13 +124,12 @@ def _settle_statement(ok: bool, names: tuple[str, ...]) -> ReturningUpdate[Any]:
             .returning(WebhookAttempt.id)
             .cte("attempt")
         )
-        statuses = ("pending", "failed") if ok else ("pending",)
         statement = (
             update(WebhookMessage)
             .where(
                 WebhookMessage.id == bindparam("message_id"),
                 WebhookMessage.attempts == bindparam("expected"),
-                WebhookMessage.status.in_(statuses),
+                WebhookMessage.status == "pending",
             )
             .values(
                 attempts=WebhookMessage.attempts + 1,
@@ -141,7 +139,7 @@ def _settle_statement(ok: bool, names: tuple[str, ...]) -> ReturningUpdate[Any]:
             .returning(WebhookMessage.id)
             .add_cte(logged)
         )
-        _SETTLE_STATEMENTS[(ok, names)] = statement
+        _SETTLE_STATEMENTS[names] = statement
     return statement
 
 
@@ -178,9 +176,10 @@ async def record_attempt(
     retry_after: float | None,
     finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> None:
-    """Log the attempt that started at `started` and act on its result (see the module
-    docstring); `failing_since` is the endpoint's as loaded before the attempt. `finish`
-    runs last in the same transaction (the delivery job marks itself done there)."""
+    """Log the non-2xx attempt that started at `started` and act on its result (see the
+    module docstring; 2xx results go to `record_delivered`); `failing_since` is the
+    endpoint's as loaded before the attempt. `finish` runs last in the same transaction (the
+    delivery job marks itself done there)."""
     number = job.attempt + 1
     finished = config.clock()
     attempt = {
@@ -194,8 +193,8 @@ async def record_attempt(
         "error": _attempt_error(result),
     }
 
-    async def settle(session: AsyncSession, ok: bool = False, **values: Any) -> bool:
-        statement = _settle_statement(ok, tuple(sorted(values)))
+    async def settle(session: AsyncSession, **values: Any) -> bool:
+        statement = _settle_statement(tuple(sorted(values)))
         parameters = attempt | {f"set_{name}": value for name, value in values.items()}
         # Core execution: the ORM's bulk-update bookkeeping costs more than the statement.
         return await (await session.connection()).scalar(statement, parameters) is not None
@@ -204,19 +203,6 @@ async def record_attempt(
         """Write what the result leads to; return the retry delay scheduled (None: no
         retry) and whether this job's write won."""
         nonlocal failing_since
-        if result.ok:
-            delivered = {"status": "delivered", "delivered_at": finished}
-            won = await settle(session, ok=True, next_attempt_at=None, **delivered)
-            if won and failing_since is not None:
-                await session.execute(
-                    update(WebhookEndpoint)
-                    .where(
-                        WebhookEndpoint.id == endpoint_id,
-                        WebhookEndpoint.failing_since.is_not(None),
-                    )
-                    .values(failing_since=None, updated_at=WebhookEndpoint.updated_at)
-                )
-            return None, False
         if result.status_code == 410:
             if await settle(session, status="failed", next_attempt_at=None):
                 await disable(session=session, endpoint_id=endpoint_id, reason=DISABLED_GONE)
@@ -265,7 +251,8 @@ class Delivered:
 
 
 # Settles every message of a batch of 2xx attempts and logs the attempts, in one statement
-# (the batched form of `record_attempt`'s success path: same conditions, same columns). An
+# (2xx results are only recorded here; `record_attempt` takes the others). A message still
+# pending, or failed and sent again by hand, is settled, at the attempt count the job read. An
 # attempt is logged only for a message that still exists: one deleted meanwhile would
 # otherwise fail the whole batch.
 _DELIVERED_MANY = text(
