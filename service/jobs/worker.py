@@ -730,11 +730,11 @@ class Worker:
             values["last_error"] = error
         if delay is not None:
             values["run_at"] = func.now() + timedelta(seconds=delay)
+        # A plain success (most jobs) runs the statement built once.
+        statement = _DONE if values == {"status": "done"} else _outcome_statement(values)
         async with self.sessionmaker.begin() as session:
             connection = await session.connection()  # Core: no ORM bulk-update machinery
-            owned = await connection.scalar(
-                _outcome_statement(values), {"job_id": job.id, "worker": self.name}
-            )
+            owned = await connection.scalar(statement, {"job_id": job.id, "worker": self.name})
         if owned is None:
             self._taken_over(job)
         return owned is not None
