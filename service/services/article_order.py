@@ -79,4 +79,15 @@ def ordering(name: ArticleSort, *, searched: bool, language: str) -> Ordering:
     # 1 + log(document length) (flag 1) so long bodies do not win by size alone. Cast to
     # double so that a cursor's value compares exactly.
     rank = cast(func.ts_rank_cd(_document(language), _query(language), 1), Float(precision=53))
-    return Ordering(keys=(rank, Article.id), descending=True, max_rows=RANK_MAX)
+    return Ordering(keys=(rank, Article.id), descending=True, per_row=True)
+
+
+def check_rankable(total: int) -> None:
+    """`InvalidInput` when `total` matches are too many to rank (more than RANK_MAX, read
+    now: statements are built once and kept)."""
+    if total > RANK_MAX:
+        raise InvalidInput(
+            f"{total} matches are too many to rank (at most {RANK_MAX}): "
+            "narrow the search, or sort by a field",
+            field="sort",
+        )

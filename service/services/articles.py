@@ -39,7 +39,7 @@ from sqlalchemy.orm import defer
 
 from service.caching import generations
 from service.domain import events
-from service.domain.articles import NEWEST, RELEVANCE, ArticleSort, ArticleView
+from service.domain.articles import NEWEST, ArticleSort, ArticleView
 from service.domain.errors import Conflict, NotFound, PermissionDenied
 from service.domain.pages import Page, Position, Window
 from service.models import Article, ArticleTag, Favorite, Follow, Tag, User
@@ -170,6 +170,7 @@ _FILTERS: dict[str, Callable[[str], ColumnElement[bool]]] = {
 _TOTAL = 6
 
 
+@functools.lru_cache(maxsize=256)
 def _list_statements(shape: _ListShape) -> tuple[Ordering, Select[Any], Select[Any]]:
     """The order, the page statement and the count statement of lists of `shape`."""
     conditions = [_FILTERS[name](shape.language) for name in shape.filters]
@@ -178,14 +179,11 @@ def _list_statements(shape: _ListShape) -> tuple[Ordering, Select[Any], Select[A
     )
     counted = select(func.count()).select_from(Article).where(*conditions)
     statement = _views_statement(with_viewer=shape.with_viewer, with_body=False).where(*conditions)
-    if ordering.max_rows is None:
+    if not ordering.per_row:
         # The total rides along with the page: an uncorrelated subquery, which PostgreSQL
         # runs once (an InitPlan), saves a round trip.
         statement = statement.add_columns(counted.correlate(None).scalar_subquery().label("total"))
     return ordering, keyset.windowed(statement, ordering, backward=shape.backward), counted
-
-
-_cached_list_statements = functools.lru_cache(maxsize=256)(_list_statements)
 
 
 async def _page(
@@ -206,16 +204,14 @@ async def _page(
         language=language,
         backward=keyset.window_kind(window),
     )
-    # Built once per shape (SQLAlchemy then computes their cache keys once too), except for
-    # ranked searches: rare, costly to run anyway, and RANK_MAX is read when they are built.
-    build = _list_statements if sort == RELEVANCE else _cached_list_statements
-    ordering, statement, counted = build(shape)
+    # Built once per shape: SQLAlchemy then computes their cache keys once too.
+    ordering, statement, counted = _list_statements(shape)
     parameters = dict(filters) | _viewer_parameters(viewer)
     total = None
-    if ordering.max_rows is not None:
+    if ordering.per_row:
         # The order's keys are computed per row: count first, refuse too long a list unread.
         total = await session.scalar(counted, parameters) or 0
-        ordering.check_length(total)
+        article_order.check_rankable(total)
     parameters |= keyset.parameters(ordering, window)
     rows = (await session.execute(statement, parameters)).all()
     page, edges = keyset.cut(rows, ordering, window)

@@ -16,7 +16,6 @@ from sqlalchemy import ColumnElement, Integer, Row, Select, bindparam, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
-from service.domain.errors import InvalidInput
 from service.domain.pages import Edges, Window, json_key, typed_key
 
 # A SELECT of any columns.
@@ -29,18 +28,9 @@ class Ordering:
 
     keys: tuple[ColumnElement[Any] | QueryableAttribute[Any], ...]
     descending: bool = True
-    # For keys computed per row rather than read from an index: lists longer than this are
-    # refused (`check_length`), as every row's key must be computed to find any page.
-    max_rows: int | None = None
-
-    def check_length(self, total: int) -> None:
-        """`InvalidInput` when a list of `total` rows is too long for this order."""
-        if self.max_rows is not None and total > self.max_rows:
-            raise InvalidInput(
-                f"{total} matches are too many to rank (at most {self.max_rows}): "
-                "narrow the search, or sort by a field",
-                field="sort",
-            )
+    # Keys computed per row rather than read from an index: every row's key must be computed
+    # to find any page, so the caller bounds the list's length first (count, then refuse).
+    per_row: bool = False
 
     @property
     def types(self) -> tuple[type, ...]:
