@@ -13,7 +13,7 @@ from service.domain.errors import NotFound, PermissionDenied
 from service.domain.pages import Edges, Page, Window
 from service.models import Article, Comment, User
 from service.schemas.comment import CommentCreate
-from service.services import admin, audit, keyset, profiles
+from service.services import admin, audit, keyset
 from service.services.articles import find_article_id, storable
 from service.webhooks import catalogue, outbox
 
@@ -25,11 +25,12 @@ OLDEST = keyset.Ordering(keys=(Comment.created_at, Comment.id), descending=False
 
 
 async def comment_page(
-    *, session: AsyncSession, viewer: User | None, slug: str, window: Window | None
+    *, session: AsyncSession, slug: str, window: Window | None
 ) -> Page[CommentView]:
     """A page of the comments on the article with `slug`, oldest first (all of them without
-    a `window`); `NotFound` for no such article. Its `total` counts the page only: comment
-    lists have no count."""
+    a `window`), as anyone sees it (`following` false: the caller adds a viewer's marks);
+    `NotFound` for no such article. Its `total` counts the page only: comment lists have no
+    count."""
     article_id = await find_article_id(session=session, slug=slug)
     statement = (
         select(Comment, User)
@@ -41,12 +42,7 @@ async def comment_page(
         rows = list((await session.execute(statement.order_by(*OLDEST.keys))).all())
     else:
         rows, edges = await keyset.read(session, statement, OLDEST, window)
-    followed = await profiles.following_ids(
-        session=session, viewer=viewer, user_ids={row[1].id for row in rows}
-    )
-    items = [
-        CommentView(comment=row[0], author=row[1], following=row[1].id in followed) for row in rows
-    ]
+    items = [CommentView(comment=row[0], author=row[1], following=False) for row in rows]
     return Page(items=items, total=len(items), edges=edges)
 
 

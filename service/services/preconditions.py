@@ -12,6 +12,7 @@ from service.domain.versions import article_version, comment_version, user_versi
 from service.models import Article, ArticleTag, Comment, Tag, User
 from service.schemas.common import format_timestamp
 from service.services import admin
+from service.services.articles import storable
 from service.services.comments import BIGINT_MAX
 
 STALE = "the resource has changed since this version was read: read it again"
@@ -33,7 +34,7 @@ async def lock_article(
 ) -> str | None:
     """Lock the article `slug` and return its version; None when `viewer` may not change it
     (a moderator may delete) or it does not exist."""
-    if "\x00" in slug:
+    if not storable(slug):
         return None
     tags = (
         select(func.coalesce(func.array_agg(Tag.name), []))
@@ -75,7 +76,7 @@ async def lock_comment(
 ) -> str | None:
     """Lock the comment `comment_id` on the article `slug` and return its version; None when
     `viewer` may not delete it or it does not exist."""
-    if "\x00" in slug or comment_id > BIGINT_MAX:
+    if not storable(slug) or comment_id > BIGINT_MAX:
         return None
     row = (
         await session.execute(

@@ -8,6 +8,7 @@ that could lag behind it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import uuid
@@ -194,20 +195,16 @@ class Viewer:
 # with bound parameters, and its parameters' values for this request.
 ViewerColumn = tuple[ColumnElement[Any], Mapping[str, Any]]
 
-# Statements are built once per combination of extra columns (module constants): building and
-# cache-keying a statement per request costs more than running it.
-_viewer_statements: dict[tuple[ColumnElement[Any], ...], Select[Any]] = {}
 
-
+# Built once per combination of extra columns (module constants): building and cache-keying
+# a statement per request costs more than running it.
+@functools.cache
 def _viewer_statement(columns: tuple[ColumnElement[Any], ...]) -> Select[Any]:
-    statement = _viewer_statements.get(columns)
-    if statement is None:
-        statement = _viewer_statements[columns] = (
-            select(User, AuthSession.revoked_at, *columns)
-            .join(AuthSession, AuthSession.user_id == User.id)
-            .where(User.id == bindparam("viewer_id"), AuthSession.id == bindparam("session_id"))
-        )
-    return statement
+    return (
+        select(User, AuthSession.revoked_at, *columns)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(User.id == bindparam("viewer_id"), AuthSession.id == bindparam("session_id"))
+    )
 
 
 async def viewer(

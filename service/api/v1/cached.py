@@ -141,9 +141,7 @@ async def comment_page(
     """`{"comments"}` of the page `window` (all without one; `key` names it) and its edges."""
 
     async def shared() -> Json:
-        page = await comments_service.comment_page(
-            session=db.session, viewer=None, slug=slug, window=window
-        )
+        page = await comments_service.comment_page(session=db.session, slug=slug, window=window)
         return {
             "comments": [CommentOut.of(view).to_json() for view in page.items],
             "authors": [view.author.id for view in page.items],
