@@ -58,13 +58,13 @@ async def readyz() -> Response:
     # Driver messages name internal hosts: they go to the log, not to the client.
     for name, error in failed.items():
         logger.warning("readiness: %s unreachable: %s", name, describe_error(error))
-    if REQUIRED & failed.keys():
-        errors = {name: [f"unreachable ({type(error).__name__})"] for name, error in failed.items()}
-        return error_response(503, errors, {"Retry-After": "1"})
     statuses = {
         name: f"unreachable ({type(failed[name]).__name__})" if name in failed else "ok"
         for name in checks
     }
+    if REQUIRED & failed.keys():
+        errors = {name: [statuses[name]] for name in failed}
+        return error_response(503, errors, {"Retry-After": "1"})
     return jsonify({"status": "degraded" if failed else "ready", "checks": statuses})
 
 

@@ -147,7 +147,8 @@ class PoolSampler:
             pool: Any = engine.sync_engine.pool
             metrics.DB_POOL_CONNECTIONS.labels("checked_out").set(pool.checkedout())
             metrics.DB_POOL_CONNECTIONS.labels("idle").set(pool.checkedin())
-            metrics.DB_POOL_LIMIT.set(pool.size() + max(0, getattr(pool, "_max_overflow", 0)))
+            settings = self.database.settings
+            metrics.DB_POOL_LIMIT.set(settings.db_pool_size + settings.db_max_overflow)
         client = self.redis.client
         if client is not None:
             redis_pool: Any = client.connection_pool

@@ -257,11 +257,10 @@ def supervise(
     when every worker stopped cleanly. With `metrics_address` (host, port), serve their
     summed metrics there."""
     supervisor = _Supervisor(config, workers, delay, stop_timeout)
-    if metrics_address is None:
-        return supervisor.run()
-    supervisor.serve_metrics(*metrics_address)
     try:
+        if metrics_address is not None:
+            supervisor.serve_metrics(*metrics_address)
         return supervisor.run()
     finally:
-        assert supervisor.metrics_dir is not None
-        metrics.remove_multiprocess_dir(supervisor.metrics_dir)
+        if supervisor.metrics_dir is not None:
+            metrics.remove_multiprocess_dir(supervisor.metrics_dir)
