@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, literal, select
+from sqlalchemy import BigInteger, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +22,24 @@ BIGINT_MAX = 2**63 - 1
 
 
 OLDEST = keyset.Ordering(keys=(Comment.created_at, Comment.id), descending=False)
+
+# Built once (its cache key too), every value bound. The article is found and the comment
+# inserted in one statement; its foreign key check key-share locks the article row, so a
+# concurrent delete either waits or has already won (then: not found).
+_BODY = Comment.__table__.c.body.type
+_ADD = (
+    insert(Comment)
+    .from_select(
+        ["body", "article_id", "author_id"],
+        select(
+            bindparam("body", type_=_BODY), Article.id, bindparam("author_id", type_=BigInteger)
+        ).where(Article.slug == bindparam("slug")),
+    )
+    .returning(Comment)
+)
+# With parameters the ORM would take the statement for a bulk INSERT of rows; "orm" keeps it
+# one INSERT ... SELECT whose RETURNING loads a `Comment`.
+_ADD_OPTIONS = {"dml_strategy": "orm"}
 
 
 async def comment_page(
@@ -50,18 +68,13 @@ async def add_comment(
     *, session: AsyncSession, author: User, slug: str, data: CommentCreate
 ) -> CommentView:
     """Add `author`'s comment to the article with `slug`."""
-    # One statement finds the article and inserts; its foreign key check key-share locks the
-    # article row, so a concurrent delete either waits or has already won (then: not found).
     comment = None
     if storable(slug):
-        article = select(literal(data.body), Article.id, literal(author.id)).where(
-            Article.slug == slug
-        )
         try:
             comment = await session.scalar(
-                insert(Comment)
-                .from_select(["body", "article_id", "author_id"], article)
-                .returning(Comment)
+                _ADD,
+                {"body": data.body, "author_id": author.id, "slug": slug},
+                execution_options=_ADD_OPTIONS,
             )
         except IntegrityError as exc:  # the article was deleted meanwhile
             raise NotFound("article not found", field="article") from exc
