@@ -5,9 +5,9 @@ asgiref's stock `WsgiToAsgi` runs every request of the process through one threa
 all others. This variant keeps asgiref's environ building but:
 
 - runs the WSGI app in a greenlet of its own on the event loop's thread (SQLAlchemy's
-  `greenlet_spawn`, the technique its asyncio extension is built on), at most `concurrency`
-  at once; when Flask calls an async view, the greenlet hands the coroutine to the loop and
-  resumes with its result (`run_on_serving_loop`). No thread hops and no GIL contention
+  `greenlet_spawn` technique, the greenlets reused: `service.infra.greenlets`), at most
+  `concurrency` at once; when Flask calls an async view, the greenlet hands the coroutine to
+  the loop and resumes with its result (`run_on_serving_loop`). No thread hops and no GIL contention
   between request threads and the loop (docs/performance.md has the measurements that chose
   this over a thread pool); the request's context (Flask's, the unit of work, the request
   id) is the request task's own;
@@ -33,9 +33,10 @@ from typing import IO, Any, Protocol
 import orjson
 from asgiref.sync import async_to_sync
 from asgiref.wsgi import WsgiToAsgiInstance
-from sqlalchemy.util import await_, greenlet_spawn
+from sqlalchemy.util import await_
 
 from service.http.types import Message, Receive, Scope, Send
+from service.infra.greenlets import spawn
 from service.infra.observability import request_id_from
 
 logger = logging.getLogger("conduit.adapter")
@@ -255,7 +256,7 @@ class ConcurrentWsgiToAsgi:
                     if self._slots is None:
                         self._slots = asyncio.Semaphore(self.concurrency)
                     async with self._slots:
-                        start, chunks = await greenlet_spawn(instance.run, body)
+                        start, chunks = await spawn(instance.run, body)
                 except Exception:
                     # Flask handles its own errors; this is e.g. a streamed body that raised.
                     logger.exception("unhandled error in the WSGI app")

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from service.infra import tracing
+from service.infra import greenlets, tracing
 from service.infra.extensions import Extension
 from service.infra.lifecycle import StartupError, register_lifespan
 from service.infra.settings import Settings, mask_url
@@ -40,6 +40,12 @@ class DatabaseUnavailable(ConnectionError):
 
 
 CommitHook = Callable[[AsyncSession], Awaitable[None]]
+
+
+def _clean(session: AsyncSession) -> bool:
+    """Whether `session` holds no change to flush."""
+    return not (session.new or session.dirty or session.deleted)
+
 
 _current: ContextVar[_UnitOfWork | None] = ContextVar("conduit_unit_of_work", default=None)
 
@@ -237,6 +243,7 @@ class Database:
 
     def init_app(self, app: Flask, settings: Settings, url: str) -> None:
         """Bind an engine (opened at lifespan startup) to `app`."""
+        greenlets.use_with_sqlalchemy()
         register_lifespan(app, DATABASE.bind(app, DatabaseState(settings=settings, url=url)))
 
     def state(self, app: Flask | None = None) -> DatabaseState:
@@ -289,11 +296,15 @@ class Database:
         token = _current.set(uow)
         try:
             yield
-            if uow.session is not None and uow.session.in_transaction():
-                await uow.session.commit()
+            session = uow.session
+            if session is not None and session.in_transaction():
+                # In autocommit each statement has committed already: a read that left the
+                # session clean has nothing to flush, and skips the commit's bookkeeping.
+                if not (autocommit and _clean(session)):
+                    await session.commit()
                 for hook in self.state().commit_hooks:
                     try:
-                        await hook(uow.session)
+                        await hook(session)
                     except Exception:
                         logger.exception("after-commit hook %s failed", hook.__qualname__)
         except BaseException:
